@@ -1,0 +1,43 @@
+"""edgeslim: prune, quantize, export and benchmark PyTorch models for edge devices.
+
+The public API is re-exported here; heavy modules are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+#: public name -> "module:attribute"
+_LAZY = {
+    "EdgeslimError": "edgeslim.errors:EdgeslimError",
+    "load": "edgeslim.io:load",
+    "save": "edgeslim.io:save",
+    "load_model": "edgeslim.models:load",
+    "evaluate": "edgeslim.data:evaluate",
+    "prune": "edgeslim.plugin.pruning.api:prune",
+    "PruneConfig": "edgeslim.plugin.pruning.config:PruneConfig",
+    "PruneResult": "edgeslim.plugin.pruning.api:PruneResult",
+    "Target": "edgeslim.plugin.pruning.config:Target",
+    "PruningSchedule": "edgeslim.plugin.pruning.schedule:PruningSchedule",
+    "finetune": "edgeslim.plugin.pruning.finetune:finetune",
+    "sensitivity": "edgeslim.plugin.pruning.sensitivity:sensitivity",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'edgeslim' has no attribute {name!r}")
+    module, _, attr = target.partition(":")
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,35 @@
+"""The ``edgeslim`` command.
+
+Each sub-command lives in its own module of this package and exposes ``register(app)``;
+the modules are listed in :data:`COMMAND_MODULES`. Heavy imports (torch ...) happen inside
+the commands so that ``edgeslim --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+COMMAND_MODULES = ("demo", "prune", "sensitivity")
+
+app = typer.Typer(
+    name="edgeslim",
+    help="Prune, quantize, export and benchmark PyTorch models for edge devices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"edgeslim.cli.{_name}").register(app)
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    from edgeslim.cli.common import run_app
+
+    run_app(app)
+
+
+__all__ = ["app", "main"]

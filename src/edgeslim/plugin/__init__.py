@@ -1,0 +1,1 @@
+"""Compression plugins: pruning (torch-pruning) and quantization (torch.ao / torchao PT2E)."""

@@ -1,0 +1,115 @@
+"""The ``pruned`` saved-model format: a state_dict plus a structure manifest.
+
+The manifest records, for every module, its class name and the structural attributes that
+pruning changes (channels, features, groups ...). Loading builds the original architecture
+(by torchvision name, or from the ``base`` instance the caller passes), resizes each module
+to the recorded shapes and loads the weights — bit-exact, no pickled classes.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeslim.errors import ModelLoadError
+from edgeslim.io import FORMATS
+
+#: Attributes that structural pruning may change, by the modules that carry them.
+STRUCT_ATTRS = (
+    "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+    "normalized_shape", "num_channels", "num_groups", "embed_dim", "num_embeddings", "embedding_dim",
+)
+
+
+def arch_info(model: nn.Module) -> dict[str, Any] | None:
+    """The ``{"name", "kwargs"}`` that rebuilds ``model``'s unpruned architecture, if known."""
+    info = getattr(model, "edgeslim_arch", None)
+    return dict(info) if isinstance(info, dict) else None
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _manifest(model: nn.Module) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, mod in model.named_modules():
+        attrs = {a: _jsonable(getattr(mod, a)) for a in STRUCT_ATTRS if isinstance(getattr(mod, a, None), int | tuple)}
+        out[name] = {"type": type(mod).__name__, "attrs": attrs}
+    return out
+
+
+class PrunedFormat:
+    """State dict + manifest; see the module docstring."""
+
+    def dump(self, model: nn.Module) -> dict[str, Any]:
+        """Payload for :func:`edgeslim.io.save`."""
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        masks = getattr(model, "edgeslim_masks", None)
+        return {
+            "arch": arch_info(model),
+            "manifest": _manifest(model),
+            "state_dict": state,
+            "masks": dict(masks) if isinstance(masks, dict) else {},
+        }
+
+    def restore(self, payload: dict[str, Any], base: nn.Module | None) -> nn.Module:
+        """Rebuild the pruned model from the payload."""
+        arch = payload.get("arch")
+        if base is not None:
+            model = copy.deepcopy(base)
+        elif arch:
+            from edgeslim.models import build_arch
+
+            model = build_arch(str(arch["name"]), **dict(arch.get("kwargs", {})))
+        else:
+            raise ModelLoadError(
+                "this pruned model has a custom architecture edgeslim cannot rebuild by name: "
+                "call edgeslim.load(path, base=YourModel()) with an instance of the unpruned model"
+            )
+        manifest: dict[str, dict[str, Any]] = payload["manifest"]
+        modules = dict(model.named_modules())
+        for name, entry in manifest.items():
+            mod = modules.get(name)
+            if mod is None or type(mod).__name__ != entry["type"]:
+                found = "nothing" if mod is None else type(mod).__name__
+                raise ModelLoadError(
+                    f"saved module {name!r} is a {entry['type']} but the architecture has {found} there: "
+                    "pass the matching unpruned model as base="
+                )
+            for attr, value in entry["attrs"].items():
+                setattr(mod, attr, tuple(value) if isinstance(value, list) else value)
+        state: dict[str, torch.Tensor] = payload["state_dict"]
+        _resize_to(model, state)
+        model.load_state_dict(state, strict=True)
+        if arch:
+            model.edgeslim_arch = dict(arch)  # type: ignore[assignment]
+        masks = payload.get("masks") or {}
+        if masks:
+            model.edgeslim_masks = dict(masks)  # type: ignore[assignment]
+        return model
+
+
+def _resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Replace every parameter/buffer whose saved shape differs by an empty tensor of that shape."""
+    for key, saved in state.items():
+        mod_name, _, leaf = key.rpartition(".")
+        mod = model.get_submodule(mod_name) if mod_name else model
+        if leaf in mod._parameters and mod._parameters[leaf] is not None:
+            cur = mod._parameters[leaf]
+            assert cur is not None
+            if cur.shape != saved.shape:
+                mod._parameters[leaf] = nn.Parameter(torch.empty_like(saved), requires_grad=cur.requires_grad)
+        elif leaf in mod._buffers and mod._buffers[leaf] is not None:
+            buf = mod._buffers[leaf]
+            assert buf is not None
+            if buf.shape != saved.shape:
+                mod._buffers[leaf] = torch.empty_like(saved)
+
+
+FORMATS.register("pruned")(PrunedFormat())
