@@ -24,6 +24,18 @@ _LAZY = {
     "PruningSchedule": "edgeslim.plugin.pruning.schedule:PruningSchedule",
     "finetune": "edgeslim.plugin.pruning.finetune:finetune",
     "sensitivity": "edgeslim.plugin.pruning.sensitivity:sensitivity",
+    "quantize": "edgeslim.plugin.quantization.api:quantize",
+    "prepare_qat": "edgeslim.plugin.quantization.api:prepare_qat",
+    "convert": "edgeslim.plugin.quantization.api:convert",
+    "QuantConfig": "edgeslim.plugin.quantization.config:QuantConfig",
+    "QuantResult": "edgeslim.plugin.quantization.api:QuantResult",
+    "QATSchedule": "edgeslim.plugin.quantization.qat:QATSchedule",
+    "CodedWeight": "edgeslim.plugin.quantization.coded:CodedWeight",
+    "bench": "edgeslim.device_bench.api:bench",
+    "BenchReport": "edgeslim.device_bench.api:BenchReport",
+    "TargetOptions": "edgeslim.device_bench.targets.base:TargetOptions",
+    "export": "edgeslim.exporters.api:export",
+    "ExportResult": "edgeslim.exporters.api:ExportResult",
 }
 
 __all__ = sorted(_LAZY)

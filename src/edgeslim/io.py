@@ -68,7 +68,7 @@ def save(model: nn.Module, path: str | Path, *, kind: str | None = None, meta: d
     """
     import edgeslim.plugin.pruning.io  # noqa: F401  (registers "pruned")
 
-    kind = kind or getattr(model, "edgeslim_kind", "pruned")
+    kind = str(kind or getattr(model, "edgeslim_kind", "pruned"))
     payload = FORMATS.get(kind).dump(model)
     obj = {"edgeslim_format": FORMAT_VERSION, "kind": kind, "meta": dict(meta or {}), **payload}
     return atomic_torch_save(obj, path)
@@ -116,5 +116,5 @@ def load(path: str | Path, *, base: nn.Module | None = None) -> nn.Module:
     if int(obj["edgeslim_format"]) > FORMAT_VERSION:
         raise ModelLoadError(f"{path} was written by a newer edgeslim (format {obj['edgeslim_format']}); upgrade")
     model = FORMATS.get(str(obj["kind"])).restore(obj, base)
-    model.edgeslim_meta = obj.get("meta", {})  # type: ignore[assignment]
+    model.edgeslim_meta = obj.get("meta", {})
     return model.eval()

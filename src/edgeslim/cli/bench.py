@@ -1,0 +1,84 @@
+"""``edgeslim bench``: benchmark artefacts locally or on a board over SSH, with a comparison table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgeslim.cli.common import console, emit_json, progress
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command to ``app``."""
+    app.command("bench")(bench_cmd)
+
+
+def target_options(*, identity: Path | None, known_hosts: Path | None, python: str | None, workdir: str | None,
+                   connect_timeout: float, devices: Path | None) -> Any:
+    """The :class:`~edgeslim.device_bench.targets.TargetOptions` of the shared CLI flags."""
+    from edgeslim.device_bench.targets import TargetOptions
+
+    return TargetOptions(identity=str(identity) if identity else None,
+                         known_hosts=str(known_hosts) if known_hosts else None, python=python, workdir=workdir,
+                         connect_timeout=connect_timeout, devices_file=str(devices) if devices else None)
+
+
+def bench_cmd(
+    artifacts: Annotated[list[Path], typer.Argument(help="Artefacts (.onnx, .tflite); ratios are to the first")],
+    target: Annotated[str, typer.Option(help="local | ssh://user@host:port | a name from the devices file")] = "local",
+    runs: Annotated[int, typer.Option(help="Timed runs per artefact")] = 50,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up runs")] = 5,
+    threads: Annotated[int, typer.Option(help="Runtime threads (0: runtime default)")] = 0,
+    runtime: Annotated[str, typer.Option(help="auto | onnxruntime | ai-edge-litert | tflite-runtime")] = "auto",
+    inputs: Annotated[Path | None, typer.Option(help=".npz with x (inputs) and optional y (labels: top-1)")] = None,
+    results: Annotated[Path, typer.Option(help="JSON-lines file each result is appended to")] = Path("edgeslim-bench.jsonl"),
+    identity: Annotated[Path | None, typer.Option(help="SSH private key (default: agent / ~/.ssh keys)")] = None,
+    known_hosts: Annotated[Path | None, typer.Option(help="known_hosts file (strict; default ~/.ssh/known_hosts)")] = None,
+    python: Annotated[str | None, typer.Option(help="Python on the device (default python3)")] = None,
+    workdir: Annotated[str | None, typer.Option(help="Work dir on the device (default ~/.cache/edgeslim-bench)")] = None,
+    connect_timeout: Annotated[float, typer.Option(help="Seconds for connect + SSH handshake")] = 10.0,
+    devices: Annotated[Path | None, typer.Option(help="Devices TOML (default ~/.config/edgeslim/devices.toml)")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line")] = False,
+) -> None:
+    """Benchmark ARTIFACTS on TARGET: latency percentiles, load time, peak memory, runtime, machine."""
+    from edgeslim.device_bench import bench
+
+    opts = target_options(identity=identity, known_hosts=known_hosts, python=python, workdir=workdir,
+                          connect_timeout=connect_timeout, devices=devices)
+    with progress() as bar:
+        tasks: dict[str, Any] = {}
+
+        def on_event(artifact: str, event: dict[str, Any]) -> None:
+            if artifact not in tasks:
+                tasks[artifact] = bar.add_task(Path(artifact).name, total=runs)
+            if event["event"] == "run":
+                bar.update(tasks[artifact], completed=event["i"] + 1)
+            elif event["event"] == "lock_wait":
+                console.print(f"device busy ({event.get('holder', '')}); waiting for its lock")
+
+        report = bench(artifacts, target, runs=runs, warmup=warmup, threads=threads, runtime=runtime, inputs=inputs,
+                       results_file=results, options=opts, on_event=on_event)
+    summary = report.summary()
+    console.print(_table(summary))
+    console.print(f"results appended to {results}")
+    if json_:
+        emit_json(summary)
+
+
+def _table(summary: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    machines = sorted({str(r["machine"]) for r in summary["results"]})
+    table = Table(title=f"bench on {summary['target']} ({', '.join(machines)})")
+    for col in ("artefact", "runtime", "p50 ms", "p90 ms", "p99 ms", "load ms", "RSS MiB", "top-1", "ratio"):
+        table.add_column(col, justify="left" if col in ("artefact", "runtime") else "right", overflow="fold")
+    for r in summary["results"]:
+        def f(key: str, fmt: str = "{:.3f}", row: dict[str, Any] = r) -> str:
+            return "-" if row.get(key) is None else fmt.format(row[key])
+
+        table.add_row(Path(r["artifact"]).name, f"{r['runtime']} {r['runtime_version']}",
+                      f("p50"), f("p90"), f("p99"), f("load_ms", "{:.1f}"), f("peak_rss_mb", "{:.1f}"),
+                      f("top1", "{:.2%}"), f("ratio_p50", "{:.2f}x"))
+    return table

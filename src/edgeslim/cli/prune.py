@@ -1,0 +1,116 @@
+"""``edgeslim prune``: prune a model (optionally fine-tune and evaluate) and save it safely."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgeslim.cli.common import console, emit_json, load_model_arg, progress
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command to ``app``."""
+    app.command("prune")(prune_cmd)
+
+
+def prune_cmd(
+    model: Annotated[str, typer.Option(help="Model name (resnet18-fmnist, mobilenet_v2-fmnist, any torchvision name) or an edgeslim .pt file")],
+    out: Annotated[Path, typer.Option(help="Output folder (model.pt, summary.json, ...)")],
+    criterion: Annotated[str, typer.Option(help="Importance: l1, l2, bn_scale, taylor, activation, apoz, random")] = "l2",
+    target: Annotated[str, typer.Option(help="ratio=0.3 | params=0.5 | macs=0.4 | bytes=20MB | sparsity=0.8")] = "params=0.5",
+    allocation: Annotated[str, typer.Option(help="uniform | global | sensitivity (default: sensitivity for the Fashion-MNIST models)")] = "",
+    method: Annotated[str, typer.Option(help="structured | unstructured | hybrid")] = "structured",
+    sparsity: Annotated[float, typer.Option(help="Unstructured sparsity for hybrid/unstructured")] = 0.0,
+    round_to: Annotated[int, typer.Option(help="Keep channel counts multiples of this (0: off)")] = 0,
+    ignore: Annotated[list[str] | None, typer.Option(help="Module name/regex never pruned (repeatable; default: classifier head)")] = None,
+    steps: Annotated[int, typer.Option(help="Iterative pruning steps")] = 1,
+    finetune_epochs: Annotated[float, typer.Option("--finetune-epochs", help="Fine-tune epochs after pruning (0: none)")] = 0.0,
+    lr: Annotated[float, typer.Option(help="Peak fine-tune learning rate")] = 0.02,
+    distill: Annotated[bool, typer.Option(help="Distil from the unpruned model while fine-tuning")] = True,
+    eval_: Annotated[bool, typer.Option("--eval", help="Top-1 on the full Fashion-MNIST test set before/after")] = False,
+    test_limit: Annotated[int, typer.Option(help="Evaluate on the first N test images (10000 = all)")] = 10000,
+    data_dir: Annotated[Path | None, typer.Option(help="Fashion-MNIST IDX folder")] = None,
+    input_size: Annotated[int, typer.Option(help="Input resolution for tracing/MACs")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Batch size for data passes")] = 128,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing model in OUT")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line")] = False,
+) -> None:
+    """Prune MODEL to a target and save it (reload with ``edgeslim.load``)."""
+    import torch
+
+    from edgeslim import io as es_io
+    from edgeslim.data import check_root, evaluate, fashion_mnist_loader
+    from edgeslim.plugin.pruning import Allocation, Method, PruneConfig, Target, prune
+    from edgeslim.plugin.pruning.finetune import finetune
+
+    torch.manual_seed(seed)
+    dest = out / "model.pt"
+    if dest.exists() and not force:
+        raise typer.BadParameter(f"{dest} exists; pass --force to overwrite it", param_hint="--out")
+    is_reference = model.endswith("-fmnist")
+    alloc = allocation or ("sensitivity" if is_reference else "uniform")
+    config = PruneConfig(
+        method=Method(method), criterion=criterion, target=Target.parse(target), allocation=Allocation(alloc),
+        sparsity=sparsity, round_to=round_to or None, iterative_steps=steps,
+        ignored_layers=tuple(ignore) if ignore else None,
+    )
+    needs_data = eval_ or finetune_epochs > 0 or alloc == "sensitivity" or criterion in ("taylor", "activation", "apoz", "gradient")
+    if needs_data:
+        check_root(data_dir)  # fail before any work
+    net, source = load_model_arg(model)
+    x = torch.randn(1, 3, input_size, input_size)
+    summary: dict[str, Any] = {"model": source}
+    train = fashion_mnist_loader("train", batch_size=batch_size, root=data_dir, augment=True, seed=seed) if needs_data else None
+    test = fashion_mnist_loader("test", batch_size=500, root=data_dir, limit=test_limit) if eval_ else None
+    if test is not None:
+        summary["top1_before"] = evaluate(net, test)
+    t0 = time.perf_counter()
+    console.print(f"pruning {source}: {criterion}, {target}, {alloc} allocation, {method}")
+    stats_data = fashion_mnist_loader("train", batch_size=batch_size, root=data_dir, seed=seed + 1) if needs_data else None
+    result = prune(net, x, config, data=stats_data)
+    summary["prune_seconds"] = time.perf_counter() - t0
+    summary.update(result.summary())
+    if test is not None:
+        summary["top1_pruned"] = evaluate(result.model, test)
+    if finetune_epochs > 0 and train is not None:
+        with progress() as bar:
+            task = bar.add_task("fine-tune", total=round(finetune_epochs * len(train)))
+            ft = finetune(
+                result.model, train, epochs=finetune_epochs, lr=lr, teacher=net if distill else None,
+                masks=result.masks, on_step=lambda s, _t, _l: bar.update(task, completed=s),
+            )
+        summary["finetune_seconds"] = ft.seconds
+        summary["finetune_epochs"] = finetune_epochs
+    if result.masks is not None:
+        result.masks.make_permanent()
+    if test is not None:
+        summary["top1_after"] = evaluate(result.model, test)
+    out.mkdir(parents=True, exist_ok=True)
+    summary["model_path"] = str(es_io.save(result.model, dest, meta={k: v for k, v in summary.items() if k != "config"}))
+    if result.sensitivity is not None:
+        result.sensitivity.save(out / "sensitivity.json")
+        result.sensitivity.plot(out / "sensitivity.png")
+    (out / "summary.json").write_text(json.dumps({**summary, "layers": result.layers}, indent=1, default=str))
+    _print_table(summary)
+    if json_:
+        emit_json(summary)
+
+
+def _print_table(s: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title="edgeslim prune")
+    t.add_column("")
+    t.add_column("before", justify="right")
+    t.add_column("after", justify="right")
+    t.add_row("params", f"{s['params_before']:,}", f"{s['params_after']:,}")
+    t.add_row("MACs", f"{s['macs_before']:,}", f"{s['macs_after']:,}")
+    t.add_row("fp32 bytes", f"{s['bytes_before'] / 1e6:.2f} MB", f"{s['bytes_after'] / 1e6:.2f} MB")
+    if "top1_before" in s:
+        t.add_row("top-1", f"{100 * s['top1_before']:.2f} %", f"{100 * s['top1_after']:.2f} %")
+    console.print(t)

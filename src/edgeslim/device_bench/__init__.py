@@ -1,0 +1,14 @@
+"""Benchmark artefacts on this machine or on ARM boards over SSH.
+
+``bench(artifacts, target, ...)`` uploads the self-contained :mod:`agent` (stdlib + numpy + a
+runtime), runs warm-up and timed runs there and returns latencies, percentiles, memory and
+machine facts. Targets: ``local``, ``ssh://user@host:port`` and names from the devices file.
+"""
+
+from __future__ import annotations
+
+from edgeslim.device_bench.api import BenchReport, bench
+from edgeslim.device_bench.results import BenchResult, read_jsonl
+from edgeslim.device_bench.targets import TargetOptions, resolve_target
+
+__all__ = ["BenchReport", "BenchResult", "TargetOptions", "bench", "read_jsonl", "resolve_target"]

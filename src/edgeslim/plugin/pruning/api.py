@@ -1,0 +1,158 @@
+"""One call: ``edgeslim.prune(model, example_inputs, config) -> PruneResult``."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from edgeslim.errors import ConfigError, EdgeslimError, UntraceableModelError
+from edgeslim.plugin.pruning.config import Allocation, Method, PruneConfig, TargetKind
+from edgeslim.plugin.pruning.graph import check_forward, check_inputs
+from edgeslim.plugin.pruning.importance import IMPORTANCE, make, needs_data
+from edgeslim.plugin.pruning.importance.base import Batch, LossFn
+from edgeslim.plugin.pruning.metrics import Inputs, ModelStats, layer_report, measure
+from edgeslim.plugin.pruning.sensitivity import SensitivityResult, sensitivity
+from edgeslim.plugin.pruning.structured import Plan, ignored_modules, prune_structured
+from edgeslim.plugin.pruning.targets import search_plan
+from edgeslim.plugin.pruning.unstructured import WEIGHT_SCORES, Masks, compute_masks
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` returns.
+
+    Attributes:
+        model: The pruned model (a copy unless ``config.inplace``).
+        config: The configuration used.
+        before: Params/MACs/bytes of the input model.
+        after: The same for the pruned model.
+        layers: Per-layer rows: channels, params and sparsity before → after.
+        plan: The channel plan applied (default ratio and per-group ratios).
+        masks: Unstructured masks (unstructured/hybrid), to keep during fine-tuning.
+        sensitivity: The sensitivity table when the allocation used one.
+    """
+
+    model: nn.Module
+    config: PruneConfig
+    before: ModelStats
+    after: ModelStats
+    layers: list[dict[str, Any]]
+    plan: Plan
+    masks: Masks | None = None
+    sensitivity: SensitivityResult | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The headline numbers as a flat JSON-able dict (``params_before``, ``params_after`` ...)."""
+        out: dict[str, Any] = {}
+        for key in ("params", "macs", "bytes", "nonzero_params"):
+            out[f"{key}_before"] = getattr(self.before, key)
+            out[f"{key}_after"] = getattr(self.after, key)
+        out["params_fraction"] = self.after.params / self.before.params
+        out["macs_fraction"] = self.after.macs / self.before.macs
+        out["sparsity"] = 0.0 if self.masks is None else self.masks.sparsity()
+        out["config"] = self.config.to_dict()
+        out["channel_ratio"] = self.plan.ratio
+        out.update(self.extra)
+        return out
+
+
+def _validate(config: PruneConfig, data: Iterable[Batch] | None) -> None:
+    if config.method is not Method.UNSTRUCTURED:
+        IMPORTANCE.get(config.criterion)  # unknown names fail before any work
+    needs = (config.method is not Method.UNSTRUCTURED and needs_data(make(config.criterion))) or (
+        config.allocation is Allocation.SENSITIVITY and config.target.kind is not TargetKind.RATIO
+    )
+    if config.method is not Method.STRUCTURED:
+        crit = config.criterion if config.criterion in WEIGHT_SCORES else "magnitude"
+        needs = needs or crit == "gradient"
+    if needs and data is None:
+        raise ConfigError(
+            f"criterion {config.criterion!r} / allocation {config.allocation.value!r} needs data: "
+            "pass data=<a DataLoader of (inputs, labels)>"
+        )
+    if config.method is Method.UNSTRUCTURED and config.target.kind not in (TargetKind.SPARSITY, TargetKind.RATIO):
+        raise ConfigError("unstructured pruning takes sparsity=..., not a params/MACs/bytes target (zeros still count)")
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: Inputs,
+    config: PruneConfig | None = None,
+    *,
+    data: Iterable[Batch] | None = None,
+    loss_fn: LossFn | None = None,
+    sensitivity_table: SensitivityResult | None = None,
+    on_trial: Callable[[Plan, ModelStats], None] | None = None,
+) -> PruneResult:
+    """Prune ``model`` according to ``config``.
+
+    Args:
+        model: Any eager ``nn.Module`` torch-pruning can trace. Untouched unless ``config.inplace``.
+        example_inputs: Inputs for tracing and counting MACs (e.g. ``torch.randn(1, 3, 32, 32)``).
+        config: What to prune and how much (default: structured, L2, 50 % of channels).
+        data: Batches ``(x, y)`` for data-driven criteria (taylor, activation, apoz, gradient)
+            and for sensitivity allocation; the first ``config.data_batches`` are used.
+        loss_fn: Loss for Taylor/gradient/sensitivity (default cross-entropy).
+        sensitivity_table: A precomputed table for ``allocation=sensitivity`` (else computed).
+        on_trial: Called with each plan tried by the target search and its measured stats.
+
+    Returns:
+        A :class:`PruneResult`.
+
+    Raises:
+        ConfigError: Invalid config or missing data (raised before any work).
+        UntraceableModelError: torch-pruning cannot trace the model (model not modified).
+        TargetUnreachableError: The target cannot be met (says the best reachable).
+    """
+    config = config or PruneConfig()
+    check_inputs(example_inputs)
+    _validate(config, data)
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    batches = [b for _, b in zip(range(config.data_batches), data, strict=False)] if data is not None else []
+    work = copy.deepcopy(model)
+    work.eval()
+    before = measure(work, example_inputs)
+    plan = Plan(ratio=0.0)
+    table = sensitivity_table
+    if config.method is not Method.UNSTRUCTURED:
+        imp = make(config.criterion)
+        allocator = None
+        if config.allocation is Allocation.SENSITIVITY and config.target.kind is not TargetKind.RATIO:
+            table = table or sensitivity(work, example_inputs, batches, config, loss_fn=loss_fn)
+            allocator = table.allocator()
+        if needs_data(imp):
+            imp.collect(work, batches, loss_fn)
+        plan, _ = search_plan(work, example_inputs, config, imp, before, allocator=allocator, on_trial=on_trial)
+        if plan.ratio > 0 or plan.group_ratios:
+            try:
+                prune_structured(work, example_inputs, config, imp, plan, batches, loss_fn)
+            except EdgeslimError:
+                raise
+            except Exception as exc:
+                raise UntraceableModelError(
+                    f"torch-pruning failed while pruning {type(model).__name__} ({type(exc).__name__}: {exc}); an op in "
+                    "its forward (a custom autograd.Function, in-place indexing ...) hides a channel dependency: "
+                    "list the layers around it in ignored_layers. Your model was not modified"
+                ) from exc
+            check_forward(work, example_inputs)
+    masks = None
+    if config.method is not Method.STRUCTURED:
+        sparsity = config.target.value if config.target.kind is TargetKind.SPARSITY else config.sparsity
+        crit = config.criterion if config.criterion in WEIGHT_SCORES else "magnitude"
+        masks = compute_masks(
+            work, sparsity, criterion=crit, scope=config.sparsity_scope, ignored=ignored_modules(work, config),
+            rules=config.layer_rules, batches=batches, loss_fn=loss_fn,
+        )
+    after = measure(work, example_inputs)
+    layers = layer_report(model, work)
+    if config.inplace:
+        model.__dict__.update(work.__dict__)
+        work = model
+        if masks is not None:
+            masks.model = model
+    return PruneResult(work, config, before, after, layers, plan, masks, table)

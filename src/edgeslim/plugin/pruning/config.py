@@ -1,0 +1,216 @@
+"""Configuration of the pruning plugin: frozen dataclasses with enums, JSON/YAML round-trip."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
+from typing import Any
+
+from edgeslim.errors import ConfigError
+
+
+class Method(str, Enum):
+    """What is removed: whole channels, single weights, or both (channels first)."""
+
+    STRUCTURED = "structured"
+    UNSTRUCTURED = "unstructured"
+    HYBRID = "hybrid"
+
+
+class TargetKind(str, Enum):
+    """What a target measures.
+
+    ``ratio``: fraction of channels removed per group; ``params`` / ``macs``: fraction of the
+    original parameters / MACs to keep; ``bytes``: fp32 size to reach (bytes);
+    ``sparsity``: fraction of weights zeroed (unstructured).
+    """
+
+    RATIO = "ratio"
+    PARAMS = "params"
+    MACS = "macs"
+    BYTES = "bytes"
+    SPARSITY = "sparsity"
+
+
+class Allocation(str, Enum):
+    """How a global target is split across layers."""
+
+    UNIFORM = "uniform"  # the same channel ratio in every group
+    GLOBAL = "global"  # one global ranking of all channels (torch-pruning global_pruning)
+    SENSITIVITY = "sensitivity"  # per-group ratios from a sensitivity analysis
+
+
+_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A pruning target, e.g. ``Target.parse("params=0.5")`` or ``Target.parse("bytes=20MB")``."""
+
+    kind: TargetKind = TargetKind.RATIO
+    value: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", TargetKind(self.kind))
+        v = float(self.value)
+        if self.kind is TargetKind.BYTES:
+            if v <= 0:
+                raise ConfigError(f"bytes target must be positive, got {v}")
+        elif not 0.0 < v < 1.0:
+            raise ConfigError(f"{self.kind.value} target must be in (0, 1), got {v}")
+        object.__setattr__(self, "value", v)
+
+    @classmethod
+    def parse(cls, spec: str) -> Target:
+        """Parse ``KIND=VALUE`` (``ratio=0.3``, ``params=0.5``, ``macs=0.4``, ``bytes=20MB``, ``sparsity=0.8``)."""
+        m = re.fullmatch(r"\s*(\w+)\s*=\s*([0-9.eE+-]+)\s*([A-Za-z]*)\s*", spec)
+        if not m:
+            raise ConfigError(f"target {spec!r} is not KIND=VALUE, e.g. params=0.5, ratio=0.3, bytes=20MB")
+        kind, num, unit = m.group(1).lower(), m.group(2), m.group(3).lower()
+        try:
+            tkind = TargetKind(kind)
+        except ValueError:
+            raise ConfigError(
+                f"unknown target kind {kind!r} in {spec!r}; use one of {[k.value for k in TargetKind]}"
+            ) from None
+        if unit and (tkind is not TargetKind.BYTES or unit not in _UNITS):
+            raise ConfigError(f"unit {unit!r} in {spec!r} is only allowed for bytes (B, KB, MB, GB, KiB, MiB, GiB)")
+        try:
+            value = float(num) * _UNITS.get(unit, 1)
+        except ValueError:
+            raise ConfigError(f"target value {num!r} in {spec!r} is not a number") from None
+        return cls(tkind, value)
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}={self.value:g}"
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """A per-layer override (hybrid / layer-wise configs).
+
+    Args:
+        pattern: A module name or a regular expression matched against module names.
+        ratio: Channel ratio for the matched structural groups (``None``: keep global).
+        sparsity: Unstructured sparsity for the matched layers (``None``: keep global).
+        skip: Leave matched layers untouched.
+    """
+
+    pattern: str
+    ratio: float | None = None
+    sparsity: float | None = None
+    skip: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("ratio", "sparsity"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= float(v) < 1.0:
+                raise ConfigError(f"layer rule {self.pattern!r}: {name} must be in [0, 1), got {v}")
+        try:
+            re.compile(self.pattern)
+        except re.error as exc:
+            raise ConfigError(f"layer rule pattern {self.pattern!r} is not a valid regex: {exc}") from None
+
+    def matches(self, name: str) -> bool:
+        """Whether module ``name`` is matched (exact name or full regex match)."""
+        return name == self.pattern or re.fullmatch(self.pattern, name) is not None
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Everything :func:`edgeslim.prune` needs.
+
+    Args:
+        method: Structured, unstructured or hybrid.
+        criterion: Registered importance name (``l1``, ``l2``, ``bn_scale``, ``taylor``,
+            ``activation``, ``apoz``, ``random``; unstructured: ``magnitude``, ``gradient``).
+        target: Structural target (channel ratio, params/MACs fraction, bytes).
+        allocation: How the target is split across layers.
+        sparsity: Unstructured sparsity (fraction of weights zeroed) for unstructured/hybrid.
+        sparsity_scope: ``"global"`` or ``"layer"`` ranking for unstructured pruning.
+        ignored_layers: Module names (or regexes) never pruned; ``None`` = the classifier head
+            (the last Linear), ``()`` = nothing ignored.
+        layer_rules: Per-layer overrides.
+        round_to: Keep channel counts multiples of this (hardware-friendly widths).
+        max_layer_ratio: No group loses more than this fraction of its channels.
+        iterative_steps: Prune in this many steps (importance re-estimated each step).
+        tolerance: Relative tolerance of a params/MACs/bytes target (0.02 = ±2 %).
+        data_batches: Batches of data used by data-driven criteria and sensitivity.
+        sensitivity_ratios: Ratios probed by the sensitivity analysis.
+        inplace: Prune the caller's model in place instead of a copy.
+    """
+
+    method: Method = Method.STRUCTURED
+    criterion: str = "l2"
+    target: Target = field(default_factory=Target)
+    allocation: Allocation = Allocation.UNIFORM
+    sparsity: float = 0.0
+    sparsity_scope: str = "global"
+    ignored_layers: tuple[str, ...] | None = None
+    layer_rules: tuple[LayerRule, ...] = ()
+    round_to: int | None = None
+    max_layer_ratio: float = 0.9
+    iterative_steps: int = 1
+    tolerance: float = 0.02
+    data_batches: int = 4
+    sensitivity_ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
+    inplace: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", Method(self.method))
+        object.__setattr__(self, "allocation", Allocation(self.allocation))
+        if isinstance(self.target, str):
+            object.__setattr__(self, "target", Target.parse(self.target))
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if self.method is not Method.STRUCTURED and self.sparsity <= 0 and self.target.kind is not TargetKind.SPARSITY:
+            raise ConfigError(f"method {self.method.value} needs sparsity > 0 (e.g. sparsity=0.5)")
+        if self.sparsity_scope not in ("global", "layer"):
+            raise ConfigError(f"sparsity_scope must be 'global' or 'layer', got {self.sparsity_scope!r}")
+        if self.round_to is not None and self.round_to < 1:
+            raise ConfigError(f"round_to must be >= 1, got {self.round_to}")
+        if not 0.0 < self.max_layer_ratio <= 1.0:
+            raise ConfigError(f"max_layer_ratio must be in (0, 1], got {self.max_layer_ratio}")
+        if self.iterative_steps < 1:
+            raise ConfigError(f"iterative_steps must be >= 1, got {self.iterative_steps}")
+        if not 0.0 < self.tolerance < 0.5:
+            raise ConfigError(f"tolerance must be in (0, 0.5), got {self.tolerance}")
+        if any(not 0.0 < r < 1.0 for r in self.sensitivity_ratios):
+            raise ConfigError(f"sensitivity_ratios must lie in (0, 1), got {self.sensitivity_ratios}")
+        if self.ignored_layers is not None:
+            object.__setattr__(self, "ignored_layers", tuple(self.ignored_layers))
+        object.__setattr__(self, "layer_rules", tuple(
+            r if isinstance(r, LayerRule) else LayerRule(**r) for r in self.layer_rules
+        ))
+        object.__setattr__(self, "sensitivity_ratios", tuple(float(r) for r in self.sensitivity_ratios))
+
+    def with_(self, **changes: Any) -> PruneConfig:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON/YAML-able dict (enums as their values)."""
+        d = asdict(self)
+        d["method"] = self.method.value
+        d["allocation"] = self.allocation.value
+        d["target"] = str(self.target)
+        d["ignored_layers"] = None if self.ignored_layers is None else list(self.ignored_layers)
+        d["layer_rules"] = [asdict(r) for r in self.layer_rules]
+        d["sensitivity_ratios"] = list(self.sensitivity_ratios)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown prune config keys {sorted(unknown)}; known: {sorted(known)}")
+        d = dict(data)
+        if isinstance(d.get("target"), str):
+            d["target"] = Target.parse(d["target"])
+        for key in ("ignored_layers", "layer_rules", "sensitivity_ratios"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)

@@ -1,0 +1,150 @@
+"""torch-pruning dependency graphs with edgeslim's errors: layer resolution, groups, tracing."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from edgeslim.errors import ConfigError, UntraceableModelError
+from edgeslim.plugin.pruning.metrics import Inputs
+
+PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def classifier_head(model: nn.Module) -> list[str]:
+    """The name of the last ``nn.Linear`` (the classifier head), if any."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return names[-1:]
+
+
+def resolve_layers(model: nn.Module, patterns: Sequence[str]) -> list[nn.Module]:
+    """Modules whose names equal or fully match one of ``patterns``.
+
+    Raises:
+        ConfigError: A pattern matches nothing (names a few valid module names).
+    """
+    named = dict(model.named_modules())
+    out: list[nn.Module] = []
+    for pat in patterns:
+        hits = [m for n, m in named.items() if n == pat or (n and re.fullmatch(pat, n))]
+        if not hits:
+            sample = ", ".join(n for n in list(named)[1:8])
+            raise ConfigError(f"layer {pat!r} matches no module of {type(model).__name__} (modules: {sample}, ...)")
+        out.extend(h for h in hits if h not in out)
+    return out
+
+
+class _Tracker:
+    """Follows which module's forward is running, to name the culprit of a failure."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.active: list[str] = []
+        self.last_done = ""
+
+    def where(self) -> str:
+        """``module 'x' (Conv2d)`` for the innermost running module, else the top-level forward."""
+        if self.active:
+            name = self.active[-1]
+            return f"module {name!r} ({type(self.model.get_submodule(name)).__name__})"
+        after = f", after module {self.last_done!r}" if self.last_done else ""
+        return f"the forward of {type(self.model).__name__} itself{after}"
+
+
+@contextlib.contextmanager
+def _last_module_tracker(model: nn.Module) -> Iterator[_Tracker]:
+    tracker = _Tracker(model)
+    handles = []
+
+    def pre(name: str) -> Callable[..., None]:
+        return lambda *_: tracker.active.append(name)
+
+    def post(name: str) -> Callable[..., None]:
+        def hook(*_: object) -> None:
+            if tracker.active and tracker.active[-1] == name:
+                tracker.active.pop()
+            tracker.last_done = name
+        return hook
+
+    for name, mod in model.named_modules():
+        if name:
+            handles.append(mod.register_forward_pre_hook(pre(name)))
+            handles.append(mod.register_forward_hook(post(name)))
+    try:
+        yield tracker
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def tracing_errors(model: nn.Module) -> Iterator[None]:
+    """Turn any failure while torch-pruning traces ``model`` into an :class:`UntraceableModelError`."""
+    with _last_module_tracker(model) as tracker:
+        try:
+            yield
+        except UntraceableModelError:
+            raise
+        except Exception as exc:
+            raise UntraceableModelError(
+                f"torch-pruning cannot trace {type(model).__name__}: {tracker.where()} fails with "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. Make that module's forward "
+                "use standard torch ops, or list it in ignored_layers; the model was not modified"
+            ) from exc
+
+
+def build_graph(model: nn.Module, example_inputs: Inputs) -> tp.DependencyGraph:
+    """Trace ``model`` into a torch-pruning DependencyGraph.
+
+    Raises:
+        UntraceableModelError: Tracing failed; the message names the module and the op.
+    """
+    with tracing_errors(model):
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+
+
+def check_forward(model: nn.Module, example_inputs: Inputs) -> None:
+    """Run ``model`` once after pruning; a failure means torch-pruning missed a dependency.
+
+    Raises:
+        UntraceableModelError: Names the module whose forward failed and the op's message.
+    """
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    was = model.training
+    model.eval()
+    with _last_module_tracker(model) as tracker, torch.no_grad():
+        try:
+            model(*args)
+        except Exception as exc:
+            raise UntraceableModelError(
+                f"torch-pruning could not follow the dependencies of {type(model).__name__}: after pruning, "
+                f"{tracker.where()} fails with {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+                "An op in its forward is invisible to autograd tracing (detach, no_grad, in-place tensor tricks, "
+                "numpy): make it traceable or list the layers around it in ignored_layers. Your model was not modified"
+            ) from exc
+        finally:
+            model.train(was)
+
+
+def group_roots(model: nn.Module, example_inputs: Inputs, ignored: Sequence[nn.Module]) -> list[tuple[str, int]]:
+    """The prunable channel groups of ``model``: ``(root module name, channels)`` per group."""
+    names = {m: n for n, m in model.named_modules()}
+    dg = build_graph(model, example_inputs)
+    out: list[tuple[str, int]] = []
+    for group in dg.get_all_groups(ignored_layers=list(ignored), root_module_types=list(PRUNABLE)):
+        root = group[0].dep.target.module
+        out.append((names.get(root, "?"), len(group[0].idxs)))
+    return out
+
+
+def check_inputs(example_inputs: Inputs) -> Inputs:
+    """Validate ``example_inputs`` (a tensor or a tuple of tensors)."""
+    items = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    if not items or not all(isinstance(t, torch.Tensor) for t in items):
+        raise ConfigError("example_inputs must be a tensor or a tuple of tensors, e.g. torch.randn(1, 3, 32, 32)")
+    return example_inputs

@@ -1,0 +1,76 @@
+"""Size and cost of a model: parameters, MACs, bytes, and a per-layer before/after report."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Parameters, multiply-accumulates (one forward of the example inputs) and fp32 bytes."""
+
+    params: int
+    macs: int
+    bytes: int
+    nonzero_params: int
+
+    def to_dict(self) -> dict[str, int]:
+        """As a plain dict."""
+        return asdict(self)
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of every tensor in the state dict (parameters and buffers) at their dtype."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
+
+
+def measure(model: nn.Module, example_inputs: Inputs) -> ModelStats:
+    """Count ``model``'s parameters, MACs (for ``example_inputs``) and bytes."""
+    was_training = model.training
+    model.eval()
+    try:
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    finally:
+        model.train(was_training)
+    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    return ModelStats(params=int(params), macs=int(macs), bytes=state_bytes(model), nonzero_params=nonzero)
+
+
+def _width(mod: nn.Module) -> tuple[int, int] | None:
+    for a, b in (("in_channels", "out_channels"), ("in_features", "out_features")):
+        if hasattr(mod, a) and hasattr(mod, b):
+            return int(getattr(mod, a)), int(getattr(mod, b))
+    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+        return int(mod.num_features), int(mod.num_features)
+    return None
+
+
+def layer_report(before: nn.Module, after: nn.Module) -> list[dict[str, Any]]:
+    """One row per conv/linear/batch-norm layer: channels, params and sparsity before → after."""
+    after_mods = dict(after.named_modules())
+    rows: list[dict[str, Any]] = []
+    for name, mod in before.named_modules():
+        w0 = _width(mod)
+        if w0 is None or name not in after_mods:
+            continue
+        new = after_mods[name]
+        w1 = _width(new) or w0
+        p0 = sum(p.numel() for p in mod.parameters(recurse=False))
+        p1 = sum(p.numel() for p in new.parameters(recurse=False))
+        nz = sum(int(torch.count_nonzero(p)) for p in new.parameters(recurse=False))
+        rows.append({
+            "layer": name,
+            "type": type(mod).__name__,
+            "in_before": w0[0], "in_after": w1[0],
+            "out_before": w0[1], "out_after": w1[1],
+            "params_before": p0, "params_after": p1,
+            "sparsity_after": 0.0 if p1 == 0 else round(1.0 - nz / p1, 6),
+        })
+    return rows

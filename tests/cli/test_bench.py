@@ -1,0 +1,50 @@
+"""``edgeslim bench`` on the local target: the JSON contract, the table on stderr, the JSON-lines file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bench") / "tiny model.onnx"
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 10))
+    torch.onnx.export(net.eval(), (torch.randn(1, 1, 8, 8),), str(path), dynamo=True, external_data=False)
+    return path
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgeslim.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300, check=False)
+
+
+def test_bench_local_json_contract(tiny_onnx: Path, tmp_path: Path) -> None:
+    proc = _cli("bench", str(tiny_onnx), "--target", "local", "--runs", "20", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = summary["results"][0]
+    assert result["p50"] > 0 and result["p50"] <= result["p90"] <= result["p99"]
+    assert result["runs"] == 20 and result["runtime"] == "onnxruntime" and summary["p50"] == result["p50"]
+    assert "p50 ms" in proc.stderr
+    recs = [json.loads(line) for line in (tmp_path / "edgeslim-bench.jsonl").read_text().splitlines()]
+    assert len(recs) == 1 and len(recs[0]["latencies_ms"]) == 20
+
+
+def test_bench_two_artefacts_ratio(tiny_onnx: Path, tmp_path: Path) -> None:
+    proc = _cli("bench", str(tiny_onnx), str(tiny_onnx), "--runs", "5", "--json", "--results", "out.jsonl",
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    a, b = json.loads(proc.stdout.strip().splitlines()[-1])["results"]
+    assert a["ratio_p50"] == 1.0 and b["ratio_p50"] == pytest.approx(b["p50"] / a["p50"])
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
+
+
+def test_bench_missing_file_fails_cleanly(tmp_path: Path) -> None:
+    proc = _cli("bench", str(tmp_path / "nope.onnx"), "--json", cwd=tmp_path)
+    assert proc.returncode == 2 and "is not a file" in " ".join(proc.stderr.split()) and proc.stdout == ""

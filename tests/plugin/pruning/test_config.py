@@ -1,0 +1,41 @@
+import json
+
+import pytest
+
+from edgeslim.errors import ConfigError
+from edgeslim.plugin.pruning import Allocation, LayerRule, Method, PruneConfig, Target, TargetKind
+
+
+@pytest.mark.parametrize(
+    ("spec", "kind", "value"),
+    [("params=0.5", TargetKind.PARAMS, 0.5), ("ratio=0.3", TargetKind.RATIO, 0.3),
+     ("bytes=20MB", TargetKind.BYTES, 20e6), ("bytes=1MiB", TargetKind.BYTES, 2**20),
+     ("macs=0.4", TargetKind.MACS, 0.4)],
+)
+def test_target_parse(spec: str, kind: TargetKind, value: float) -> None:
+    t = Target.parse(spec)
+    assert t.kind is kind and t.value == pytest.approx(value)
+
+
+@pytest.mark.parametrize("spec", ["params=1.5", "ratio=0", "ratio=-0.2", "flops=0.5", "params", "params=0.5MB"])
+def test_bad_targets(spec: str) -> None:
+    with pytest.raises(ConfigError):
+        Target.parse(spec)
+
+
+def test_config_round_trips_through_json() -> None:
+    cfg = PruneConfig(
+        method=Method.HYBRID, criterion="taylor", target=Target.parse("macs=0.4"), allocation=Allocation.GLOBAL,
+        sparsity=0.5, ignored_layers=("fc",), layer_rules=(LayerRule("layer4.*", ratio=0.7),), round_to=8,
+    )
+    again = PruneConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="needs sparsity"):
+        PruneConfig(method=Method.UNSTRUCTURED)
+    with pytest.raises(ConfigError, match="unknown prune config keys"):
+        PruneConfig.from_dict({"criterion": "l1", "ratio": 0.5})
+    with pytest.raises(ConfigError, match="regex"):
+        LayerRule("layer[", ratio=0.5)
