@@ -98,14 +98,16 @@ def plain_sgd(model: nn.Module, loader: Any, epochs: float, lr: float = 0.01) ->
 
 def write(report: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "pruning.json").write_text(json.dumps(report, indent=1))
+    name = report.get("name", "pruning")
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=1))
     lines = ["# Pruning benchmark (edgeslim)", "", f"Machine: {report['machine']}; fine-tune on {report['device']}.", ""]
-    lines += ["## 1. ResNet-18 / Fashion-MNIST pruned to 50 % params, top-1 on the 10k test set", "",
-              "| method | criterion | params kept | top-1 before FT | top-1 after FT | FT epochs | prune s | FT s |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r in report["rows"]:
-        lines.append(f"| {r['method']} | {r['criterion']} | {r['params_fraction']:.3f} | {100 * r['top1_before_finetune']:.2f} % | "
-                     f"{100 * r['top1_after_finetune']:.2f} % | {r['finetune_epochs']} | {r['prune_seconds']:.0f} | {r['finetune_seconds']:.0f} |")
+    if report["rows"]:
+        lines += ["## 1. ResNet-18 / Fashion-MNIST pruned to 50 % params, top-1 on the 10k test set", "",
+                  "| method | criterion | params kept | top-1 before FT | top-1 after FT | FT epochs | prune s | FT s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['criterion']} | {r['params_fraction']:.3f} | {100 * r['top1_before_finetune']:.2f} % | "
+                  f"{100 * r['top1_after_finetune']:.2f} % | {r['finetune_epochs']} | {r['prune_seconds']:.0f} | {r['finetune_seconds']:.0f} |"
+                  for r in report["rows"]]
     lines += ["", f"Unpruned: {100 * report['top1_fp32']:.2f} %.", ""]
     if report.get("latency"):
         lines += ["## 2. At 224x224: size and ONNX Runtime latency (2 threads, batch 1, median)", "",
@@ -120,7 +122,7 @@ def write(report: dict[str, Any]) -> None:
             lines.append(f"| {r['sparsity']:.0%} | {100 * r['top1']:.2f} % | {r['nonzero_params']:,} | {r['latency_ms']:.2f} | {r['speedup']:.2f}x |")
         lines.append("")
         lines.append("Zeros are stored and multiplied like any other weight by a dense runtime: no speed-up without a sparse kernel.")
-    (RESULTS / "pruning.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -130,8 +132,9 @@ def main() -> None:
     ap.add_argument("--peer-epochs", type=float, default=None, help="peer fine-tune epochs (default: --epochs)")
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--latency-runs", type=int, default=20)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: finetune,peer,latency,sparsity")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: finetune,peer,rows,latency,sparsity")
     ap.add_argument("--append", action="store_true", help="add rows to the existing results file")
+    ap.add_argument("--name", default="pruning", help="results file stem (benchmarks/results/NAME.json|md)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     torch.manual_seed(0)
@@ -140,8 +143,10 @@ def main() -> None:
     test = fashion_mnist_loader("test", batch_size=500)
     stats_data = fashion_mnist_loader("train", batch_size=128, seed=1)
     train = fashion_mnist_loader("train", batch_size=128, augment=True)
-    old = json.loads((RESULTS / "pruning.json").read_text()) if args.append and (RESULTS / "pruning.json").exists() else {}
+    old_path = RESULTS / f"{args.name}.json"
+    old = json.loads(old_path.read_text()) if args.append and old_path.exists() else {}
     report: dict[str, Any] = {
+        "name": args.name,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "device": "cpu", "top1_fp32": evaluate(ref, test), "rows": old.get("rows", []),
         "latency": old.get("latency", []), "sparsity": old.get("sparsity", []),
@@ -159,6 +164,8 @@ def main() -> None:
             ft = finetune(res.model, train, epochs=args.epochs, lr=args.lr, teacher=ref)
             ft_s, after = ft.seconds, evaluate(res.model, test)
         pruned[crit] = res.model
+        if "rows" in skip:
+            continue
         report["rows"].append({
             "model": "resnet18-fmnist", "method": "edgeslim (sensitivity alloc. + KD fine-tune)", "criterion": crit,
             "params_fraction": res.after.params / res.before.params, "params_after": res.after.params,
@@ -174,17 +181,18 @@ def main() -> None:
         t_prune = time.perf_counter() - t0
         before = evaluate(peer, test)
         epochs = args.peer_epochs if args.peer_epochs is not None else args.epochs
-        ft_s = plain_sgd(peer, train, epochs)
-        after = evaluate(peer, test)
+        ft_s = 0.0 if "finetune" in skip else plain_sgd(peer, train, epochs)
         pruned["peer"] = peer
-        report["rows"].append({
+        row = {
             "model": "resnet18-fmnist", "method": "peer: torch-pruning alone + plain SGD", "criterion": "l2 (group magnitude)",
             "params_fraction": measure(peer, x32).params / measure(ref, x32).params, "params_after": measure(peer, x32).params,
-            "top1_before_finetune": before, "top1_after_finetune": after, "finetune_epochs": epochs,
-            "prune_seconds": t_prune, "finetune_seconds": ft_s, "device": "cpu",
-        })
-        print(json.dumps(report["rows"][-1]), flush=True)
-        write(report)
+            "top1_before_finetune": before, "top1_after_finetune": evaluate(peer, test) if ft_s else before,
+            "finetune_epochs": epochs if ft_s else 0, "prune_seconds": t_prune, "finetune_seconds": ft_s, "device": "cpu",
+        }
+        if "rows" not in skip:
+            report["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            write(report)
     x224 = torch.randn(1, 3, 224, 224)
     if "latency" not in skip:
         base_ms = ort_latency(ref, args.latency_runs)

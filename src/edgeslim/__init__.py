@@ -38,7 +38,32 @@ _LAZY = {
     "ExportResult": "edgeslim.exporters.api:ExportResult",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "BenchReport",
+    "CodedWeight",
+    "EdgeslimError",
+    "ExportResult",
+    "PruneConfig",
+    "PruneResult",
+    "PruningSchedule",
+    "QATSchedule",
+    "QuantConfig",
+    "QuantResult",
+    "Target",
+    "TargetOptions",
+    "bench",
+    "convert",
+    "evaluate",
+    "export",
+    "finetune",
+    "load",
+    "load_model",
+    "prepare_qat",
+    "prune",
+    "quantize",
+    "save",
+    "sensitivity",
+]
 
 
 def __getattr__(name: str) -> Any:

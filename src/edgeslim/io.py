@@ -39,6 +39,12 @@ class ModelFormat(Protocol):
 FORMATS: Registry[ModelFormat] = Registry("saved-model format")
 
 
+def _register_builtin_formats() -> None:
+    """Import the modules that register edgeslim's own formats ("pruned", "quantized")."""
+    import edgeslim.plugin.pruning.io
+    import edgeslim.plugin.quantization.io  # noqa: F401
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename it into place."""
     dest = Path(path)
@@ -66,8 +72,7 @@ def save(model: nn.Module, path: str | Path, *, kind: str | None = None, meta: d
     Returns:
         The path written.
     """
-    import edgeslim.plugin.pruning.io  # noqa: F401  (registers "pruned")
-
+    _register_builtin_formats()
     kind = str(kind or getattr(model, "edgeslim_kind", "pruned"))
     payload = FORMATS.get(kind).dump(model)
     obj = {"edgeslim_format": FORMAT_VERSION, "kind": kind, "meta": dict(meta or {}), **payload}
@@ -102,8 +107,7 @@ def load(path: str | Path, *, base: nn.Module | None = None) -> nn.Module:
     Raises:
         ModelLoadError: Missing, corrupt or unknown file, or no architecture to rebuild.
     """
-    import edgeslim.plugin.pruning.io  # noqa: F401  (registers "pruned")
-
+    _register_builtin_formats()
     obj = read_header(path)
     if "edgeslim_format" not in obj:
         if base is not None and all(isinstance(v, torch.Tensor) for v in obj.values()):

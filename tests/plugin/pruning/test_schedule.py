@@ -58,3 +58,17 @@ def test_unstructured_iterative_schedule(small_net: nn.Module, x32: torch.Tensor
 def test_schedule_bad_kind(small_net: nn.Module, x32: torch.Tensor) -> None:
     with pytest.raises(ConfigError, match="unknown schedule kind"):
         PruningSchedule(small_net, x32, PruneConfig(), kind="cosine")
+
+
+def test_sensitivity_allocated_schedule(small_net: nn.Module, x32: torch.Tensor) -> None:
+    from edgeslim.plugin.pruning import Allocation
+
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g))]
+    opt = torch.optim.SGD(small_net.parameters(), lr=0.01)
+    cfg = PruneConfig(target=Target.parse("params=0.5"), allocation=Allocation.SENSITIVITY, tolerance=0.05)
+    sched = PruningSchedule(small_net, x32, cfg, optimizer=opt, kind="iterative", total_steps=2, data=data)
+    assert sched.plan.group_ratios  # per-group ratios, not one uniform ratio
+    _train_steps(small_net, opt, sched, 2)
+    total = sum(p.numel() for p in small_net.parameters())
+    assert sched.history[-1]["params"] == total < 14_746 * 0.6

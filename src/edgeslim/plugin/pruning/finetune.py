@@ -112,7 +112,7 @@ def finetune(
                 opt.step()
                 sched.step()
                 step += 1
-                running += float(loss)
+                running += float(loss.detach())
                 n += 1
                 if on_step:
                     on_step(step, total, float(loss))

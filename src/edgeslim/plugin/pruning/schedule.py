@@ -24,10 +24,11 @@ import torch_pruning as tp
 from torch import nn
 
 from edgeslim.errors import ConfigError
-from edgeslim.plugin.pruning.config import Method, PruneConfig, TargetKind
+from edgeslim.plugin.pruning.config import Allocation, Method, PruneConfig, TargetKind
 from edgeslim.plugin.pruning.importance import make, needs_data
 from edgeslim.plugin.pruning.importance.base import Batch, LossFn
 from edgeslim.plugin.pruning.metrics import Inputs, measure
+from edgeslim.plugin.pruning.sensitivity import sensitivity
 from edgeslim.plugin.pruning.structured import Plan, ignored_modules, make_pruner
 from edgeslim.plugin.pruning.targets import search_plan
 from edgeslim.plugin.pruning.unstructured import Masks, compute_masks
@@ -166,9 +167,15 @@ class PruningSchedule:
 
     def _final_plan(self) -> Plan:
         work = copy.deepcopy(self.model).eval()
+        allocator = None
+        if self.config.allocation is Allocation.SENSITIVITY and self.config.target.kind is not TargetKind.RATIO:
+            if not self.batches:
+                raise ConfigError("allocation=sensitivity needs data=<a DataLoader>")
+            allocator = sensitivity(work, self.example_inputs, self.batches, self.config, loss_fn=self.loss_fn).allocator()
         if needs_data(self.importance):
             self.importance.collect(work, self.batches, self.loss_fn)
-        plan, _ = search_plan(work, self.example_inputs, self.config, self.importance, measure(work, self.example_inputs))
+        plan, _ = search_plan(work, self.example_inputs, self.config, self.importance,
+                              measure(work, self.example_inputs), allocator=allocator)
         return plan
 
     @property

@@ -1,0 +1,132 @@
+"""``edgeslim quantize``: PTQ (or QAT) of a model with a scheme, a recipe or a mixed-precision search."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgeslim.cli.common import console, emit_json, load_model_arg, progress
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command to ``app``."""
+    app.command("quantize")(quantize_cmd)
+
+
+def _fraction(text: str) -> float:
+    num, _, den = text.partition("/")
+    try:
+        return float(num) / float(den) if den else float(num)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r} is not a fraction such as 1/6 or 0.1667", param_hint="--budget") from exc
+
+
+def quantize_cmd(
+    model: Annotated[str, typer.Option(help="Model name (resnet18-fmnist, mobilenet_v2-fmnist, torchvision name) or an edgeslim .pt file")],
+    out: Annotated[Path, typer.Option(help="Output folder (model.pt, report.json, report.md, sqnr.png)")],
+    scheme: Annotated[str, typer.Option(help="int8 | int16 | w8a16 | wNaM | log2:BITS | codebook:BITS | pwl:BITS | mixed")] = "int8",
+    recipe: Annotated[Path | None, typer.Option(help="A QuantConfig as .json/.yaml (overrides --scheme)")] = None,
+    budget: Annotated[str, typer.Option(help="mixed: weight bytes allowed as a fraction of fp32 (1/6, 0.25)")] = "1/6",
+    calib: Annotated[int, typer.Option(help="Calibration images drawn (seeded) from the training set")] = 512,
+    calibrator: Annotated[str, typer.Option(help="minmax | ema | percentile | mse | entropy")] = "minmax",
+    qat_epochs: Annotated[float, typer.Option("--qat-epochs", help="QAT fine-tuning in epochs (fractions allowed; 0: PTQ)")] = 0.0,
+    lr: Annotated[float, typer.Option(help="QAT learning rate (SGD, momentum 0.9)")] = 1e-4,
+    strict: Annotated[bool, typer.Option(help="Fail on ops the quantizer cannot handle instead of leaving them float")] = False,
+    eval_: Annotated[bool, typer.Option("--eval", help="Top-1 on the full Fashion-MNIST test set, fp32 and quantized")] = False,
+    data_dir: Annotated[Path | None, typer.Option(help="Fashion-MNIST IDX folder")] = None,
+    input_size: Annotated[int, typer.Option(help="Input resolution for torch.export")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Batch size of calibration/QAT")] = 64,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing model in OUT")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line")] = False,
+) -> None:
+    """Quantize MODEL and save it (reload with ``edgeslim.load``)."""
+    import torch
+
+    from edgeslim import io as es_io
+    from edgeslim.data import calibration_subset, check_root, evaluate, fashion_mnist_loader
+    from edgeslim.plugin.quantization import QuantConfig, convert, prepare_qat, quantize
+    from edgeslim.plugin.quantization.qat import train_qat
+
+    torch.manual_seed(seed)
+    dest = out / "model.pt"
+    if dest.exists() and not force:
+        raise typer.BadParameter(f"{dest} exists; pass --force to overwrite it", param_hint="--out")
+    if calib < 1:
+        raise typer.BadParameter("at least one calibration image is needed", param_hint="--calib")
+    mixed = recipe is None and scheme.strip().lower() == "mixed"
+    config = None
+    if recipe is not None:
+        config = QuantConfig.from_file(recipe)
+    elif not mixed:
+        config = QuantConfig.from_spec(scheme, calibrator=calibrator, strict=strict)  # fails before any work
+    check_root(data_dir)
+    net, source = load_model_arg(model)
+    x = torch.zeros(2, 3, input_size, input_size)
+    cal = calibration_subset("train", calib, batch_size=batch_size, root=data_dir, seed=seed)
+    summary: dict[str, Any] = {"model": source, "scheme": "recipe" if recipe else scheme, "calib": calib}
+    t0 = time.perf_counter()
+    if mixed:
+        from edgeslim.plugin.quantization.mixed_precision import search
+
+        console.print(f"mixed-precision search under {budget} of the fp32 weight bytes")
+        choice = search(net, x, cal, budget_fraction=_fraction(budget))
+        config = choice.config
+        summary["mixed_choice"] = choice.choice
+        summary["budget_fraction"] = _fraction(budget)
+    assert config is not None
+    if qat_epochs > 0:
+        train = fashion_mnist_loader("train", batch_size=batch_size, root=data_dir, seed=seed)
+        steps = max(1, round(qat_epochs * len(train)))
+        prepared = prepare_qat(net, x, config)
+        with progress() as bar:
+            task = bar.add_task("QAT", total=steps)
+            train_qat(prepared, train, steps=steps, lr=lr, on_step=lambda s, _l: bar.update(task, completed=s))
+        result = convert(prepared)
+        summary.update(mode="qat", qat_steps=steps, qat_epochs=qat_epochs)
+    else:
+        console.print(f"PTQ of {source}: {config.name}, {calib} calibration images ({calibrator})")
+        result = quantize(net, x, config, calibration=cal)
+        summary["mode"] = "ptq"
+    summary["quantize_seconds"] = round(time.perf_counter() - t0, 2)
+    summary["weight_bytes"] = result.weight_bytes
+    summary["float_weight_bytes"] = result.report.float_bytes
+    sq = result.report.mean_sqnr_db
+    summary["mean_sqnr_db"] = sq if sq != float("inf") else None
+    summary["left_float"] = result.left_float
+    if eval_:
+        test = fashion_mnist_loader("test", batch_size=500, root=data_dir)
+        with progress() as bar:
+            task = bar.add_task("evaluate fp32 + quantized", total=2)
+            summary["top1_fp32"] = evaluate(net, test)
+            bar.update(task, advance=1)
+            summary["top1_quant"] = evaluate(result.model, test)
+            bar.update(task, advance=1)
+        result.report.accuracy = {"top1_fp32": summary["top1_fp32"], "top1_quant": summary["top1_quant"]}
+    out.mkdir(parents=True, exist_ok=True)
+    summary["model_path"] = str(es_io.save(result.model, dest, kind="quantized", meta=dict(summary)))
+    (out / "report.json").write_text(json.dumps({**summary, "report": result.report.to_dict()}, indent=1, default=str))
+    (out / "report.md").write_text(result.report.to_markdown() + "\n")
+    result.report.plot(out / "sqnr.png")
+    _print_table(summary)
+    if json_:
+        emit_json(summary)
+
+
+def _print_table(s: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"edgeslim quantize ({s['scheme']}, {s['mode']})")
+    t.add_column("")
+    t.add_column("fp32", justify="right")
+    t.add_column("quantized", justify="right")
+    t.add_row("weight bytes", f"{s['float_weight_bytes'] / 1e6:.2f} MB", f"{s['weight_bytes'] / 1e6:.2f} MB")
+    if "top1_fp32" in s:
+        t.add_row("top-1", f"{100 * s['top1_fp32']:.2f} %", f"{100 * s['top1_quant']:.2f} %")
+    if s['mean_sqnr_db'] is not None:
+        t.add_row("mean weight SQNR", "", f"{s['mean_sqnr_db']:.1f} dB")
+    console.print(t)

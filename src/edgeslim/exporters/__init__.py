@@ -1,0 +1,57 @@
+"""Exporters: verified ONNX and TFLite (LiteRT) artefacts from edgeslim models.
+
+``edgeslim.export(model, "onnx", "model.onnx", x, quant="int8")`` writes the artefact
+atomically, runs it in its own runtime on real images and compares it with PyTorch.
+Exporters are registered in :data:`~edgeslim.exporters.base.EXPORTERS` (one file each).
+"""
+
+from edgeslim.exporters.api import ExportResult, export
+from edgeslim.exporters.base import EXPORTERS, Exporter, Runner, get_exporter
+from edgeslim.exporters.config import (
+    ActivationType,
+    ExportOptions,
+    Format,
+    IODType,
+    Layout,
+    Method,
+    Precision,
+    QuantSpec,
+    Tolerance,
+)
+from edgeslim.exporters.errors import (
+    ExportConfigError,
+    ExportError,
+    ExportVerificationError,
+    MissingBackendError,
+    OutputExistsError,
+    UnsupportedOpError,
+)
+from edgeslim.exporters.inspect import ArtifactInfo, inspect_artifact
+from edgeslim.exporters.verify import VerificationReport
+
+__all__ = [
+    "EXPORTERS",
+    "ActivationType",
+    "ArtifactInfo",
+    "ExportConfigError",
+    "ExportError",
+    "ExportOptions",
+    "ExportResult",
+    "ExportVerificationError",
+    "Exporter",
+    "Format",
+    "IODType",
+    "Layout",
+    "Method",
+    "MissingBackendError",
+    "OutputExistsError",
+    "Precision",
+    "QuantSpec",
+    "Runner",
+    "Tolerance",
+    "UnsupportedOpError",
+    "VerificationReport",
+    "export",
+    "get_exporter",
+    "inspect_artifact",
+]

@@ -1,0 +1,217 @@
+"""``edgeslim.export``: one call from a PyTorch model to a verified ONNX/TFLite artefact."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeslim.exporters.base import ExportJob, batches_from, fashion_inputs, get_exporter, is_prequantized
+from edgeslim.exporters.config import ExportOptions, Format, Method, Precision, QuantSpec
+from edgeslim.exporters.errors import ExportConfigError, OutputExistsError
+from edgeslim.exporters.verify import VerificationReport
+from edgeslim.exporters.verify import verify as verify_runner
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export` wrote.
+
+    Attributes:
+        path: The artefact.
+        format: ``onnx`` or ``tflite``.
+        quant: The precision label (``fp32``, ``int8``, ``w8a16``, ``log2:4`` ...).
+        bytes: File size.
+        layout: Input layout (``nchw``/``nhwc``).
+        input: Name, dtype, shape and (quantized input) scale/zero point of the input tensor.
+        dtypes: Compute dtypes of the compute ops, weight dtypes, number of float compute ops.
+        verification: The numbers against PyTorch (``None`` if ``verify=False``).
+        metadata: Route, activation signedness, runtime settings, notes.
+        options: The options used.
+    """
+
+    path: Path
+    format: str
+    quant: str
+    bytes: int
+    layout: str
+    input: dict[str, Any]
+    dtypes: dict[str, Any]
+    verification: VerificationReport | None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able summary."""
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "quant": self.quant,
+            "bytes": self.bytes,
+            "layout": self.layout,
+            "input": self.input,
+            "dtypes": self.dtypes,
+            "verification": self.verification.to_dict() if self.verification else None,
+            "metadata": self.metadata,
+            "options": self.options,
+        }
+
+
+def _unwrap(model: Any) -> tuple[nn.Module, dict[str, Any], str | None]:
+    """``(module, coded weights, quant label)`` of an nn.Module or an edgeslim ``QuantResult``."""
+    if isinstance(model, nn.Module):
+        return model, {}, None
+    inner = getattr(model, "model", None)
+    if isinstance(inner, nn.Module):
+        config = getattr(model, "config", None)
+        return inner, dict(getattr(model, "coded_weights", None) or {}), getattr(config, "name", None)
+    raise ExportConfigError(f"cannot export a {type(model).__name__}: pass an nn.Module or an edgeslim QuantResult")
+
+
+def _edgeslim_quantize(model: nn.Module, example: torch.Tensor, spec: QuantSpec, calibration: list[torch.Tensor]) -> Any:
+    """``edgeslim.quantize`` (PT2E) of a float model with the export's calibration batches."""
+    from edgeslim.plugin.quantization.api import quantize
+    from edgeslim.plugin.quantization.config import QuantConfig
+
+    loader = [(b, torch.zeros(len(b), dtype=torch.long)) for b in calibration]
+    return quantize(model, (example,), QuantConfig.from_spec(spec.label), calibration=loader)
+
+
+def export(
+    model: Any,
+    format: str | Format,
+    path: str | Path,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    *,
+    quant: str | QuantSpec | None = None,
+    verify: bool = True,
+    calibration: Any = None,
+    verify_inputs: Any = None,
+    overwrite: bool = False,
+    options: ExportOptions | None = None,
+    **option_overrides: Any,
+) -> ExportResult:
+    """Export ``model`` to ``path`` and check it numerically in its own runtime.
+
+    Args:
+        model: An eager model (float or pruned), a PT2E-quantized graph, or the ``QuantResult``
+            of ``edgeslim.quantize`` (coded log2/codebook weights are taken from it).
+        format: ``"onnx"`` or ``"tflite"`` (any registered exporter).
+        path: Output file; written atomically (a temporary file renamed into place).
+        example_inputs: One NCHW example input (or a 1-tuple); its batch size is the TFLite
+            model's fixed batch size (ONNX batch is dynamic).
+        quant: ``fp32``, ``fp16``, ``dynamic``, ``int8``, ``w8a16`` (16x8), ``log2:N``,
+            ``codebook:N``; default: the model's own quantization (``QuantResult``) or fp32.
+        verify: Run the artefact on real images and compare with PyTorch (raises
+            :class:`~edgeslim.exporters.errors.ExportVerificationError` on failure; the file is
+            then not written).
+        calibration: Real calibration data (loader of ``(x, y)``, tensor or list of batches);
+            default: ``options.calibration_size`` Fashion-MNIST training images.
+        verify_inputs: Real verification inputs; default: the first ``options.verify_samples``
+            Fashion-MNIST test images (resized to the example's size).
+        overwrite: Replace an existing ``path``.
+        options: Full options; ``option_overrides`` (``layout="nhwc"``, ``activations="s8s8"``,
+            ``io_dtype="int8"``, ``method="edgeslim"``, ``calibration_size=512`` ...) replace fields.
+
+    Returns:
+        An :class:`ExportResult`.
+
+    Raises:
+        ExportConfigError: Unsupported format/quantization/layout combination.
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+        UnsupportedOpError: A converter cannot handle an op (names the op and the module).
+        ExportVerificationError: The artefact does not match PyTorch (carries the numbers).
+    """
+    from edgeslim.exporters.inspect import inspect_artifact
+    from edgeslim.exporters.onnx import write_optimized_copy
+
+    fmt = Format(format).value if isinstance(format, Format) or format in {f.value for f in Format} else str(format)
+    exporter = get_exporter(fmt)
+    module, coded, own_quant = _unwrap(model)
+    spec = QuantSpec.parse(quant if quant is not None else (own_quant or "fp32"))
+    try:
+        opts = replace(options or ExportOptions(), quant=spec, **option_overrides)
+    except TypeError as exc:
+        raise ExportConfigError(f"unknown export option: {exc}") from exc
+    example = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+    if not isinstance(example, torch.Tensor) or example.dim() < 1:
+        raise ExportConfigError("example_inputs must be one NCHW tensor (or a 1-tuple of it)")
+    dest = Path(path)
+    if dest.exists() and not overwrite:
+        raise OutputExistsError(f"{dest} exists; pass overwrite=True (CLI: --force) to replace it")
+
+    pre = is_prequantized(module)
+    if not pre and not isinstance(module, torch.fx.GraphModule):
+        module = module.eval()
+    needs_calib = (spec.quantized_activations or opts.method is Method.EDGESLIM) and not pre
+    calib: list[torch.Tensor] = []
+    if needs_calib:
+        calib = (
+            batches_from(calibration, tuple(example.shape), opts.calibration_size)
+            if calibration is not None
+            else fashion_inputs(tuple(example.shape), opts.calibration_size, split="train")
+        )
+    if not pre and (opts.method is Method.EDGESLIM or spec.precision is Precision.CODED):
+        if fmt != Format.ONNX.value and spec.precision is Precision.CODED:
+            raise ExportConfigError(f"{spec.label} weights are offered for ONNX only")
+        qres = _edgeslim_quantize(module, example, spec, calib)
+        module, coded, _ = _unwrap(qres)
+        pre = True
+    job = ExportJob(module, example, opts, calib, coded, pre)
+    exporter.check(job)
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=exporter.suffix, dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        exporter.write(job, tmp)
+        report = None
+        if verify:
+            inputs = (
+                batches_from(verify_inputs, tuple(example.shape), opts.verify_samples)
+                if verify_inputs is not None
+                else fashion_inputs(tuple(example.shape), opts.verify_samples)
+            )
+            with torch.no_grad():
+                tolerance = opts.tolerance or getattr(exporter, "tolerances", {}).get(spec.precision) or opts.effective_tolerance
+                report = verify_runner(exporter.open(tmp, job), module, inputs, tolerance, what=f"{fmt} {spec.label} artefact")
+        info = inspect_artifact(tmp, fmt)
+        if dest.exists() and not overwrite:  # appeared meanwhile
+            raise OutputExistsError(f"{dest} exists; pass overwrite=True (CLI: --force) to replace it")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; published files get the usual mode
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if opts.optimized_copy and fmt == Format.ONNX.value:
+        job.metadata["optimized_copy"] = str(write_optimized_copy(dest))
+    inp = info.inputs[0] if info.inputs else None
+    return ExportResult(
+        path=dest,
+        format=fmt,
+        quant=spec.label,
+        bytes=dest.stat().st_size,
+        layout=opts.layout.value,
+        input={
+            "name": inp.name if inp else None,
+            "dtype": inp.dtype if inp else None,
+            "shape": list(inp.shape) if inp else None,
+            "scale": inp.scales[0] if inp and inp.scales else None,
+            "zero_point": inp.zero_points[0] if inp and inp.zero_points else None,
+        },
+        dtypes={k: v for k, v in info.summary().items() if k not in {"inputs", "outputs", "ops"}},
+        verification=report,
+        metadata=job.metadata,
+        options=opts.to_dict(),
+    )
+
+
+__all__ = ["ExportResult", "export"]

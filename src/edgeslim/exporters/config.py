@@ -1,0 +1,224 @@
+"""Export options: frozen dataclasses with enums, parsed from the CLI spelling.
+
+``QuantSpec.parse("int8")`` understands ``fp32``, ``fp16``, ``dynamic``, ``int8``, ``w8a16``
+(alias ``16x8``) and the coded weight schemes ``log2:BITS`` / ``codebook:BITS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+from edgeslim.exporters.errors import ExportConfigError
+
+
+class Format(str, Enum):
+    """Artefact formats (each one a registered exporter)."""
+
+    ONNX = "onnx"
+    TFLITE = "tflite"
+
+
+class Precision(str, Enum):
+    """What the artefact computes in."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    DYNAMIC = "dynamic"
+    INT8 = "int8"
+    W8A16 = "w8a16"
+    CODED = "coded"
+
+
+class Layout(str, Enum):
+    """Layout of the artefact's image input."""
+
+    NCHW = "nchw"
+    NHWC = "nhwc"
+
+
+class ActivationType(str, Enum):
+    """Signedness of int8 activations in an ONNX QDQ model (weights are always signed).
+
+    U8S8 ran ~2.5x faster than S8S8 in ONNX Runtime 1.32 on x86-64 (2 threads); S8S8 is what
+    ARM NPUs and most mobile kernels prefer.
+    """
+
+    U8S8 = "u8s8"
+    S8S8 = "s8s8"
+
+
+class IODType(str, Enum):
+    """Dtype of the input/output tensors of a fully quantized TFLite model."""
+
+    FLOAT = "float"
+    INT8 = "int8"
+
+
+class Method(str, Enum):
+    """How a float model is quantized for export.
+
+    ``AUTO``: models already quantized by edgeslim are exported as they are; float models are
+    quantized by the format's own tool (ONNX Runtime ``quantize_static`` / ai-edge-quantizer),
+    except coded schemes, which need ``edgeslim.quantize``. ``RUNTIME`` forces the format's
+    tool, ``EDGESLIM`` forces ``edgeslim.quantize`` (PT2E) first.
+    """
+
+    AUTO = "auto"
+    RUNTIME = "runtime"
+    EDGESLIM = "edgeslim"
+
+
+_ALIASES: dict[str, Precision] = {
+    "fp32": Precision.FP32, "float": Precision.FP32, "none": Precision.FP32,
+    "fp16": Precision.FP16, "float16": Precision.FP16,
+    "dynamic": Precision.DYNAMIC, "dynamic-range": Precision.DYNAMIC, "drq": Precision.DYNAMIC,
+    "int8": Precision.INT8, "w8a8": Precision.INT8,
+    "w8a16": Precision.W8A16, "16x8": Precision.W8A16, "int16x8": Precision.W8A16,
+}
+CODED_SCHEMES = ("log2", "codebook")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """A precision and, for coded weights, the scheme and bits.
+
+    Attributes:
+        precision: What the artefact computes in.
+        scheme: ``log2`` or ``codebook`` for :attr:`Precision.CODED`.
+        bits: Code width of a coded scheme (2..8).
+    """
+
+    precision: Precision = Precision.FP32
+    scheme: str | None = None
+    bits: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str | QuantSpec | Precision) -> QuantSpec:
+        """Parse the CLI spelling (see the module docstring).
+
+        Raises:
+            ExportConfigError: Unknown spelling.
+        """
+        if isinstance(spec, QuantSpec):
+            return spec
+        if isinstance(spec, Precision):
+            return cls(spec)
+        s = str(spec).strip().lower()
+        if s in _ALIASES:
+            return cls(_ALIASES[s])
+        scheme, sep, bits = s.partition(":")
+        if sep and scheme in CODED_SCHEMES and bits.isdigit() and 2 <= int(bits) <= 8:
+            return cls(Precision.CODED, scheme, int(bits))
+        raise ExportConfigError(
+            f"unknown quantization {spec!r}; use one of {', '.join(sorted(_ALIASES))}, "
+            f"or {'/'.join(CODED_SCHEMES)}:BITS (BITS 2..8)"
+        )
+
+    @property
+    def label(self) -> str:
+        """The CLI spelling (``int8``, ``log2:4`` ...)."""
+        return f"{self.scheme}:{self.bits}" if self.precision is Precision.CODED else self.precision.value
+
+    @property
+    def quantized_activations(self) -> bool:
+        """True when activations are integer tensors (int8 or int16)."""
+        return self.precision in {Precision.INT8, Precision.W8A16, Precision.CODED}
+
+    def __str__(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Verification thresholds of one precision (logits of the artefact vs PyTorch).
+
+    Attributes:
+        min_cosine: Smallest acceptable mean cosine similarity of the logit vectors.
+        min_top1_agreement: Smallest acceptable fraction of inputs with the same top-1 class.
+        max_abs_error: Largest acceptable max abs logit difference, as a fraction of the
+            reference logits' range (``None``: not checked).
+    """
+
+    min_cosine: float
+    min_top1_agreement: float
+    max_abs_error: float | None = None
+
+
+#: Per-precision tolerances against the PyTorch model the artefact came from.
+TOLERANCES: dict[Precision, Tolerance] = {
+    Precision.FP32: Tolerance(0.99999, 0.99, 1e-3),
+    Precision.FP16: Tolerance(0.9999, 0.98, 1e-2),
+    Precision.DYNAMIC: Tolerance(0.98, 0.90),
+    Precision.INT8: Tolerance(0.98, 0.90),
+    Precision.W8A16: Tolerance(0.99, 0.93),
+    Precision.CODED: Tolerance(0.98, 0.90),
+}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything an exporter needs besides the model, the inputs and the path.
+
+    Attributes:
+        quant: The precision (parsed from a string with :meth:`QuantSpec.parse`).
+        layout: Input layout of the artefact (TFLite can take NHWC; ONNX is NCHW).
+        activations: ONNX int8 activation signedness (U8S8 default: fastest in ONNX Runtime on x86).
+        io_dtype: Input/output dtype of a fully quantized TFLite model (float by default: the
+            model quantizes its input itself; ``int8`` ships the input scale/zero point).
+        method: How float models are quantized (see :class:`Method`).
+        calibration_size: Number of real images used to calibrate when no loader is given.
+        opset: ONNX opset (default: 21 for int16 activations and coded weights, else the exporter's).
+        verify_samples: Number of real test images the verification runs.
+        tolerance: Overrides :data:`TOLERANCES` for this export.
+        optimized_copy: Also write an ONNX Runtime graph-optimised copy (``*.ort-opt.onnx``).
+    """
+
+    quant: QuantSpec = field(default_factory=QuantSpec)
+    layout: Layout = Layout.NCHW
+    activations: ActivationType = ActivationType.U8S8
+    io_dtype: IODType = IODType.FLOAT
+    method: Method = Method.AUTO
+    calibration_size: int = 256
+    opset: int | None = None
+    verify_samples: int = 256
+    tolerance: Tolerance | None = None
+    optimized_copy: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "quant", QuantSpec.parse(self.quant))
+        for name, enum in (("layout", Layout), ("activations", ActivationType), ("io_dtype", IODType), ("method", Method)):
+            try:
+                object.__setattr__(self, name, enum(getattr(self, name)))
+            except ValueError as exc:
+                known = ", ".join(e.value for e in enum)
+                raise ExportConfigError(f"{name}={getattr(self, name)!r} is invalid; use one of {known}") from exc
+        if self.calibration_size < 1 or self.verify_samples < 1:
+            raise ExportConfigError("calibration_size and verify_samples must be >= 1")
+
+    @property
+    def effective_tolerance(self) -> Tolerance:
+        """The tolerance that verification applies."""
+        return self.tolerance or TOLERANCES[self.quant.precision]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (enums as values)."""
+        d = asdict(self)
+        d["quant"] = self.quant.label
+        return {k: (v.value if isinstance(v, Enum) else v) for k, v in d.items()}
+
+
+__all__ = [
+    "CODED_SCHEMES",
+    "TOLERANCES",
+    "ActivationType",
+    "ExportOptions",
+    "Format",
+    "IODType",
+    "Layout",
+    "Method",
+    "Precision",
+    "QuantSpec",
+    "Tolerance",
+]

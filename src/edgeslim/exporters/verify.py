@@ -1,0 +1,153 @@
+"""Numerical verification: run the artefact in its own runtime and compare with PyTorch.
+
+The runner (see :class:`~edgeslim.exporters.base.Runner`) is always fed the NCHW float batch
+PyTorch gets; it transposes to NHWC and quantizes the input itself when the artefact needs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeslim.exporters.base import Runner
+from edgeslim.exporters.config import Tolerance
+from edgeslim.exporters.errors import ExportVerificationError
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """How closely an artefact reproduces the PyTorch model on real inputs.
+
+    Attributes:
+        samples: Number of inputs compared.
+        max_abs_error: Largest absolute output difference.
+        mean_abs_error: Mean absolute output difference.
+        rel_max_abs_error: ``max_abs_error`` divided by the range of the reference outputs.
+        cosine: Mean cosine similarity of the per-sample output vectors.
+        top1_agreement: Fraction of samples whose arg-max agrees.
+        tolerance: The thresholds applied.
+        passed: Whether every threshold held.
+    """
+
+    samples: int
+    max_abs_error: float
+    mean_abs_error: float
+    rel_max_abs_error: float
+    cosine: float
+    top1_agreement: float
+    tolerance: Tolerance
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.samples} samples: max|Δ| {self.max_abs_error:.4g} ({self.rel_max_abs_error:.2%} of range), "
+            f"cosine {self.cosine:.6f}, top-1 agreement {self.top1_agreement:.2%}"
+        )
+
+
+def compare(actual: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> VerificationReport:
+    """Compare two ``(N, ...)`` output arrays.
+
+    Args:
+        actual: The artefact's outputs.
+        reference: PyTorch's outputs.
+        tolerance: Thresholds for ``passed``.
+    """
+    a = actual.reshape(actual.shape[0], -1).astype(np.float64)
+    r = reference.reshape(reference.shape[0], -1).astype(np.float64)
+    if a.shape != r.shape:
+        raise ExportVerificationError(
+            f"artefact output shape {actual.shape} differs from PyTorch's {reference.shape}",
+            VerificationReport(len(r), float("inf"), float("inf"), float("inf"), 0.0, 0.0, tolerance, False),
+        )
+    diff = np.abs(a - r)
+    span = float(r.max() - r.min()) or 1.0
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(r, axis=1)
+    cos = np.sum(a * r, axis=1) / np.where(norms == 0, 1.0, norms)
+    cos = np.where(norms == 0, np.where(np.linalg.norm(a - r, axis=1) == 0, 1.0, 0.0), cos)
+    agree = float(np.mean(a.argmax(1) == r.argmax(1)))
+    max_abs = float(diff.max())
+    rel = max_abs / span
+    ok = bool(np.isfinite(a).all()) and float(cos.mean()) >= tolerance.min_cosine and agree >= tolerance.min_top1_agreement
+    if tolerance.max_abs_error is not None:
+        ok = ok and rel <= tolerance.max_abs_error
+    return VerificationReport(
+        samples=int(r.shape[0]),
+        max_abs_error=max_abs,
+        mean_abs_error=float(diff.mean()),
+        rel_max_abs_error=rel,
+        cosine=float(cos.mean()),
+        top1_agreement=agree,
+        tolerance=tolerance,
+        passed=ok,
+    )
+
+
+@torch.inference_mode()
+def verify(
+    runner: Runner,
+    reference: nn.Module,
+    inputs: Iterable[torch.Tensor],
+    tolerance: Tolerance,
+    *,
+    what: str = "artefact",
+    raise_on_failure: bool = True,
+) -> VerificationReport:
+    """Run ``runner`` and ``reference`` on the same real inputs and compare the outputs.
+
+    Args:
+        runner: The artefact loaded in its runtime.
+        reference: The PyTorch model it came from.
+        inputs: NCHW float batches (real data).
+        tolerance: Thresholds for the precision.
+        what: Name of the artefact in the error message.
+        raise_on_failure: Raise :class:`ExportVerificationError` if a threshold is missed.
+
+    Returns:
+        The report.
+    """
+    got, want = [], []
+    for x in inputs:
+        got.append(np.asarray(runner(x.numpy()), dtype=np.float32))
+        want.append(reference(x).float().numpy())
+    if not got:
+        raise ExportVerificationError(
+            f"no inputs to verify {what} on",
+            VerificationReport(0, float("nan"), float("nan"), float("nan"), 0.0, 0.0, tolerance, False),
+        )
+    report = compare(np.concatenate(got), np.concatenate(want), tolerance)
+    if raise_on_failure and not report.passed:
+        raise ExportVerificationError(
+            f"{what} does not reproduce the PyTorch model: {report}; required cosine >= "
+            f"{tolerance.min_cosine}, top-1 agreement >= {tolerance.min_top1_agreement:.0%}"
+            + (f", max|Δ| <= {tolerance.max_abs_error:.2%} of range" if tolerance.max_abs_error is not None else "")
+            + ". Try a larger calibration set, S8S8/U8S8 activations, w8a16, or keep the worst layer in float "
+            "(see edgeslim.exporters.layerwise).",
+            report,
+        )
+    return report
+
+
+def top1(runner: Runner, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], *, limit: int | None = None) -> float:
+    """Top-1 accuracy of the artefact, run in its runtime, over ``loader`` (first ``limit`` images)."""
+    correct = total = 0
+    for images, labels in loader:
+        if limit is not None and total >= limit:
+            break
+        keep = len(labels) if limit is None else limit - total
+        out = np.asarray(runner(images[:keep].numpy()))
+        correct += int((out.argmax(1) == labels[:keep].numpy()).sum())
+        total += int(labels[:keep].numel())
+    return correct / total if total else float("nan")
+
+
+__all__ = ["VerificationReport", "compare", "top1", "verify"]

@@ -1,0 +1,250 @@
+"""Quantization configs: frozen dataclasses with enums, JSON/YAML round-trip, per-layer overrides.
+
+A :class:`QuantConfig` holds a default :class:`LayerConfig` and ordered overrides keyed by
+module-name globs (``"layer4.*"``, ``"fc"``). A layer config says how the weight is quantized
+(a registered scheme and its bits) and how activations are quantized (bits and calibrator),
+or that the layer stays in float. ``QuantConfig.from_spec("int8")`` parses the CLI spelling.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from edgeslim.plugin.quantization.errors import QuantConfigError
+
+MIN_BITS, MAX_BITS = 2, 16
+
+
+class Granularity(str, Enum):
+    """Weight quantization granularity."""
+
+    PER_TENSOR = "per_tensor"
+    PER_CHANNEL = "per_channel"
+
+
+class Mode(str, Enum):
+    """Post-training quantization or quantization-aware training."""
+
+    PTQ = "ptq"
+    QAT = "qat"
+
+
+def _check_bits(bits: int, what: str) -> int:
+    if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
+        raise QuantConfigError(f"{what} bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
+    return bits
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """How a weight tensor is quantized.
+
+    Attributes:
+        scheme: A registered scheme name (``affine``, ``log2``, ``codebook``, ``pwl`` ...).
+        bits: Bits per weight, 2–16.
+        granularity: Per output channel (default) or per tensor.
+        symmetric: Symmetric range (affine only; the others are symmetric by construction).
+        options: Scheme-specific options (e.g. ``{"base": "sqrt2"}`` for log2).
+    """
+
+    scheme: str = "affine"
+    bits: int = 8
+    granularity: Granularity = Granularity.PER_CHANNEL
+    symmetric: bool = True
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_bits(self.bits, f"weight ({self.scheme})")
+        from edgeslim.plugin.quantization.schemes import SCHEMES
+
+        if self.scheme not in SCHEMES:
+            raise QuantConfigError(f"unknown weight scheme {self.scheme!r}; known: {', '.join(SCHEMES.names())}")
+        object.__setattr__(self, "granularity", Granularity(self.granularity))
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """How activations are quantized (always uniform affine, per tensor).
+
+    Attributes:
+        bits: 8 or 16 (any 2–16 is accepted; int8 storage up to 8 bits, int16 above).
+        calibrator: A registered calibrator name (``minmax``, ``ema``, ``percentile``, ``mse``, ``entropy``).
+        symmetric: Symmetric range around zero instead of an asymmetric min/max range.
+    """
+
+    bits: int = 8
+    calibrator: str = "minmax"
+    symmetric: bool = False
+
+    def __post_init__(self) -> None:
+        _check_bits(self.bits, "activation")
+        from edgeslim.plugin.quantization.calibration import CALIBRATORS
+
+        if self.calibrator not in CALIBRATORS:
+            raise QuantConfigError(
+                f"unknown calibrator {self.calibrator!r}; known: {', '.join(CALIBRATORS.names())}"
+            )
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """Weight and activation quantization of one layer; ``None`` keeps that part in float."""
+
+    weight: WeightSpec | None = field(default_factory=WeightSpec)
+    activation: ActivationSpec | None = field(default_factory=ActivationSpec)
+
+    @property
+    def is_float(self) -> bool:
+        """True when neither weights nor activations are quantized."""
+        return self.weight is None and self.activation is None
+
+
+FLOAT = LayerConfig(weight=None, activation=None)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """A whole-model quantization config.
+
+    Attributes:
+        default: The config of every layer no override matches.
+        overrides: ``(glob, LayerConfig)`` pairs over module names; the first match wins.
+        strict: Raise :class:`UnsupportedOpError` on ops the quantizer cannot handle
+            (default: leave them in float and warn, listing them).
+        name: A label for reports (e.g. the CLI spec ``"int8"``).
+        bias_correction: In PTQ, correct the bias of grid-scheme layers (log2, codebook, pwl) for
+            the mean output shift their weight error causes (measured on the calibration data).
+    """
+
+    default: LayerConfig = field(default_factory=LayerConfig)
+    overrides: tuple[tuple[str, LayerConfig], ...] = ()
+    strict: bool = False
+    name: str = "custom"
+    bias_correction: bool = True
+
+    def for_layer(self, module_name: str) -> LayerConfig:
+        """The config of module ``module_name`` (first matching override, else the default)."""
+        for pattern, cfg in self.overrides:
+            if fnmatch.fnmatchcase(module_name, pattern):
+                return cfg
+        return self.default
+
+    def with_overrides(self, overrides: dict[str, LayerConfig]) -> QuantConfig:
+        """A copy whose overrides are ``overrides`` followed by the existing ones."""
+        return replace(self, overrides=tuple(overrides.items()) + self.overrides)
+
+    # ---- construction from the CLI spelling -------------------------------------------------
+    @classmethod
+    def from_spec(cls, spec: str, *, calibrator: str = "minmax", strict: bool = False) -> QuantConfig:
+        """Parse ``int8``, ``int16``, ``w8a16``, ``w4a8``, ``log2:4``, ``codebook:4``, ``pwl:4``.
+
+        ``SCHEME:BITS`` quantizes weights with the named registered scheme and activations to
+        int8. ``mixed`` is not a fixed config: use :func:`~edgeslim.plugin.quantization.mixed_precision.search`.
+
+        Raises:
+            QuantConfigError: Unknown spelling, scheme or bits out of range.
+        """
+        s = spec.strip().lower()
+        if s == "mixed":
+            raise QuantConfigError(
+                "'mixed' is chosen by a search, not a fixed config: use "
+                "edgeslim.plugin.quantization.mixed_precision.search(..., budget_fraction=1/6).config"
+            )
+        if s in {"int8", "w8a8"}:
+            w, a = WeightSpec("affine", 8), ActivationSpec(8, calibrator)
+        elif s in {"int16", "w16a16"}:
+            w, a = WeightSpec("affine", 16), ActivationSpec(16, calibrator)
+        elif s.startswith("w") and "a" in s[1:] and s[1:].replace("a", "", 1).isdigit():
+            wb, ab = s[1:].split("a", 1)
+            w, a = WeightSpec("affine", int(wb)), ActivationSpec(int(ab), calibrator)
+        elif ":" in s:
+            scheme, _, bits = s.partition(":")
+            if not bits.isdigit():
+                raise QuantConfigError(f"bad scheme spec {spec!r}: expected SCHEME:BITS such as log2:4")
+            w, a = WeightSpec(scheme, int(bits)), ActivationSpec(8, calibrator)
+        else:
+            raise QuantConfigError(
+                f"unknown scheme spec {spec!r}; use int8, int16, w8a16, wNaM, log2:BITS, codebook:BITS, pwl:BITS"
+            )
+        return cls(default=LayerConfig(w, a), strict=strict, name=s)
+
+    # ---- serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (enums as their values)."""
+        return json.loads(json.dumps(asdict(self), default=lambda o: o.value))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
+        """Inverse of :meth:`to_dict`."""
+        try:
+            return cls(
+                default=_layer_from_dict(data.get("default")),
+                overrides=tuple((str(p), _layer_from_dict(c)) for p, c in data.get("overrides", [])),
+                strict=bool(data.get("strict", False)),
+                name=str(data.get("name", "custom")),
+                bias_correction=bool(data.get("bias_correction", True)),
+            )
+        except (TypeError, AttributeError) as exc:
+            raise QuantConfigError(f"malformed quantization config: {exc}") from exc
+
+    def to_json(self) -> str:
+        """JSON text of :meth:`to_dict`."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> QuantConfig:
+        """Parse :meth:`to_json` output."""
+        return cls.from_dict(json.loads(text))
+
+    def to_yaml(self) -> str:
+        """YAML text of :meth:`to_dict` (for recipes)."""
+        import yaml
+
+        return str(yaml.safe_dump(self.to_dict(), sort_keys=True))
+
+    @classmethod
+    def from_yaml(cls, text: str) -> QuantConfig:
+        """Parse YAML (a recipe's ``quantize:`` section)."""
+        import yaml
+
+        return cls.from_dict(yaml.safe_load(text) or {})
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> QuantConfig:
+        """Load a ``.json`` or ``.yaml``/``.yml`` config file."""
+        p = Path(path)
+        text = p.read_text()
+        return cls.from_json(text) if p.suffix == ".json" else cls.from_yaml(text)
+
+
+def _layer_from_dict(d: dict[str, Any] | None) -> LayerConfig:
+    if d is None:
+        return LayerConfig()
+    w, a = d.get("weight"), d.get("activation")
+    weight = None if w is None else WeightSpec(
+        scheme=w.get("scheme", "affine"),
+        bits=w.get("bits", 8),
+        granularity=Granularity(w.get("granularity", "per_channel")),
+        symmetric=w.get("symmetric", True),
+        options=tuple((str(k), v) for k, v in w.get("options", [])),
+    )
+    act = None if a is None else ActivationSpec(**a)
+    return LayerConfig(weight=weight, activation=act)
+
+
+__all__ = [
+    "FLOAT",
+    "MAX_BITS",
+    "MIN_BITS",
+    "ActivationSpec",
+    "Granularity",
+    "LayerConfig",
+    "Mode",
+    "QuantConfig",
+    "WeightSpec",
+]

@@ -1,0 +1,107 @@
+"""Quantization-aware training helpers: a schedule that freezes observers and BatchNorm after N steps.
+
+Drop-in use inside your own loop::
+
+    qmodel = prepare_qat(model, x, "int8")
+    sched = QATSchedule(freeze_observers_after=200, freeze_bn_after=150)
+    opt = torch.optim.SGD(qmodel.parameters(), lr=1e-3, momentum=0.9)
+    for x, y in loader:
+        loss = F.cross_entropy(qmodel(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+        sched.step(qmodel)
+    result = convert(qmodel)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchao.quantization.pt2e.export_utils import _replace_batchnorm
+from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
+
+from edgeslim.plugin.quantization.errors import QuantConfigError
+
+
+def freeze_observers(model: nn.Module) -> int:
+    """Stop every observer/fake-quant of ``model`` from updating its ranges; returns how many."""
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, FakeQuantizeBase):
+            mod.disable_observer()
+            n += 1
+    return n
+
+
+def freeze_bn(model: torch.fx.GraphModule) -> None:
+    """Use BatchNorm running statistics (and stop updating them) in a prepared QAT graph."""
+    _replace_batchnorm(model, train_to_eval=True)
+    model.edgeslim_bn_frozen = True  # type: ignore[assignment]
+
+
+@dataclass
+class QATSchedule:
+    """Freezes observers and BatchNorm statistics after a number of optimizer steps.
+
+    Attributes:
+        freeze_observers_after: Steps after which quantization ranges stop moving (None: never).
+        freeze_bn_after: Steps after which BatchNorm uses its running statistics (None: never).
+    """
+
+    freeze_observers_after: int | None = None
+    freeze_bn_after: int | None = None
+    steps: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("freeze_observers_after", "freeze_bn_after"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise QuantConfigError(f"QATSchedule.{name} must be >= 0, got {v}")
+
+    def step(self, model: nn.Module) -> None:
+        """Call once after each optimizer step."""
+        self.steps += 1
+        if self.freeze_observers_after is not None and self.steps == self.freeze_observers_after:
+            freeze_observers(model)
+        if self.freeze_bn_after is not None and self.steps == self.freeze_bn_after and isinstance(model, torch.fx.GraphModule):
+            freeze_bn(model)
+
+
+def train_qat(
+    prepared: torch.fx.GraphModule,
+    loader: Iterable[Any],
+    *,
+    steps: int,
+    lr: float = 1e-4,
+    schedule: QATSchedule | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> float:
+    """A minimal QAT loop (SGD + momentum, cross-entropy) for ``steps`` batches; returns the mean loss.
+
+    Your own loop works just as well; this is what the CLI and the benchmark use.
+    """
+    opt = torch.optim.SGD([p for p in prepared.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+    sched = schedule or QATSchedule(freeze_observers_after=max(steps * 3 // 4, 1), freeze_bn_after=max(steps // 2, 1))
+    total, done = 0.0, 0
+    prepared.train()
+    while done < steps:
+        for x, y in loader:
+            loss = F.cross_entropy(prepared(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step(prepared)
+            total += float(loss.detach())
+            done += 1
+            if on_step is not None:
+                on_step(done, float(loss))
+            if done >= steps:
+                break
+    return total / max(done, 1)
+
+
+__all__ = ["QATSchedule", "freeze_bn", "freeze_observers", "train_qat"]

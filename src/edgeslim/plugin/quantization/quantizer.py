@@ -1,0 +1,230 @@
+"""edgeslim's PT2E ``Quantizer``: annotates conv, linear, add, cat, pooling and activations per layer.
+
+Each conv/linear node is looked up in the :class:`~edgeslim.plugin.quantization.config.QuantConfig`
+by its module name (from ``nn_module_stack``), so one model can mix schemes and bit-widths or
+keep layers in float. A conv's output observer goes after its BatchNorm and clamping
+activation (so PT2E folds the BN); ops the quantizer does not know are left in float and
+listed (or refused in strict mode).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e.fake_quantize import FusedMovingAvgObsFakeQuantize
+from torchao.quantization.pt2e.observer import (
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    PerChannelMinMaxObserver,
+)
+from torchao.quantization.pt2e.quantizer import (
+    QuantizationAnnotation,
+    QuantizationSpec,
+    QuantizationSpecBase,
+    Quantizer,
+    SharedQuantizationSpec,
+)
+
+from edgeslim.plugin.quantization.calibration import observer_class
+from edgeslim.plugin.quantization.config import ActivationSpec, Granularity, LayerConfig, QuantConfig, WeightSpec
+from edgeslim.plugin.quantization.errors import UnsupportedOpError
+from edgeslim.plugin.quantization.fake_quant import GridFakeQuantizePerChannel
+from edgeslim.plugin.quantization.schemes.base import SCHEMES
+
+aten = torch.ops.aten
+WEIGHTED = {aten.conv1d.default, aten.conv2d.default, aten.linear.default}
+BATCH_NORM = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
+CLAMPS = {aten.relu.default, aten.relu_.default, aten.hardtanh.default, aten.hardtanh_.default}
+ACTIVATIONS = CLAMPS | {
+    aten.sigmoid.default, aten.silu.default, aten.silu_.default, aten.hardswish.default,
+    aten.hardswish_.default, aten.gelu.default, aten.tanh.default,
+}
+ADDS = {aten.add.Tensor, aten.add_.Tensor}
+POOLS = {aten.adaptive_avg_pool2d.default, aten.avg_pool2d.default, aten.mean.dim}
+MAX_POOLS = {aten.max_pool2d.default}
+#: Ops that only move data around (or vanish in eval): neither quantized nor reported.
+PASSTHROUGH = {
+    aten.flatten.using_ints, aten.view.default, aten.reshape.default, aten.dropout.default,
+    aten.permute.default, aten.transpose.int, aten.contiguous.default, aten.clone.default,
+    aten.squeeze.dim, aten.unsqueeze.default, aten.sym_size.int, aten.size.default,
+}
+
+
+def module_name(node: Node) -> str:
+    """The module path (``"layer1.0.conv1"``) a node was traced from; ``""`` for the top level."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    return str(list(stack.values())[-1][0])
+
+
+def activation_qspec(spec: ActivationSpec, qat: bool) -> QuantizationSpec:
+    """The PT2E spec of an activation (int8 up to 8 bits, int16 above)."""
+    dtype = torch.int8 if spec.bits <= 8 else torch.int16
+    qmin, qmax = -(2 ** (spec.bits - 1)), 2 ** (spec.bits - 1) - 1
+    qscheme = torch.per_tensor_symmetric if spec.symmetric else torch.per_tensor_affine
+    ctr: Any
+    if qat:
+        ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver)
+    else:
+        ctr = observer_class(spec.calibrator)
+    return QuantizationSpec(dtype=dtype, quant_min=qmin, quant_max=qmax, qscheme=qscheme, observer_or_fake_quant_ctr=ctr)
+
+
+def weight_qspec(spec: WeightSpec, qat: bool) -> QuantizationSpec:
+    """The PT2E spec of a conv/linear weight: stock affine observers, or the grid fake-quant."""
+    per_channel = spec.granularity is Granularity.PER_CHANNEL
+    ctr: Any
+    if spec.scheme == "affine":
+        qmax = 2 ** (spec.bits - 1) - 1
+        qmin = -qmax if spec.symmetric else -qmax - 1
+        dtype = torch.int8 if spec.bits <= 8 else torch.int16
+        if per_channel:
+            qscheme = torch.per_channel_symmetric if spec.symmetric else torch.per_channel_affine
+            obs: Any = MovingAveragePerChannelMinMaxObserver if qat else PerChannelMinMaxObserver
+        else:
+            qscheme = torch.per_tensor_symmetric if spec.symmetric else torch.per_tensor_affine
+            obs = MovingAverageMinMaxObserver if qat else MinMaxObserver
+        ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=obs) if qat else obs
+        return QuantizationSpec(dtype=dtype, quant_min=qmin, quant_max=qmax, qscheme=qscheme,
+                                ch_axis=0 if per_channel else None, observer_or_fake_quant_ctr=ctr)
+    probe = SCHEMES.get(spec.scheme).quantize(torch.linspace(-1, 1, 256).reshape(1, -1), spec.bits, **dict(spec.options))[1]
+    dtype = torch.int8 if probe.qmax <= 127 else torch.int16
+    ctr = GridFakeQuantizePerChannel.with_args(scheme=spec.scheme, bits=spec.bits, per_channel=per_channel, options=spec.options)
+    return QuantizationSpec(dtype=dtype, quant_min=-probe.qmax, quant_max=probe.qmax,
+                            qscheme=torch.per_channel_symmetric, ch_axis=0, observer_or_fake_quant_ctr=ctr)
+
+
+def _only_user(node: Node, targets: set[Any]) -> Node | None:
+    users = list(node.users)
+    if len(users) == 1 and users[0].op == "call_function" and users[0].target in targets:
+        return users[0]
+    return None
+
+
+def _mark(node: Node, inputs: dict[Node, QuantizationSpecBase | None] | None = None, output: QuantizationSpecBase | None = None) -> None:
+    node.meta["quantization_annotation"] = QuantizationAnnotation(
+        input_qspec_map={k: v for k, v in (inputs or {}).items() if v is not None}, output_qspec=output, _annotated=True
+    )
+
+
+def _annotated(node: Node) -> bool:
+    ann = node.meta.get("quantization_annotation")
+    return bool(ann is not None and ann._annotated)
+
+
+class EdgeslimQuantizer(Quantizer):
+    """Annotates a ``torch.export``-ed graph according to a :class:`QuantConfig`.
+
+    Args:
+        config: The quantization config.
+        qat: Use fake-quant modules that train (``prepare_qat_pt2e``) instead of observers.
+
+    Attributes:
+        layers: ``{module name: LayerConfig}`` of every conv/linear met (float ones included).
+        left_float: ``"op (module)"`` of every op left in float because it is unknown.
+    """
+
+    def __init__(self, config: QuantConfig, *, qat: bool = False) -> None:
+        super().__init__()
+        self.config, self.qat = config, qat
+        self.layers: dict[str, LayerConfig] = {}
+        self.left_float: list[str] = []
+        self._handlers: dict[Any, Callable[[Node], None]] = {}
+        for ops, fn in ((WEIGHTED, self._weighted), (ADDS, self._add), ({aten.cat.default}, self._cat),
+                        (POOLS, self._pool), (MAX_POOLS, self._max_pool), (ACTIVATIONS, self._activation)):
+            for op in ops:
+                self._handlers[op] = fn
+
+    def _act(self, node: Node) -> QuantizationSpec | None:
+        spec = self.config.for_layer(module_name(node)).activation
+        return None if spec is None else activation_qspec(spec, self.qat)
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        """Annotate every supported node; record unknown ones (or raise in strict mode)."""
+        unknown: list[str] = []
+        for node in model.graph.nodes:
+            if node.op != "call_function" or _annotated(node):
+                continue
+            handler = self._handlers.get(node.target)
+            if handler is not None:
+                handler(node)
+            elif node.target not in PASSTHROUGH and node.target not in BATCH_NORM and "getitem" not in str(node.target):
+                unknown.append(f"{node.target} ({module_name(node) or 'top level'})")
+        self.left_float = unknown
+        if unknown and self.config.strict:
+            raise UnsupportedOpError(
+                "the quantizer cannot handle these ops (strict mode): " + ", ".join(unknown)
+                + "; drop strict to leave them in float, or keep their modules in float with an override"
+            )
+        if unknown:
+            warnings.warn("left in float (unsupported by the quantizer): " + ", ".join(unknown), stacklevel=2)
+        return model
+
+    def validate(self, model: GraphModule) -> None:
+        """Nothing to validate beyond what :meth:`annotate` checks."""
+
+    def _weighted(self, node: Node) -> None:
+        name = module_name(node)
+        cfg = self.config.for_layer(name)
+        self.layers[name] = cfg
+        if cfg.is_float:
+            return
+        inputs: dict[Node, QuantizationSpecBase | None] = {}
+        if cfg.activation is not None:
+            inputs[node.args[0]] = activation_qspec(cfg.activation, self.qat)  # type: ignore[index]
+        if cfg.weight is not None:
+            inputs[node.args[1]] = weight_qspec(cfg.weight, self.qat)  # type: ignore[index]
+        end = node
+        if (bn := _only_user(end, BATCH_NORM)) is not None:
+            _mark(bn)
+            end = bn
+        if (act := _only_user(end, CLAMPS)) is not None:
+            end = act
+        feeds_output = any(u.op == "output" for u in end.users)  # model outputs (logits) stay float, as in ORT
+        out = None if cfg.activation is None or feeds_output else activation_qspec(cfg.activation, self.qat)
+        if end is node:
+            _mark(node, inputs, out)
+        else:
+            _mark(node, inputs)
+            _mark(end, output=out)
+
+    def _add(self, node: Node) -> None:
+        act = self._act(node)
+        if act is None:
+            return
+        tensors = [a for a in node.args if isinstance(a, Node)]
+        relu = _only_user(node, CLAMPS)
+        _mark(node, dict.fromkeys(tensors, act), None if relu else act)
+        if relu is not None:
+            _mark(relu, output=act)
+
+    def _cat(self, node: Node) -> None:
+        act = self._act(node)
+        if act is None:
+            return
+        tensors = [a for a in node.args[0] if isinstance(a, Node)]  # type: ignore[union-attr]
+        _mark(node, dict.fromkeys(tensors, act), act)
+
+    def _pool(self, node: Node) -> None:
+        act = self._act(node)
+        if act is not None and isinstance(node.args[0], Node):
+            _mark(node, {node.args[0]: act}, act)
+
+    def _max_pool(self, node: Node) -> None:
+        act = self._act(node)
+        if act is not None and isinstance(node.args[0], Node):
+            _mark(node, {node.args[0]: act}, SharedQuantizationSpec((node.args[0], node)))
+
+    def _activation(self, node: Node) -> None:
+        act = self._act(node)
+        if act is not None and isinstance(node.args[0], Node):
+            _mark(node, {node.args[0]: act}, act)
+
+
+__all__ = ["EdgeslimQuantizer", "activation_qspec", "module_name", "weight_qspec"]

@@ -1,0 +1,76 @@
+"""export(): atomic writes, overwrite protection, verification failures, unsupported ops, inspection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgeslim.exporters import (
+    ExportVerificationError,
+    OutputExistsError,
+    Tolerance,
+    UnsupportedOpError,
+    export,
+)
+from edgeslim.exporters.verify import compare
+
+
+def test_existing_output_is_not_overwritten(tiny_model, example, tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"keep me")
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        export(tiny_model, "onnx", out, example, verify=False)
+    assert out.read_bytes() == b"keep me"
+    res = export(tiny_model, "onnx", out, example, verify=False, overwrite=True)
+    assert res.bytes == out.stat().st_size > 1000
+    assert oct(out.stat().st_mode & 0o777) != oct(0o600)  # published with the usual mode
+
+
+def test_failed_verification_raises_with_numbers_and_leaves_nothing(tiny_model, real_images, example, tmp_path: Path) -> None:
+    impossible = Tolerance(min_cosine=1.01, min_top1_agreement=1.0)
+    with pytest.raises(ExportVerificationError) as info:
+        export(tiny_model, "onnx", tmp_path / "m.onnx", example, quant="int8", tolerance=impossible,
+               calibration=real_images[64:], verify_inputs=real_images[:32])
+    report = info.value.report
+    assert report.samples == 32 and 0.99 < report.cosine <= 1.0 and not report.passed
+    assert "cosine" in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # no half-written or unverified artefact
+
+
+class _Inv(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.inv(x[:, :, :4, :4] + torch.eye(4))
+
+
+class _Odd(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.solver = _Inv()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.solver(self.conv(x)).flatten(1)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_unsupported_op_names_op_and_module(fmt: str, tmp_path: Path) -> None:
+    if fmt == "tflite":
+        pytest.importorskip("litert_torch")
+    with pytest.raises(UnsupportedOpError) as info:
+        export(_Odd().eval(), fmt, tmp_path / f"m.{fmt}", torch.randn(1, 3, 8, 8), verify=False)
+    assert "linalg_inv" in str(info.value.op) and info.value.module == "solver"
+    assert "solver" in str(info.value) and "try" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compare_numbers() -> None:
+    ref = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    rep = compare(ref + np.array([[0.0, 0.0, 0.5], [0.0, 0.0, 0.0]]), ref, Tolerance(0.99, 1.0, 0.5))
+    assert rep.max_abs_error == pytest.approx(0.5) and rep.rel_max_abs_error == pytest.approx(0.25)
+    assert rep.top1_agreement == 1.0 and rep.passed
+    flipped = compare(ref[:, ::-1].copy(), ref, Tolerance(0.5, 0.9))
+    assert flipped.top1_agreement == 0.0 and not flipped.passed

@@ -1,0 +1,35 @@
+"""Export options: parsing and validation (no conversion)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeslim.exporters import ExportConfigError, ExportOptions, Layout, Precision, QuantSpec
+
+
+@pytest.mark.parametrize(
+    ("spec", "precision", "label"),
+    [("fp32", Precision.FP32, "fp32"), ("INT8", Precision.INT8, "int8"), ("16x8", Precision.W8A16, "w8a16"),
+     ("w8a16", Precision.W8A16, "w8a16"), ("fp16", Precision.FP16, "fp16"), ("dynamic", Precision.DYNAMIC, "dynamic"),
+     ("log2:4", Precision.CODED, "log2:4"), ("codebook:3", Precision.CODED, "codebook:3")],
+)
+def test_quant_spec_parses_cli_spelling(spec: str, precision: Precision, label: str) -> None:
+    q = QuantSpec.parse(spec)
+    assert q.precision is precision
+    assert q.label == label
+
+
+@pytest.mark.parametrize("bad", ["int4", "log2:9", "codebook:x", "pwl:4", ""])
+def test_quant_spec_rejects_unknown(bad: str) -> None:
+    with pytest.raises(ExportConfigError, match="unknown quantization"):
+        QuantSpec.parse(bad)
+
+
+def test_options_coerce_strings_and_reject_bad_values() -> None:
+    opts = ExportOptions(quant="int8", layout="nhwc", activations="s8s8")  # type: ignore[arg-type]
+    assert opts.layout is Layout.NHWC and opts.quant.precision is Precision.INT8
+    assert opts.to_dict()["quant"] == "int8"
+    with pytest.raises(ExportConfigError, match="layout"):
+        ExportOptions(layout="chw")  # type: ignore[arg-type]
+    with pytest.raises(ExportConfigError):
+        ExportOptions(calibration_size=0)

@@ -1,0 +1,76 @@
+"""ONNX export, run in the real ONNX Runtime on real images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgeslim.exporters import ExportConfigError, export, inspect_artifact
+
+
+def test_fp32_matches_torch_and_has_dynamic_batch_and_size(tiny_model, real_images, example, tmp_path: Path) -> None:
+    res = export(tiny_model, "onnx", tmp_path / "m.onnx", example, verify_inputs=real_images, optimized_copy=True)
+    onnx.checker.check_model(str(res.path), full_check=True)
+    assert Path(res.metadata["optimized_copy"]).is_file()
+    assert res.verification is not None and res.verification.passed
+    assert res.verification.max_abs_error < 1e-4 and res.verification.top1_agreement == 1.0
+    sess = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"input": real_images[:7].numpy()})[0]
+    np.testing.assert_allclose(out, tiny_model(real_images[:7]).detach().numpy(), atol=1e-4)
+    big = sess.run(None, {"input": torch.nn.functional.interpolate(real_images[:2], size=(64, 64)).numpy()})[0]
+    assert big.shape == (2, 10)  # height/width are dynamic too
+    info = inspect_artifact(res.path)
+    assert info.compute_dtypes() == {"float32": len(info.float_compute_ops())}
+
+
+@pytest.mark.parametrize(("activations", "dtype"), [("u8s8", "uint8"), ("s8s8", "int8")])
+def test_int8_is_really_int8(tiny_model, real_images, example, tmp_path: Path, activations: str, dtype: str) -> None:
+    res = export(tiny_model, "onnx", tmp_path / "q.onnx", example, quant="int8", activations=activations,
+                 calibration=real_images[64:], verify_inputs=real_images[:64])
+    assert res.verification is not None and res.verification.top1_agreement >= 0.95
+    info = inspect_artifact(res.path)
+    assert info.float_compute_ops() == []
+    assert set(info.compute_dtypes()) == {dtype}
+    assert info.weight_dtypes().get("int8", 0) >= 7  # every conv + fc weight
+    assert res.metadata["activations"] == activations
+
+
+def test_w8a16_uses_int16_activations_and_runs_unoptimized(tiny_model, real_images, example, tmp_path: Path) -> None:
+    res = export(tiny_model, "onnx", tmp_path / "w16.onnx", example, quant="w8a16", calibration=real_images[64:],
+                 verify_inputs=real_images[:64])
+    assert set(inspect_artifact(res.path).compute_dtypes()) == {"uint16"}
+    assert res.metadata["ort_graph_optimization"].startswith("disabled")
+    assert res.verification is not None and res.verification.cosine > 0.999
+
+
+def test_edgeslim_pt2e_int8_and_coded_log2(tiny_model, real_images, example, tmp_path: Path) -> None:
+    import edgeslim
+
+    calib = [(real_images[64:], torch.zeros(64, dtype=torch.long))]
+    q8 = edgeslim.quantize(tiny_model, (example,), "int8", calibration=calib)
+    r8 = export(q8, "onnx", tmp_path / "pt2e.onnx", example, verify_inputs=real_images[:64])
+    assert r8.quant == "int8" and "PT2E" in r8.metadata["route"]
+    assert inspect_artifact(r8.path).float_compute_ops() == []
+    assert r8.verification is not None and r8.verification.top1_agreement >= 0.95
+
+    ql = edgeslim.quantize(tiny_model, (example,), "log2:4", calibration=calib)
+    rl = export(ql, "onnx", tmp_path / "log2.onnx", example, verify_inputs=real_images[:64])
+    assert rl.quant == "log2:4" and rl.metadata["coded"]["lowered"] >= 5
+    model = onnx.load(str(rl.path))
+    assert any(i.data_type == onnx.TensorProto.UINT4 for i in model.graph.initializer)
+    coded = rl.metadata["coded"]
+    assert coded["weight_bytes_coded"] < 0.7 * coded["weight_bytes_int8"]
+    assert rl.verification is not None and rl.verification.cosine > 0.999  # vs the PT2E log2 model
+
+
+def test_onnx_refuses_options_it_cannot_honour(tiny_model, example, tmp_path: Path) -> None:
+    with pytest.raises(ExportConfigError, match="NCHW"):
+        export(tiny_model, "onnx", tmp_path / "x.onnx", example, layout="nhwc")
+    with pytest.raises(ExportConfigError, match="not offered for ONNX"):
+        export(tiny_model, "onnx", tmp_path / "x.onnx", example, quant="fp16")
+    assert not list(tmp_path.iterdir())

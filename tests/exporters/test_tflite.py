@@ -1,0 +1,91 @@
+"""TFLite export, run in the real ai-edge-litert interpreter on real images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeslim.exporters import export, inspect_artifact
+
+pytest.importorskip("litert_torch")
+from ai_edge_litert.interpreter import Interpreter
+
+
+def _run(path: Path, x: np.ndarray) -> np.ndarray:
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    ys = []
+    for i in range(len(x)):
+        it.set_tensor(inp["index"], x[i : i + 1])
+        it.invoke()
+        ys.append(it.get_tensor(out["index"]))
+    return np.concatenate(ys)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_fp32_layouts(tiny_model, real_images, example, tmp_path: Path, layout: str) -> None:
+    res = export(tiny_model, "tflite", tmp_path / "m.tflite", example, layout=layout, verify_inputs=real_images[:32])
+    assert res.verification is not None and res.verification.max_abs_error < 1e-4
+    x = real_images[:8].numpy()
+    expect = (1, 3, 32, 32) if layout == "nchw" else (1, 32, 32, 3)
+    assert tuple(res.input["shape"]) == expect
+    feed = x if layout == "nchw" else x.transpose(0, 2, 3, 1).copy()
+    np.testing.assert_allclose(_run(res.path, feed), tiny_model(real_images[:8]).detach().numpy(), atol=1e-4)
+    # inspection flags every float compute op, including the residual ADDs
+    fl = inspect_artifact(res.path).float_compute_ops()
+    assert sum(op.type == "ADD" for op in fl) == 2
+
+
+def test_int8_float_io_is_really_int8(tiny_model, real_images, example, tmp_path: Path) -> None:
+    res = export(tiny_model, "tflite", tmp_path / "q.tflite", example, quant="int8", calibration=real_images[64:],
+                 verify_inputs=real_images[:64])
+    info = inspect_artifact(res.path)
+    assert info.float_compute_ops() == []  # no float ADD left
+    assert set(info.compute_dtypes()) == {"int8"}
+    assert info.inputs[0].dtype == "float32" and info.outputs[0].dtype == "float32"
+    assert info.op_counts()["QUANTIZE"] >= 1 and info.op_counts()["DEQUANTIZE"] >= 1
+    got = _run(res.path, real_images[:64].numpy())
+    agree = (got.argmax(1) == tiny_model(real_images[:64]).argmax(1).numpy()).mean()
+    assert agree >= 0.9
+
+
+def test_int8_quantized_io_carries_scale_and_zero_point(tiny_model, real_images, example, tmp_path: Path) -> None:
+    res = export(tiny_model, "tflite", tmp_path / "q8io.tflite", example, quant="int8", io_dtype="int8", layout="nhwc",
+                 calibration=real_images[64:], verify_inputs=real_images[:64])
+    assert res.input["dtype"] == "int8" and res.input["scale"] > 0 and res.input["zero_point"] is not None
+    x = real_images[:32].numpy().transpose(0, 2, 3, 1)
+    q = np.clip(np.round(x / res.input["scale"]) + res.input["zero_point"], -128, 127).astype(np.int8)
+    it = Interpreter(model_path=str(res.path))
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    preds = []
+    for i in range(len(q)):
+        it.set_tensor(inp["index"], q[i : i + 1])
+        it.invoke()
+        preds.append(int(it.get_tensor(out["index"]).argmax()))
+    ref = tiny_model(real_images[:32]).argmax(1).numpy()
+    assert (np.array(preds) == ref).mean() >= 0.9
+
+
+@pytest.mark.parametrize(("quant", "weights", "compute"), [("fp16", "float16", "float32"), ("dynamic", "int8", "float32"),
+                                                          ("w8a16", "int8", "int16")])
+def test_other_precisions(tiny_model, real_images, example, tmp_path: Path, quant: str, weights: str, compute: str) -> None:
+    res = export(tiny_model, "tflite", tmp_path / f"{quant}.tflite", example, quant=quant, calibration=real_images[64:],
+                 verify_inputs=real_images[:32])
+    info = inspect_artifact(res.path)
+    assert weights in info.weight_dtypes()
+    assert compute in info.compute_dtypes()
+    assert res.verification is not None and res.verification.passed
+
+
+def test_prequantized_graph_is_refused_for_tflite(tiny_model, real_images, example, tmp_path: Path) -> None:
+    import edgeslim
+    from edgeslim.exporters import ExportConfigError
+
+    q = edgeslim.quantize(tiny_model, (example,), "int8", calibration=[(real_images, torch.zeros(128))])
+    with pytest.raises(ExportConfigError, match="already quantized"):
+        export(q, "tflite", tmp_path / "x.tflite", example)
