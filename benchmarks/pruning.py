@@ -40,28 +40,36 @@ from edgeslim.plugin.pruning.metrics import measure
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def ort_latency(model: nn.Module, runs: int, size: int = 224) -> float:
-    """Median ONNX Runtime latency (ms, 2 threads, batch 1) of ``model`` at ``size``x``size``."""
+def ort_latencies(named: dict[str, nn.Module], runs: int, size: int = 224) -> dict[str, float]:
+    """Median ONNX Runtime latency (ms, 2 threads, batch 1) of each model at ``size``x``size``.
+
+    All sessions are built first and timed round-robin (one run of each per round), so a change
+    in machine load hits every model alike and the ratios stay fair.
+    """
     import numpy as np
     import onnxruntime as ort
 
     x = torch.randn(1, 3, size, size)
+    feed_x = x.numpy().astype(np.float32)
+    sessions = {}
     with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "m.onnx"
-        torch.onnx.export(model.eval(), (x,), str(path), dynamo=True, external_data=False)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 2
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        feed = {name: x.numpy().astype(np.float32)}
-        for _ in range(3):
+        for i, (name, model) in enumerate(named.items()):
+            path = Path(d) / f"m{i}.onnx"
+            torch.onnx.export(model.eval(), (x,), str(path), dynamo=True, external_data=False)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = 2
+            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            sessions[name] = (sess, {sess.get_inputs()[0].name: feed_x})
+    times: dict[str, list[float]] = {n: [] for n in sessions}
+    for _ in range(3):
+        for sess, feed in sessions.values():
             sess.run(None, feed)
-        times = []
-        for _ in range(runs):
+    for _ in range(runs):
+        for name, (sess, feed) in sessions.items():
             t = time.perf_counter()
             sess.run(None, feed)
-            times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+            times[name].append((time.perf_counter() - t) * 1e3)
+    return {n: statistics.median(v) for n, v in times.items()}
 
 
 def peer_torch_pruning(model: nn.Module, x: torch.Tensor, steps: int = 5) -> nn.Module:
@@ -195,27 +203,27 @@ def main() -> None:
             write(report)
     x224 = torch.randn(1, 3, 224, 224)
     if "latency" not in skip:
-        base_ms = ort_latency(ref, args.latency_runs)
-        entries = [("unpruned", ref, base_ms)] + [
-            (f"pruned-50% ({k})", m, ort_latency(m, args.latency_runs)) for k, m in pruned.items()]
+        named = {"unpruned": ref, **{f"pruned-50% ({k})": m for k, m in pruned.items()}}
+        lat = ort_latencies(named, args.latency_runs)
         report["latency"] = []
-        for name, m, ms in entries:
+        for name, m in named.items():
             st = measure(m, x224)
             report["latency"].append({"name": name, "params": st.params, "macs": st.macs, "bytes": st.bytes,
-                                      "latency_ms": ms, "speedup": base_ms / ms})
+                                      "latency_ms": lat[name], "speedup": lat["unpruned"] / lat[name]})
         write(report)
     if "sparsity" not in skip:
-        base_ms = ort_latency(ref, args.latency_runs)
-        report["sparsity"] = [{"sparsity": 0.0, "top1": report["top1_fp32"], "nonzero_params": measure(ref, x32).nonzero_params,
-                               "latency_ms": base_ms, "speedup": 1.0}]
+        sparse: dict[str, nn.Module] = {"0.0": ref}
         for s in (0.5, 0.8, 0.9):
             res = prune(ref, x32, PruneConfig(method=Method.UNSTRUCTURED, target=Target.parse(f"sparsity={s}")))
             assert res.masks is not None
             res.masks.make_permanent()
-            ms = ort_latency(res.model, args.latency_runs)
-            report["sparsity"].append({"sparsity": s, "top1": evaluate(res.model, test), "nonzero_params": res.after.nonzero_params,
-                                       "latency_ms": ms, "speedup": base_ms / ms})
-            write(report)
+            sparse[str(s)] = res.model
+        lat = ort_latencies(sparse, args.latency_runs)
+        report["sparsity"] = [
+            {"sparsity": float(k), "top1": report["top1_fp32"] if k == "0.0" else evaluate(m, test),
+             "nonzero_params": measure(m, x32).nonzero_params, "latency_ms": lat[k], "speedup": lat["0.0"] / lat[k]}
+            for k, m in sparse.items()
+        ]
     write(report)
 
 
