@@ -115,7 +115,7 @@ def finetune(
                 running += float(loss.detach())
                 n += 1
                 if on_step:
-                    on_step(step, total, float(loss))
+                    on_step(step, total, float(loss.detach()))
                 if step % steps_per_epoch == 0 or step == total:
                     entry = {"epoch": step / steps_per_epoch, "loss": running / n,
                              "seconds": time.perf_counter() - start}
