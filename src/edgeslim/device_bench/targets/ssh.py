@@ -158,7 +158,10 @@ class SshConnection:
             try:
                 self.sftp.stat(cur)
             except FileNotFoundError:
-                self.sftp.mkdir(cur)
+                try:
+                    self.sftp.mkdir(cur)
+                except OSError:
+                    self.sftp.stat(cur)  # another bench created it meanwhile: fine; else re-raise
 
     def workdir(self) -> str:
         return self._workdir
