@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from edgeslim.errors import EdgeslimError
+
+#: Options shared by several commands (one definition, same flag everywhere).
+DataDirOpt = Annotated[Path | None, typer.Option(help="Fashion-MNIST IDX folder")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed")]
+ForceOpt = Annotated[bool, typer.Option(help="Overwrite an existing model in OUT")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line")]
 
 #: Human-readable output goes to stderr so that stdout's last line can be pure JSON.
 console = Console(stderr=True)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeslim.cli.common import console, emit_json, progress
+from edgeslim.cli.common import JsonOpt, console, emit_json, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -20,7 +20,7 @@ def demo_cmd(
     out: Annotated[Path, typer.Option(help="Where the pruned model is written")] = Path("edgeslim-demo"),
     finetune_epochs: Annotated[float, typer.Option("--finetune-epochs", help="Fine-tune epochs (fractions allowed)")] = 0.2,
     test_limit: Annotated[int, typer.Option(help="Test images to evaluate on (10000 = all)")] = 10000,
-    json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line")] = False,
+    json_: JsonOpt = False,
 ) -> None:
     """Prune the bundled Fashion-MNIST ResNet-18 to half its parameters, fine-tune briefly, evaluate."""
     import torch

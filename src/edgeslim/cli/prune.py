@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeslim.cli.common import console, emit_json, load_model_arg, progress
+from edgeslim.cli.common import DataDirOpt, ForceOpt, JsonOpt, SeedOpt, console, emit_json, load_model_arg, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -33,12 +33,12 @@ def prune_cmd(
     distill: Annotated[bool, typer.Option(help="Distil from the unpruned model while fine-tuning")] = True,
     eval_: Annotated[bool, typer.Option("--eval", help="Top-1 on the full Fashion-MNIST test set before/after")] = False,
     test_limit: Annotated[int, typer.Option(help="Evaluate on the first N test images (10000 = all)")] = 10000,
-    data_dir: Annotated[Path | None, typer.Option(help="Fashion-MNIST IDX folder")] = None,
+    data_dir: DataDirOpt = None,
     input_size: Annotated[int, typer.Option(help="Input resolution for tracing/MACs")] = 32,
     batch_size: Annotated[int, typer.Option(help="Batch size for data passes")] = 128,
-    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing model in OUT")] = False,
-    json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line")] = False,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
 ) -> None:
     """Prune MODEL to a target and save it (reload with ``edgeslim.load``)."""
     import torch

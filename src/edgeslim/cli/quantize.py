@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeslim.cli.common import console, emit_json, load_model_arg, progress
+from edgeslim.cli.common import DataDirOpt, ForceOpt, JsonOpt, SeedOpt, console, emit_json, load_model_arg, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -37,12 +37,12 @@ def quantize_cmd(
     lr: Annotated[float, typer.Option(help="QAT learning rate (SGD, momentum 0.9)")] = 1e-4,
     strict: Annotated[bool, typer.Option(help="Fail on ops the quantizer cannot handle instead of leaving them float")] = False,
     eval_: Annotated[bool, typer.Option("--eval", help="Top-1 on the full Fashion-MNIST test set, fp32 and quantized")] = False,
-    data_dir: Annotated[Path | None, typer.Option(help="Fashion-MNIST IDX folder")] = None,
+    data_dir: DataDirOpt = None,
     input_size: Annotated[int, typer.Option(help="Input resolution for torch.export")] = 32,
     batch_size: Annotated[int, typer.Option(help="Batch size of calibration/QAT")] = 64,
-    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing model in OUT")] = False,
-    json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line")] = False,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
 ) -> None:
     """Quantize MODEL and save it (reload with ``edgeslim.load``)."""
     import torch

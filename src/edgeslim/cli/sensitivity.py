@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeslim.cli.common import console, emit_json, load_model_arg, progress
+from edgeslim.cli.common import DataDirOpt, JsonOpt, console, emit_json, load_model_arg, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -23,9 +23,9 @@ def sensitivity_cmd(
     batches: Annotated[int, typer.Option(help="Held-out batches per measurement")] = 4,
     batch_size: Annotated[int, typer.Option(help="Images per batch")] = 128,
     target: Annotated[str, typer.Option(help="Also allocate per-group ratios for this target (e.g. params=0.5)")] = "",
-    data_dir: Annotated[Path | None, typer.Option(help="Fashion-MNIST IDX folder")] = None,
+    data_dir: DataDirOpt = None,
     input_size: Annotated[int, typer.Option(help="Input resolution")] = 32,
-    json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line")] = False,
+    json_: JsonOpt = False,
 ) -> None:
     """Measure how much each channel group of MODEL can lose, and where to prune for a target."""
     import torch
