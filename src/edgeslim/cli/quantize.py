@@ -32,7 +32,7 @@ def quantize_cmd(
     recipe: Annotated[Path | None, typer.Option(help="A QuantConfig as .json/.yaml (overrides --scheme)")] = None,
     budget: Annotated[str, typer.Option(help="mixed: weight bytes allowed as a fraction of fp32 (1/6, 0.25)")] = "1/6",
     calib: Annotated[int, typer.Option(help="Calibration images drawn (seeded) from the training set")] = 512,
-    calibrator: Annotated[str, typer.Option(help="minmax | ema | percentile | mse | entropy")] = "minmax",
+    calibrator: Annotated[str, typer.Option(help="mse (default: the clipping range of least error) | minmax | ema | percentile | entropy")] = "mse",
     qat_epochs: Annotated[float, typer.Option("--qat-epochs", help="QAT fine-tuning in epochs (fractions allowed; 0: PTQ)")] = 0.0,
     lr: Annotated[float, typer.Option(help="QAT learning rate (SGD, momentum 0.9)")] = 1e-4,
     strict: Annotated[bool, typer.Option(help="Fail on ops the quantizer cannot handle instead of leaving them float")] = False,

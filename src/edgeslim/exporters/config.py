@@ -77,7 +77,7 @@ _ALIASES: dict[str, Precision] = {
     "int8": Precision.INT8, "w8a8": Precision.INT8,
     "w8a16": Precision.W8A16, "16x8": Precision.W8A16, "int16x8": Precision.W8A16,
 }
-CODED_SCHEMES = ("log2", "codebook")
+CODED_SCHEMES = ("log2", "codebook", "pwl")
 
 
 @dataclass(frozen=True)
@@ -86,13 +86,15 @@ class QuantSpec:
 
     Attributes:
         precision: What the artefact computes in.
-        scheme: ``log2`` or ``codebook`` for :attr:`Precision.CODED`.
+        scheme: ``log2``, ``codebook`` or ``pwl`` for :attr:`Precision.CODED`.
         bits: Code width of a coded scheme (2..8).
+        activations: Activation part of a coded spec (``a16``, ``log2:5``); None: int8.
     """
 
     precision: Precision = Precision.FP32
     scheme: str | None = None
     bits: int | None = None
+    activations: str | None = None
 
     @classmethod
     def parse(cls, spec: str | QuantSpec | Precision) -> QuantSpec:
@@ -108,18 +110,22 @@ class QuantSpec:
         s = str(spec).strip().lower()
         if s in _ALIASES:
             return cls(_ALIASES[s])
+        s, _, acts = s.partition("/")
         scheme, sep, bits = s.partition(":")
-        if sep and scheme in CODED_SCHEMES and bits.isdigit() and 2 <= int(bits) <= 8:
-            return cls(Precision.CODED, scheme, int(bits))
+        acts_ok = not acts or (acts.startswith("a") and acts[1:].isdigit()) or (acts.startswith("log2:") and acts[5:].isdigit())
+        if sep and scheme in CODED_SCHEMES and bits.isdigit() and 2 <= int(bits) <= 8 and acts_ok:
+            return cls(Precision.CODED, scheme, int(bits), acts or None)
         raise ExportConfigError(
             f"unknown quantization {spec!r}; use one of {', '.join(sorted(_ALIASES))}, "
-            f"or {'/'.join(CODED_SCHEMES)}:BITS (BITS 2..8)"
+            f"or {'/'.join(CODED_SCHEMES)}:BITS (BITS 2..8), optionally followed by /aBITS or /log2:BITS (activations)"
         )
 
     @property
     def label(self) -> str:
         """The CLI spelling (``int8``, ``log2:4`` ...)."""
-        return f"{self.scheme}:{self.bits}" if self.precision is Precision.CODED else self.precision.value
+        if self.precision is not Precision.CODED:
+            return self.precision.value
+        return f"{self.scheme}:{self.bits}" + (f"/{self.activations}" if self.activations else "")
 
     @property
     def quantized_activations(self) -> bool:

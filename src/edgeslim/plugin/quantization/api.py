@@ -34,6 +34,7 @@ from edgeslim.plugin.quantization.coded import CodedWeight
 from edgeslim.plugin.quantization.config import Mode, QuantConfig
 from edgeslim.plugin.quantization.errors import CalibrationError, ConversionError, QuantizationError
 from edgeslim.plugin.quantization.fake_quant import GridFakeQuantizePerChannel
+from edgeslim.plugin.quantization.log_act import insert_log2_snaps
 from edgeslim.plugin.quantization.quantizer import WEIGHTED, EdgeslimQuantizer, module_name
 from edgeslim.plugin.quantization.report import LayerReport, QuantReport, sqnr_db
 from edgeslim.plugin.quantization.schemes.base import nearest_level
@@ -301,6 +302,7 @@ def convert(prepared: GraphModule, *, input_means: dict[str, torch.Tensor] | Non
             if input_means is not None and name in input_means:
                 layer_node = next(u for u in node.users if u.target in WEIGHTED)
                 correct_bias(prepared, layer_node, output_shift(expected[name] - inputs[name], input_means[name]))
+    insert_log2_snaps(prepared)
     converted = convert_pt2e(prepared)
     deq = _dequantized_weights(converted)
     coded: dict[str, CodedWeight] = {}

@@ -65,6 +65,7 @@ class SampleObserver(MinMaxObserver):
         super().__init__(*args, **kwargs)
         self._samples: list[torch.Tensor] = []
         self._n = 0
+        self._gen = torch.Generator().manual_seed(0)  # the same calibration data gives the same ranges
 
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
         """Check, record min/max, and keep up to ``_PER_BATCH`` random values of this batch."""
@@ -72,12 +73,12 @@ class SampleObserver(MinMaxObserver):
         out = super().forward(x_orig)
         flat = x_orig.detach().reshape(-1).to(torch.float32)
         if flat.numel() > _PER_BATCH:
-            flat = flat[torch.randint(flat.numel(), (_PER_BATCH,))]
+            flat = flat[torch.randint(flat.numel(), (_PER_BATCH,), generator=self._gen)]
         self._samples.append(flat.clone())
         self._n += flat.numel()
         if self._n > 2 * MAX_SAMPLES:
             allv = torch.cat(self._samples)
-            self._samples = [allv[torch.randperm(allv.numel())[:MAX_SAMPLES]]]
+            self._samples = [allv[torch.randperm(allv.numel(), generator=self._gen)[:MAX_SAMPLES]]]
             self._n = MAX_SAMPLES
         return out
 
@@ -126,7 +127,7 @@ class MSEObserver(SampleObserver):
     def choose_range(self, x: torch.Tensor) -> tuple[float, float]:
         """Grid search over geometric shrink factors (1 down to ~0.02) of the min/max range."""
         if x.numel() > _MSE_SAMPLES:
-            x = x[torch.randperm(x.numel())[:_MSE_SAMPLES]]
+            x = x[torch.randperm(x.numel(), generator=self._gen)[:_MSE_SAMPLES]]
         lo0, hi0 = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
         best = (math.inf, lo0, hi0)
         for i in range(80):
@@ -144,12 +145,18 @@ class EntropyObserver(SampleObserver):
     bins = 2048
 
     def choose_range(self, x: torch.Tensor) -> tuple[float, float]:
-        """The threshold whose quantized distribution is closest (KL) to the float one."""
-        amax = float(x.abs().max())
+        """The threshold whose quantized distribution is closest (KL) to the float one.
+
+        Exact zeros (half of a post-ReLU tensor) are left out: every range represents them
+        exactly, and their spike in the first bin would otherwise push the threshold down.
+        """
+        signed = float(x.min()) < 0
+        x = x[x != 0]
+        amax = float(x.abs().max()) if x.numel() else 0.0
         if amax == 0:
             return 0.0, 0.0
         hist = torch.histc(x.abs(), bins=self.bins, min=0, max=amax).double()
-        nq = max((self._levels() + 1) // (2 if float(x.min()) < 0 else 1), 2)
+        nq = max((self._levels() + 1) // (2 if signed else 1), 2)
         best_kl, best_i = math.inf, self.bins
         for i in range(max(nq, 128), self.bins + 1, 16):
             p = hist[:i].clone()
@@ -158,7 +165,7 @@ class EntropyObserver(SampleObserver):
             if kl < best_kl:
                 best_kl, best_i = kl, i
         t = amax * best_i / self.bins
-        return (-t if float(x.min()) < 0 else 0.0), t
+        return (-t if signed else 0.0), t
 
 
 def _kl_after_merge(p: torch.Tensor, raw: torch.Tensor, nq: int) -> float:

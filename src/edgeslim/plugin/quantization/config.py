@@ -18,6 +18,8 @@ from typing import Any
 from edgeslim.plugin.quantization.errors import QuantConfigError
 
 MIN_BITS, MAX_BITS = 2, 16
+#: Activation schemes: uniform affine, or power-of-two levels.
+ACTIVATION_SCHEMES = ("affine", "log2")
 
 
 class Granularity(str, Enum):
@@ -69,20 +71,30 @@ class WeightSpec:
 
 @dataclass(frozen=True)
 class ActivationSpec:
-    """How activations are quantized (always uniform affine, per tensor).
+    """How activations are quantized (per tensor).
 
     Attributes:
-        bits: 8 or 16 (any 2–16 is accepted; int8 storage up to 8 bits, int16 above).
-        calibrator: A registered calibrator name (``minmax``, ``ema``, ``percentile``, ``mse``, ``entropy``).
-        symmetric: Symmetric range around zero instead of an asymmetric min/max range.
+        bits: 8 or 16 (any 2–16 is accepted; int8 storage up to 8 bits, int16 above); 2–5 for log2.
+        calibrator: A registered calibrator name (``minmax``, ``ema``, ``percentile``, ``mse``, ``entropy``);
+            affine only (log2 picks its top level by MSE).
+        symmetric: Symmetric range around zero instead of an asymmetric min/max range (affine).
+        scheme: ``affine`` (uniform) or ``log2`` (power-of-two levels, see
+            :mod:`edgeslim.plugin.quantization.log_act`).
     """
 
     bits: int = 8
-    calibrator: str = "minmax"
+    calibrator: str = "mse"
     symmetric: bool = False
+    scheme: str = "affine"
 
     def __post_init__(self) -> None:
         _check_bits(self.bits, "activation")
+        if self.scheme not in ACTIVATION_SCHEMES:
+            raise QuantConfigError(f"unknown activation scheme {self.scheme!r}; known: {', '.join(ACTIVATION_SCHEMES)}")
+        if self.scheme == "log2":
+            from edgeslim.plugin.quantization.log_act import check_bits
+
+            check_bits(self.bits)
         from edgeslim.plugin.quantization.calibration import CALIBRATORS
 
         if self.calibrator not in CALIBRATORS:
@@ -140,8 +152,11 @@ class QuantConfig:
 
     # ---- construction from the CLI spelling -------------------------------------------------
     @classmethod
-    def from_spec(cls, spec: str, *, calibrator: str = "minmax", strict: bool = False) -> QuantConfig:
+    def from_spec(cls, spec: str, *, calibrator: str = "mse", strict: bool = False) -> QuantConfig:
         """Parse ``int8``, ``int16``, ``w8a16``, ``w4a8``, ``log2:4``, ``codebook:4``, ``pwl:4``.
+
+        A ``/`` suffix sets the activations: ``log2:4/log2:5`` (log2 weights and 5-bit log2
+        activations), ``codebook:4/a16`` (int16 activations).
 
         ``SCHEME:BITS`` quantizes weights with the named registered scheme and activations to
         int8. ``mixed`` is not a fixed config: use :func:`~edgeslim.plugin.quantization.mixed_precision.search`.
@@ -150,6 +165,16 @@ class QuantConfig:
             QuantConfigError: Unknown spelling, scheme or bits out of range.
         """
         s = spec.strip().lower()
+        if "/" in s:  # WEIGHTS/ACTIVATIONS, e.g. log2:4/log2:5 or codebook:4/a16
+            wpart, _, apart = s.partition("/")
+            base = cls.from_spec(wpart, calibrator=calibrator, strict=strict)
+            if apart.startswith("log2:") and apart[5:].isdigit():
+                act = ActivationSpec(int(apart[5:]), calibrator, scheme="log2")
+            elif apart.startswith("a") and apart[1:].isdigit():
+                act = ActivationSpec(int(apart[1:]), calibrator)
+            else:
+                raise QuantConfigError(f"bad activation part {apart!r} in {spec!r}: use aBITS (a8, a16) or log2:BITS")
+            return cls(default=LayerConfig(base.default.weight, act), strict=strict, name=s)
         if s == "mixed":
             raise QuantConfigError(
                 "'mixed' is chosen by a search, not a fixed config: use "
@@ -169,7 +194,8 @@ class QuantConfig:
             w, a = WeightSpec(scheme, int(bits)), ActivationSpec(8, calibrator)
         else:
             raise QuantConfigError(
-                f"unknown scheme spec {spec!r}; use int8, int16, w8a16, wNaM, log2:BITS, codebook:BITS, pwl:BITS"
+                f"unknown scheme spec {spec!r}; use int8, int16, w8a16, wNaM, log2:BITS, codebook:BITS, pwl:BITS "
+                "(optionally /log2:BITS or /aBITS for the activations)"
             )
         return cls(default=LayerConfig(w, a), strict=strict, name=s)
 
@@ -238,6 +264,7 @@ def _layer_from_dict(d: dict[str, Any] | None) -> LayerConfig:
 
 
 __all__ = [
+    "ACTIVATION_SCHEMES",
     "FLOAT",
     "MAX_BITS",
     "MIN_BITS",

@@ -85,6 +85,7 @@ class QuantizedFormat:
         from edgeslim.plugin.pruning.io import PrunedFormat
         from edgeslim.plugin.quantization.api import enable_train_eval, prepare
         from edgeslim.plugin.quantization.config import Mode, QuantConfig
+        from edgeslim.plugin.quantization.log_act import insert_log2_snaps
 
         float_model = PrunedFormat().restore(payload["float"], base)
         cfg = QuantConfig.from_dict(payload["config"])
@@ -93,6 +94,7 @@ class QuantizedFormat:
         prepared = prepare(float_model, x, cfg, mode=mode)
         with torch.no_grad():
             prepared(x)
+        insert_log2_snaps(prepared)  # log2 activations: the snap ops (their constants are restored below)
         converted = convert_pt2e(prepared)
         saved: dict[str, torch.Tensor] = payload["constants"]
         have = graph_constants(converted)

@@ -14,6 +14,7 @@ Drop-in use inside your own loop::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,18 +80,48 @@ def train_qat(
     lr: float = 1e-4,
     schedule: QATSchedule | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    teacher: nn.Module | None = None,
+    temperature: float = 4.0,
+    cosine: bool = False,
 ) -> float:
     """A minimal QAT loop (SGD + momentum, cross-entropy) for ``steps`` batches; returns the mean loss.
 
     Your own loop works just as well; this is what the CLI and the benchmark use.
+
+    Args:
+        prepared: From :func:`~edgeslim.plugin.quantization.api.prepare_qat`.
+        loader: ``(images, labels)`` batches; cycled until ``steps`` are done.
+        steps: Optimizer steps.
+        lr: (Peak) learning rate.
+        schedule: Observer/BN freezing; default: observers after 3/4 of the steps, BN after 1/2.
+        on_step: Called with ``(step, loss)`` after each step.
+        teacher: A float model to distil from (half cross-entropy, half KL at ``temperature``);
+            the usual teacher is the model before quantization.
+        temperature: Distillation temperature.
+        cosine: Cosine-decay the learning rate from ``lr`` to 0 over ``steps``.
     """
+    if steps < 1:
+        raise QuantConfigError(f"train_qat needs steps >= 1, got {steps}")
     opt = torch.optim.SGD([p for p in prepared.parameters() if p.requires_grad], lr=lr, momentum=0.9)
     sched = schedule or QATSchedule(freeze_observers_after=max(steps * 3 // 4, 1), freeze_bn_after=max(steps // 2, 1))
+    if teacher is not None:
+        teacher.eval()
     total, done = 0.0, 0
     prepared.train()
     while done < steps:
+        seen = 0
         for x, y in loader:
-            loss = F.cross_entropy(prepared(x), y)
+            seen += 1
+            if cosine:
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done / steps))
+            out = prepared(x)
+            loss = F.cross_entropy(out, y)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = F.softmax(teacher(x) / temperature, dim=1)
+                kd = F.kl_div(F.log_softmax(out / temperature, dim=1), soft, reduction="batchmean") * temperature**2
+                loss = 0.5 * loss + 0.5 * kd
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -101,6 +132,8 @@ def train_qat(
                 on_step(done, float(loss))
             if done >= steps:
                 break
+        if seen == 0:
+            raise QuantConfigError("the QAT training loader yielded no batches")
     return total / max(done, 1)
 
 

@@ -34,6 +34,7 @@ from edgeslim.plugin.quantization.calibration import observer_class
 from edgeslim.plugin.quantization.config import ActivationSpec, Granularity, LayerConfig, QuantConfig, WeightSpec
 from edgeslim.plugin.quantization.errors import UnsupportedOpError
 from edgeslim.plugin.quantization.fake_quant import GridFakeQuantizePerChannel
+from edgeslim.plugin.quantization.log_act import Log2ActFakeQuantize
 from edgeslim.plugin.quantization.schemes.base import SCHEMES
 
 aten = torch.ops.aten
@@ -64,7 +65,11 @@ def module_name(node: Node) -> str:
 
 
 def activation_qspec(spec: ActivationSpec, qat: bool) -> QuantizationSpec:
-    """The PT2E spec of an activation (int8 up to 8 bits, int16 above)."""
+    """The PT2E spec of an activation (int8 up to 8 bits, int16 above; log2: an int16 grid)."""
+    if spec.scheme == "log2":
+        lctr = Log2ActFakeQuantize.with_args(bits=spec.bits, qat=qat)
+        return QuantizationSpec(dtype=torch.int16, quant_min=-32767, quant_max=32767,
+                                qscheme=torch.per_tensor_symmetric, observer_or_fake_quant_ctr=lctr)
     dtype = torch.int8 if spec.bits <= 8 else torch.int16
     qmin, qmax = -(2 ** (spec.bits - 1)), 2 ** (spec.bits - 1) - 1
     qscheme = torch.per_tensor_symmetric if spec.symmetric else torch.per_tensor_affine
