@@ -11,7 +11,9 @@ from edgeslim.exporters import ExportConfigError, ExportOptions, Layout, Precisi
     ("spec", "precision", "label"),
     [("fp32", Precision.FP32, "fp32"), ("INT8", Precision.INT8, "int8"), ("16x8", Precision.W8A16, "w8a16"),
      ("w8a16", Precision.W8A16, "w8a16"), ("fp16", Precision.FP16, "fp16"), ("dynamic", Precision.DYNAMIC, "dynamic"),
-     ("log2:4", Precision.CODED, "log2:4"), ("codebook:3", Precision.CODED, "codebook:3")],
+     ("log2:4", Precision.CODED, "log2:4"), ("codebook:3", Precision.CODED, "codebook:3"),
+     ("pwl:4", Precision.CODED, "pwl:4"), ("log2:4/log2:5", Precision.CODED, "log2:4/log2:5"),
+     ("codebook:4/a16", Precision.CODED, "codebook:4/a16")],
 )
 def test_quant_spec_parses_cli_spelling(spec: str, precision: Precision, label: str) -> None:
     q = QuantSpec.parse(spec)

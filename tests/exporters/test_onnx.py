@@ -67,6 +67,11 @@ def test_edgeslim_pt2e_int8_and_coded_log2(tiny_model, real_images, example, tmp
     assert coded["weight_bytes_coded"] < 0.7 * coded["weight_bytes_int8"]
     assert rl.verification is not None and rl.verification.cosine > 0.999  # vs the PT2E log2 model
 
+    qp = edgeslim.quantize(tiny_model, (example,), "pwl:4", calibration=calib)  # two-segment levels: codes too
+    rp = export(qp, "onnx", tmp_path / "pwl.onnx", example, verify_inputs=real_images[:64])
+    assert rp.quant == "pwl:4" and rp.metadata["coded"]["weight_bytes_coded"] < 0.7 * rp.metadata["coded"]["weight_bytes_int8"]
+    assert rp.verification is not None and rp.verification.cosine > 0.999
+
 
 def test_onnx_refuses_options_it_cannot_honour(tiny_model, example, tmp_path: Path) -> None:
     with pytest.raises(ExportConfigError, match="NCHW"):

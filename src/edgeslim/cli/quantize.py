@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -34,7 +35,8 @@ def quantize_cmd(
     calib: Annotated[int, typer.Option(help="Calibration images drawn (seeded) from the training set")] = 512,
     calibrator: Annotated[str, typer.Option(help="mse (default: the clipping range of least error) | minmax | ema | percentile | entropy")] = "mse",
     qat_epochs: Annotated[float, typer.Option("--qat-epochs", help="QAT fine-tuning in epochs (fractions allowed; 0: PTQ)")] = 0.0,
-    lr: Annotated[float, typer.Option(help="QAT learning rate (SGD, momentum 0.9)")] = 1e-4,
+    lr: Annotated[float, typer.Option(help="QAT peak learning rate (SGD, momentum 0.9, cosine decay)")] = 1e-3,
+    kd: Annotated[bool, typer.Option("--kd/--no-kd", help="QAT: distil from the float model (half CE, half KL at T=4)")] = True,
     strict: Annotated[bool, typer.Option(help="Fail on ops the quantizer cannot handle instead of leaving them float")] = False,
     eval_: Annotated[bool, typer.Option("--eval", help="Top-1 on the full Fashion-MNIST test set, fp32 and quantized")] = False,
     data_dir: DataDirOpt = None,
@@ -85,9 +87,11 @@ def quantize_cmd(
         prepared = prepare_qat(net, x, config)
         with progress() as bar:
             task = bar.add_task("QAT", total=steps)
-            train_qat(prepared, train, steps=steps, lr=lr, on_step=lambda s, _l: bar.update(task, completed=s))
+            teacher = copy.deepcopy(net).eval() if kd else None
+            train_qat(prepared, train, steps=steps, lr=lr, teacher=teacher, cosine=True,
+                      on_step=lambda s, _l: bar.update(task, completed=s))
         result = convert(prepared)
-        summary.update(mode="qat", qat_steps=steps, qat_epochs=qat_epochs)
+        summary.update(mode="qat", qat_steps=steps, qat_epochs=qat_epochs, qat_lr=lr, qat_kd=kd)
     else:
         console.print(f"PTQ of {source}: {config.name}, {calib} calibration images ({calibrator})")
         result = quantize(net, x, config, calibration=cal)
