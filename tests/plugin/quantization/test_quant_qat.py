@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -47,3 +49,19 @@ def test_log2_qat_trains_through_the_ste_and_converts_exactly(
 def test_schedule_rejects_negative_steps() -> None:
     with pytest.raises(QuantConfigError):
         QATSchedule(freeze_observers_after=-1)
+
+
+def test_train_qat_distils_from_a_teacher_with_a_cosine_schedule(
+    resnet18_fmnist: torch.nn.Module, train_loader_small: torch.utils.data.DataLoader,
+) -> None:
+    from edgeslim.plugin.quantization.qat import train_qat
+
+    small = [(x[:16], y[:16]) for (x, y), _ in zip(train_loader_small, range(3), strict=False)]
+    qm = prepare_qat(resnet18_fmnist, X, "int8")
+    seen: list[float] = []
+    loss = train_qat(qm, small, steps=3, lr=1e-3, teacher=resnet18_fmnist, cosine=True, on_step=lambda s, v: seen.append(v))
+    assert len(seen) == 3 and all(math.isfinite(v) and v >= 0 for v in seen)  # CE + KL
+    assert loss == pytest.approx(sum(seen) / 3)
+    with pytest.raises(QuantConfigError, match="no batches"):
+        train_qat(prepare_qat(resnet18_fmnist, X, "int8"), [], steps=1)
+
