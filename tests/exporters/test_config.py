@@ -21,7 +21,7 @@ def test_quant_spec_parses_cli_spelling(spec: str, precision: Precision, label: 
     assert q.label == label
 
 
-@pytest.mark.parametrize("bad", ["int4", "log2:9", "codebook:x", "pwl:4", ""])
+@pytest.mark.parametrize("bad", ["int4", "log2:9", "codebook:x", "pwl:1", "log2:4/b8", "log2:4/log2:x", ""])
 def test_quant_spec_rejects_unknown(bad: str) -> None:
     with pytest.raises(ExportConfigError, match="unknown quantization"):
         QuantSpec.parse(bad)

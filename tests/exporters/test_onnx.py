@@ -57,6 +57,15 @@ def test_edgeslim_pt2e_int8_and_coded_log2(tiny_model, real_images, example, tmp
     assert r8.quant == "int8" and "PT2E" in r8.metadata["route"]
     assert inspect_artifact(r8.path).float_compute_ops() == []
     assert r8.verification is not None and r8.verification.top1_agreement >= 0.95
+    # PT2E graphs come out S8S8; the default re-encodes activations as uint8 (U8S8, ORT's fast x86 kernels)
+    assert r8.metadata["activations"] == "u8s8" and set(inspect_artifact(r8.path).compute_dtypes()) == {"uint8"}
+    s8 = export(q8, "onnx", tmp_path / "pt2e_s8.onnx", example, activations="s8s8", verify_inputs=real_images[:64])
+    assert s8.metadata["activations"] == "s8s8" and set(inspect_artifact(s8.path).compute_dtypes()) == {"int8"}
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # reference Q/DQ kernels
+    outs = [ort.InferenceSession(str(p), plain, providers=["CPUExecutionProvider"]).run(None, {"input": real_images[:16].numpy()})[0]
+            for p in (r8.path, s8.path)]
+    np.testing.assert_array_equal(outs[0], outs[1])  # the re-encoding changes no value
 
     ql = edgeslim.quantize(tiny_model, (example,), "log2:4", calibration=calib)
     rl = export(ql, "onnx", tmp_path / "log2.onnx", example, verify_inputs=real_images[:64])

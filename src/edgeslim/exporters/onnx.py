@@ -7,7 +7,8 @@ Routes (measured on ONNX Runtime 1.32, x86-64):
   per-channel int8 weights, calibrated on real images); activations ``u8s8`` (default, ~2.5x
   faster on x86) or ``s8s8``; ``w8a16`` uses int16 activations (opset 21).
 - A model already quantized by ``edgeslim.quantize`` (a PT2E-converted graph) is exported as
-  it is: its Q/DQ ops become ``QuantizeLinear``/``DequantizeLinear``.
+  it is: its Q/DQ ops become ``QuantizeLinear``/``DequantizeLinear``; int8 activations are
+  re-encoded as uint8 for ``u8s8`` (the default; value-preserving, :mod:`edgeslim.exporters.qdq`).
 - ``log2:N`` / ``codebook:N``: the PT2E export, then the weights are lowered to N-bit codes
   (:mod:`edgeslim.exporters.coded`).
 
@@ -28,6 +29,7 @@ import torch
 from edgeslim.exporters.base import EXPORTERS, ExportJob, Runner, is_prequantized, quiet_stdout, raise_unsupported
 from edgeslim.exporters.config import ActivationType, Layout, Precision
 from edgeslim.exporters.errors import ExportConfigError, ExportError
+from edgeslim.exporters.qdq import activations_to_uint8
 from edgeslim.registry import Registry
 
 INPUT_NAME = "input"
@@ -137,9 +139,22 @@ def _ort_static(job: ExportJob, dest: Path) -> None:
     job.metadata["activations"] = f"{sign}{16 if w16 else 8}s8"
 
 
+def _signed_activations(job: ExportJob, dest: Path) -> None:
+    """Apply the asked int8 activation signedness to a PT2E export (it comes out S8S8)."""
+    if job.options.quant.precision is Precision.W8A16 or uses_16bit_activations(dest):
+        job.metadata["activations"] = "s16s8"
+        return
+    if job.options.activations is ActivationType.U8S8:
+        n = activations_to_uint8(dest)
+        job.metadata["activations"] = "u8s8" if n else "s8s8"
+    else:
+        job.metadata["activations"] = "s8s8"
+
+
 def _prequantized_or_runtime(job: ExportJob, dest: Path) -> None:
     if job.prequantized:
         _fp32(job, dest)
+        _signed_activations(job, dest)
         job.metadata["route"] = "torch.onnx.export(dynamo) of the edgeslim PT2E-quantized graph (QDQ)"
     else:
         _ort_static(job, dest)
@@ -160,6 +175,7 @@ def _coded(job: ExportJob, dest: Path) -> None:
         )
     _fp32(job, dest)
     stats = lower_coded_weights(dest, job.coded_weights, bits=int(job.options.quant.bits or 4))
+    _signed_activations(job, dest)
     job.metadata["route"] = "PT2E QDQ export + coded-weight lowering (UINTn codes + GatherElements codebook)"
     job.metadata["coded"] = stats
 
