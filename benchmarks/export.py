@@ -12,6 +12,7 @@ Writes ``benchmarks/results/export.{json,md}`` and the per-layer report of the i
 
     nice .venv/bin/python benchmarks/export.py              # everything (long on 2 cores)
     .venv/bin/python benchmarks/export.py --parts layerwise # only the per-layer report
+    .venv/bin/python benchmarks/export.py --parts latency report --reps 60  # re-time saved artefacts
 """
 
 from __future__ import annotations
@@ -157,6 +158,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]], s
         eval_s = time.perf_counter() - t0
         ref = preds[src_key][:limit]
         # latency at 224x224: the same ONNX file when its H/W are dynamic, else a 224 twin
+        lat_file = path
         if fmt == "onnx" and res.metadata.get("dynamic_axes", "").endswith("width"):
             lat_runner = runner
         else:
@@ -166,7 +168,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]], s
                 cal = [(torch.nn.functional.interpolate(b, size=(224, 224), mode="bilinear"), y) for b, y in calibration_subset("train", 32, batch_size=16)]
                 tsrc = edgeslim.quantize(base, (x224,), quant, calibration=cal)
             export(tsrc, fmt, twin, x224, quant=quant, overwrite=True, verify=False, calibration_size=32, **kw)
-            lat_runner = open_runner(fmt, twin)
+            lat_runner, lat_file = open_runner(fmt, twin), twin
         reps = max(3, args.reps // 10) if (quant == "w8a16" and fmt == "tflite") else args.reps
         row = {
             "model": name, "format": fmt, "source": src_key, "quant": quant, "activations": res.metadata.get("activations"),
@@ -177,7 +179,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]], s
             "compute_dtypes": res.dtypes.get("compute_dtypes"), "float_compute_ops": res.dtypes.get("float_compute_ops"),
             "route": res.metadata.get("route"), "ort_graph_optimization": res.metadata.get("ort_graph_optimization"),
             "coded": res.metadata.get("coded"), "prune": prune_how if src_key == "pruned" else None,
-            "calibration_images": args.calibration,
+            "calibration_images": args.calibration, "latency_file": str(lat_file),
         }
         row["delta_pt"] = 100 * (row["top1_runtime"] - row["top1_torch"])
         rows.append(row)
@@ -205,6 +207,21 @@ def interleaved_latency(timers: list[tuple[dict[str, Any], Any, int]]) -> None:
     for (row, _, _), ts in zip(timers, times, strict=True):
         row["latency_ms_224"] = statistics.median(ts)
         _log(f"  {row['model']} {row['format']} {row['source']}/{row['quant']}: {row['latency_ms_224']:.2f} ms")
+
+
+def latency_part(args: argparse.Namespace) -> None:
+    """Re-time the artefacts of the saved rows (``latency_file``), all of a model interleaved, ``--reps`` each."""
+    for part in sorted(RESULTS.glob(".export_rows_*.json")):
+        rows = json.loads(part.read_text())
+        timers = []
+        for row in rows:
+            fmt = row["format"]
+            reps = max(3, args.reps // 10) if (row["quant"] == "w8a16" and fmt == "tflite") else args.reps
+            row["latency_reps"] = reps
+            timers.append((row, open_runner(fmt, Path(row["latency_file"])), reps))
+        _log(f"{part.name}: timing {len(timers)} artefacts interleaved, {args.reps} reps")
+        interleaved_latency(timers)
+        part.write_text(json.dumps(rows, indent=1, default=str))
 
 
 def layerwise_part(args: argparse.Namespace) -> dict[str, Any]:
@@ -260,7 +277,7 @@ def write_markdown(data: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["resnet18-fmnist", "mobilenet_v2-fmnist"])
-    ap.add_argument("--parts", nargs="+", default=["export", "layerwise", "report"], choices=["export", "layerwise", "report"])
+    ap.add_argument("--parts", nargs="+", default=["export", "layerwise", "report"], choices=["export", "latency", "layerwise", "report"])
     ap.add_argument("--only", nargs="*", default=[], help="substrings of 'fmt:source/quant' to run (default: all)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--tflite-limit", type=int, default=10_000)
@@ -292,6 +309,8 @@ def main() -> None:
                 part.write_text(json.dumps(rows, indent=1, default=str))
 
             run_model(name, args, rows, save_part)
+    if "latency" in args.parts:
+        latency_part(args)
     if "layerwise" in args.parts:
         data["layerwise"] = layerwise_part(args)
         save()

@@ -20,6 +20,7 @@ def test_quantize_int8_json_contract(tmp_path: Path) -> None:
     assert summary["mode"] == "ptq" and summary["scheme"] == "int8"
     assert 11_000_000 < summary["weight_bytes"] < 11_300_000
     assert summary["float_weight_bytes"] / summary["weight_bytes"] > 3.9
+    assert summary["path"] == summary["model_path"]
     model = edgeslim.load(summary["model_path"])
     assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 10)
     for f in ("report.json", "report.md", "sqnr.png"):

@@ -113,6 +113,7 @@ def quantize_cmd(
         result.report.accuracy = {"top1_fp32": summary["top1_fp32"], "top1_quant": summary["top1_quant"]}
     out.mkdir(parents=True, exist_ok=True)
     summary["model_path"] = str(es_io.save(result.model, dest, kind="quantized", meta=dict(summary)))
+    summary["path"] = summary["model_path"]  # the same key as `edgeslim export --json`
     (out / "report.json").write_text(json.dumps({**summary, "report": result.report.to_dict()}, indent=1, default=str))
     (out / "report.md").write_text(result.report.to_markdown() + "\n")
     result.report.plot(out / "sqnr.png")
