@@ -35,8 +35,9 @@ NOTES = [
     "Each artefact is compared with the PyTorch model it came from on the same images: fp32/pruned rows with the "
     "eager model, int8/w8a16 rows with the float model they were quantized from (ORT quantize_static / "
     "ai-edge-quantizer), edgeslim-int8 and log2/codebook rows with the edgeslim PT2E model (`edgeslim.quantize`).",
-    "Pruned rows: 50 % of the parameters removed by `edgeslim.prune` (L1, sensitivity allocation) and fine-tuned "
-    "for a quarter epoch with distillation from the fp32 model (`edgeslim.finetune`).",
+    "Pruned rows: 50 % of the parameters removed by `edgeslim.prune` (L1, sensitivity allocation, channel counts "
+    "rounded to multiples of 16) and fine-tuned for a quarter epoch with distillation from the fp32 model "
+    "(`edgeslim.finetune`).",
     "Every quantized variant is calibrated on the same 512 seeded training images.",
     "ONNX int8 = U8S8 unless marked s8s8; W8A16 ONNX runs with ORT_DISABLE_ALL (ORT's optimised int16 graph is wrong). "
     "edgeslim-int8: edgeslim's own PT2E int8 model (MSE calibrator) exported as a QDQ graph.",
@@ -45,7 +46,9 @@ NOTES = [
     "is measured on a twin quantized at 224.",
     "TFLite w8a16 (16x8) has no XNNPACK kernels: evaluated on fewer images, latency with fewer reps.",
     "Latency: batch 1, 224x224, 2 threads, median; all variants of a model timed round-robin in one loop "
-    "(interleaved), so machine noise hits them alike; compare ratios.",
+    "(interleaved), so machine noise hits them alike; compare ratios. ONNX Runtime sessions run with thread "
+    "spinning off: with it on, a finished session's spinning threads stole the cores from the next one and "
+    "tripled some timings.",
 ]
 THREADS = 2
 
@@ -102,7 +105,7 @@ def open_runner(fmt: str, path: Path) -> Any:
     from edgeslim.exporters.onnx import OrtRunner
     from edgeslim.exporters.tflite import LiteRTRunner
 
-    return OrtRunner(path, threads=THREADS) if fmt == "onnx" else LiteRTRunner(path, threads=THREADS)
+    return OrtRunner(path, threads=THREADS, spinning=False) if fmt == "onnx" else LiteRTRunner(path, threads=THREADS)
 
 
 def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]], save: Any) -> None:

@@ -200,14 +200,19 @@ class OrtRunner:
         path: The ONNX file.
         threads: Intra-op threads (default: ONNX Runtime's).
         optimize: Graph optimizations; ``None`` = on, except for 16-bit activations (off).
+        spinning: Let the intra-op threads spin-wait after a run (ONNX Runtime's default). Turn it
+            off when several sessions are timed in turn: a finished session's spinning threads
+            otherwise steal the cores from the next one and distort every timing.
     """
 
-    def __init__(self, path: Path, *, threads: int | None = None, optimize: bool | None = None) -> None:
+    def __init__(self, path: Path, *, threads: int | None = None, optimize: bool | None = None, spinning: bool = True) -> None:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
+        if not spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.optimized = (not uses_16bit_activations(path)) if optimize is None else optimize
         if not self.optimized:
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
