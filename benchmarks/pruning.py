@@ -58,6 +58,7 @@ def ort_latencies(named: dict[str, nn.Module], runs: int, size: int = 224) -> di
             torch.onnx.export(model.eval(), (x,), str(path), dynamo=True, external_data=False)
             so = ort.SessionOptions()
             so.intra_op_num_threads = 2
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # timed in turn: no spinning threads
             sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
             sessions[name] = (sess, {sess.get_inputs()[0].name: feed_x})
     times: dict[str, list[float]] = {n: [] for n in sessions}
