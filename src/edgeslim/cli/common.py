@@ -32,6 +32,12 @@ def run_app(app: typer.Typer) -> None:
         sys.exit(2)
 
 
+def refuse_existing(dest: Path, force: bool) -> None:
+    """Stop before any work when ``dest`` exists and ``--force`` was not given."""
+    if dest.exists() and not force:
+        raise typer.BadParameter(f"{dest} exists; pass --force to overwrite it", param_hint="--out")
+
+
 def emit_json(summary: dict[str, Any]) -> None:
     """Print ``summary`` as one JSON line on stdout (the last line of the command's output)."""
     sys.stdout.write(json.dumps(summary, default=_json_default, sort_keys=True) + "\n")

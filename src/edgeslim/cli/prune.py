@@ -9,7 +9,17 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeslim.cli.common import DataDirOpt, ForceOpt, JsonOpt, SeedOpt, console, emit_json, load_model_arg, progress
+from edgeslim.cli.common import (
+    DataDirOpt,
+    ForceOpt,
+    JsonOpt,
+    SeedOpt,
+    console,
+    emit_json,
+    load_model_arg,
+    progress,
+    refuse_existing,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -50,8 +60,7 @@ def prune_cmd(
 
     torch.manual_seed(seed)
     dest = out / "model.pt"
-    if dest.exists() and not force:
-        raise typer.BadParameter(f"{dest} exists; pass --force to overwrite it", param_hint="--out")
+    refuse_existing(dest, force)
     is_reference = model.endswith("-fmnist")
     alloc = allocation or ("sensitivity" if is_reference else "uniform")
     config = PruneConfig(

@@ -10,7 +10,17 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeslim.cli.common import DataDirOpt, ForceOpt, JsonOpt, SeedOpt, console, emit_json, load_model_arg, progress
+from edgeslim.cli.common import (
+    DataDirOpt,
+    ForceOpt,
+    JsonOpt,
+    SeedOpt,
+    console,
+    emit_json,
+    load_model_arg,
+    progress,
+    refuse_existing,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -56,8 +66,7 @@ def quantize_cmd(
 
     torch.manual_seed(seed)
     dest = out / "model.pt"
-    if dest.exists() and not force:
-        raise typer.BadParameter(f"{dest} exists; pass --force to overwrite it", param_hint="--out")
+    refuse_existing(dest, force)
     if calib < 1:
         raise typer.BadParameter("at least one calibration image is needed", param_hint="--calib")
     mixed = recipe is None and scheme.strip().lower() == "mixed"
