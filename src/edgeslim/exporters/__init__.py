@@ -2,9 +2,11 @@
 
 ``edgeslim.export(model, "onnx", "model.onnx", x, quant="int8")`` writes the artefact
 atomically, runs it in its own runtime on real images and compares it with PyTorch.
-Exporters are registered in :data:`~edgeslim.exporters.base.EXPORTERS` (one file each).
+Exporters are registered in :data:`~edgeslim.exporters.base.EXPORTERS` (one file each); this
+package imports the built-in ones so that they are registered before any lookup.
 """
 
+from edgeslim.exporters import onnx, tflite  # noqa: F401  (registration of the built-in exporters)
 from edgeslim.exporters.api import ExportResult, export
 from edgeslim.exporters.base import EXPORTERS, Exporter, Runner, get_exporter
 from edgeslim.exporters.config import (

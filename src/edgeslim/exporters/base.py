@@ -87,10 +87,12 @@ EXPORTERS: Registry[type[Exporter]] = Registry("exporter")
 
 
 def get_exporter(name: str) -> Exporter:
-    """Instantiate the exporter registered as ``name`` (importing the built-in ones first)."""
-    import edgeslim.exporters.onnx
-    import edgeslim.exporters.tflite  # noqa: F401
+    """Instantiate the exporter registered as ``name``.
 
+    The built-in exporters register themselves when their module is imported, which the
+    package ``edgeslim.exporters`` does (Python runs it before this module); third-party
+    ones come from the ``edgeslim.plugins`` entry points. Nothing is imported from here.
+    """
     return EXPORTERS.get(name)()
 
 
