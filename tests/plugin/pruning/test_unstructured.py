@@ -7,16 +7,44 @@ from edgeslim.plugin.pruning import LayerRule, Method, PruneConfig, Target, comp
 from edgeslim.plugin.pruning.unstructured import group_lasso_penalty, l1_penalty
 
 
-@pytest.mark.parametrize("scope", ["global", "layer"])
-def test_magnitude_masks_hit_sparsity(scope: str, small_net: nn.Module) -> None:
-    masks = compute_masks(small_net, 0.8, scope=scope, ignored=[small_net.fc])
-    assert masks.sparsity() == pytest.approx(0.8, abs=0.005)
-    for row in masks.report():
-        assert row["zeros"] == int((small_net.get_parameter(row["name"]) == 0).sum())
-        if scope == "layer":
-            assert row["sparsity"] == pytest.approx(0.8, abs=0.01)
-    kept = small_net.a[0].weight[masks.masks["a.0.weight"]].abs().min()
-    assert kept >= small_net.a[0].weight.abs()[~masks.masks["a.0.weight"]].max() or scope == "global"
+def _magnitudes(net: nn.Module) -> dict[str, torch.Tensor]:
+    """|w| of SmallNet's prunable conv weights, copied before pruning."""
+    return {n: p.detach().abs().clone() for n, p in net.named_parameters() if n.endswith(".weight") and p.dim() == 4}
+
+
+def test_layer_scope_prunes_each_layer_to_the_target(small_net: nn.Module) -> None:
+    before = _magnitudes(small_net)
+    fc = small_net.fc.weight.detach().clone()
+    masks = compute_masks(small_net, 0.8, scope="layer", ignored=[small_net.fc])
+    rows = {r["name"]: r for r in masks.report()}
+    assert sorted(rows) == sorted(before) == ["a.0.weight", "b.0.weight", "stem.0.weight"]  # fc is ignored
+    for name, row in rows.items():
+        assert row["zeros"] == int(0.8 * row["numel"])  # floor: stem 345/432, a 3686/4608, b 7372/9216
+        assert row["sparsity"] == pytest.approx(0.8, abs=1 / row["numel"])
+        assert row["zeros"] == int((small_net.get_parameter(name) == 0).sum())
+        keep = masks.masks[name]
+        assert before[name][keep].min() >= before[name][~keep].max()  # smallest magnitudes of this layer removed
+    assert masks.sparsity() == pytest.approx(0.8, abs=0.001)
+    assert torch.equal(small_net.fc.weight, fc)
+
+
+def test_global_scope_hits_total_sparsity_with_one_threshold(small_net: nn.Module) -> None:
+    before = _magnitudes(small_net)
+    masks = compute_masks(small_net, 0.8, scope="global", ignored=[small_net.fc])
+    rows = {r["name"]: r for r in masks.report()}
+    total = sum(r["numel"] for r in rows.values())
+    assert total == 432 + 4608 + 9216
+    assert sum(r["zeros"] for r in rows.values()) == int(0.8 * total)  # 11,404
+    assert masks.sparsity() == pytest.approx(0.8, abs=0.001)
+    for name, row in rows.items():
+        assert row["zeros"] == int((small_net.get_parameter(name) == 0).sum())
+    # one threshold over all layers: every kept |w| is >= every removed |w|, whichever layer it is in
+    kept = min(before[n][masks.masks[n]].min() for n in rows)
+    removed = max(before[n][~masks.masks[n]].max() for n in rows)
+    assert kept >= removed
+    # so layers differ: the stem (fan-in 27, large weights) keeps most, b (fan-in 288) loses most
+    sp = {n: r["sparsity"] for n, r in rows.items()}
+    assert sp["stem.0.weight"] < 0.4 < sp["a.0.weight"] < 0.8 < sp["b.0.weight"]
 
 
 def test_masks_survive_finetune_steps_and_become_permanent(small_net: nn.Module) -> None:
