@@ -45,9 +45,21 @@ def test_custom_architecture_needs_base(tmp_path: Path) -> None:
 
 
 def test_masks_are_saved(tmp_path: Path) -> None:
+    torch.manual_seed(0)
     res = prune(Custom(), torch.randn(1, 3, 16, 16), PruneConfig(method=Method.UNSTRUCTURED, target=Target.parse("sparsity=0.5")))
+    assert res.masks is not None
+    saved = {n: m.clone() for n, m in res.masks.masks.items()}
+    assert sorted(saved) == ["c.weight"] and all(m.dtype == torch.bool for m in saved.values())  # fc: the head
     back = edgeslim.load(edgeslim.save(res.model, tmp_path / "u.pt"), base=Custom())
-    assert set(back.edgeslim_masks) == set(res.masks.masks)
+    masks = back.edgeslim_masks
+    assert sorted(masks) == sorted(saved)
+    for name, mask in saved.items():
+        assert torch.equal(masks[name], mask), name  # the same weights are masked, not just the same names
+        assert 0.45 < float((~mask).float().mean()) < 0.55
+        weight = back.get_parameter(name)
+        assert torch.equal(weight, res.model.get_parameter(name).detach())
+        assert torch.count_nonzero(weight[~mask]) == 0  # masked weights are still zero after the reload
+        assert torch.count_nonzero(weight[mask]) == int(mask.sum())  # and the kept ones are not
 
 
 def test_bad_files(tmp_path: Path) -> None:
