@@ -48,6 +48,23 @@ def test_w8a16_uses_int16_activations_and_runs_unoptimized(tiny_model, real_imag
     assert res.verification is not None and res.verification.cosine > 0.999
 
 
+def test_int16_is_w16a16_by_onnx_runtime_and_by_edgeslim_pt2e(tiny_model, real_images, example, tmp_path: Path) -> None:
+    import edgeslim
+
+    rt = export(tiny_model, "onnx", tmp_path / "rt.onnx", example, quant="w16a16", calibration=real_images[64:],
+                verify_inputs=real_images[:64])
+    calib = [(real_images[64:], torch.zeros(64, dtype=torch.long))]
+    q16 = edgeslim.quantize(tiny_model, (example,), "int16", calibration=calib)
+    pt = export(q16, "onnx", tmp_path / "pt2e16.onnx", example, verify_inputs=real_images[:64])
+    for res, acts in ((rt, "u16s16"), (pt, "s16s16")):
+        info = inspect_artifact(res.path)
+        assert res.quant == "int16" and res.metadata["activations"] == acts
+        assert info.float_compute_ops() == [] and info.weight_dtypes().get("int16", 0) >= 7
+        assert res.metadata["ort_graph_optimization"].startswith("disabled")
+        assert res.verification is not None and res.verification.cosine > 0.9999
+    assert pt.verification is not None and pt.verification.max_abs_error < 1e-3  # vs the PT2E int16 model
+
+
 def test_edgeslim_pt2e_int8_and_coded_log2(tiny_model, real_images, example, tmp_path: Path) -> None:
     import edgeslim
 
@@ -87,4 +104,6 @@ def test_onnx_refuses_options_it_cannot_honour(tiny_model, example, tmp_path: Pa
         export(tiny_model, "onnx", tmp_path / "x.onnx", example, layout="nhwc")
     with pytest.raises(ExportConfigError, match="not offered for ONNX"):
         export(tiny_model, "onnx", tmp_path / "x.onnx", example, quant="fp16")
+    with pytest.raises(ExportConfigError, match=r"'w4a8' is valid but no exporter offers it; offered: .*int16"):
+        export(tiny_model, "onnx", tmp_path / "x.onnx", example, quant="w4a8")
     assert not list(tmp_path.iterdir())

@@ -105,8 +105,9 @@ def export(
         path: Output file; written atomically (a temporary file renamed into place).
         example_inputs: One NCHW example input (or a 1-tuple); its batch size is the TFLite
             model's fixed batch size (ONNX batch is dynamic).
-        quant: ``fp32``, ``fp16``, ``dynamic``, ``int8``, ``w8a16`` (16x8), ``log2:N``,
-            ``codebook:N``; default: the model's own quantization (``QuantResult``) or fp32.
+        quant: ``fp32``, ``fp16``, ``dynamic``, ``int8``, ``w8a16`` (16x8), ``int16`` (W16A16,
+            ONNX), ``log2:N``, ``codebook:N``, ``pwl:N`` (grammar: :mod:`edgeslim.spec`); default:
+            the model's own quantization (``QuantResult``) or fp32.
         verify: Run the artefact on real images and compare with PyTorch (raises
             :class:`~edgeslim.exporters.errors.ExportVerificationError` on failure; the file is
             then not written).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edgeslim.errors import ConfigError, EdgeslimError
+from edgeslim.errors import ConfigError, EdgeslimError, SpecError
 
 if TYPE_CHECKING:
     from edgeslim.exporters.verify import VerificationReport
@@ -16,6 +16,10 @@ class ExportError(EdgeslimError):
 
 class ExportConfigError(ConfigError, ExportError):
     """An export option is invalid or not supported by the chosen format (raised before any work)."""
+
+
+class ExportSpecError(ExportConfigError, SpecError):
+    """The ``quant`` spec string cannot be parsed (see :func:`edgeslim.spec.parse_spec`)."""
 
 
 class OutputExistsError(ExportError, FileExistsError):
@@ -55,6 +59,7 @@ class ExportVerificationError(ExportError):
 __all__ = [
     "ExportConfigError",
     "ExportError",
+    "ExportSpecError",
     "ExportVerificationError",
     "MissingBackendError",
     "OutputExistsError",

@@ -5,7 +5,8 @@ Routes (measured on ONNX Runtime 1.32, x86-64):
 - ``fp32``: ``torch.onnx.export(..., dynamo=True, external_data=False)`` with a dynamic batch.
 - ``int8`` / ``w8a16`` of a float model: ``onnxruntime.quantization.quantize_static`` (QDQ,
   per-channel int8 weights, calibrated on real images); activations ``u8s8`` (default, ~2.5x
-  faster on x86) or ``s8s8``; ``w8a16`` uses int16 activations (opset 21).
+  faster on x86) or ``s8s8``; ``w8a16`` uses int16 activations (opset 21); ``int16`` (W16A16)
+  int16 weights and activations (opset 21).
 - A model already quantized by ``edgeslim.quantize`` (a PT2E-converted graph) is exported as
   it is: its Q/DQ ops become ``QuantizeLinear``/``DequantizeLinear``; int8 activations are
   re-encoded as uint8 for ``u8s8`` (the default; value-preserving, :mod:`edgeslim.exporters.qdq`).
@@ -112,7 +113,8 @@ def _ort_static(job: ExportJob, dest: Path) -> None:
 
     if not job.calibration:
         raise ExportConfigError("static int8/w8a16 quantization needs calibration data (none given)")
-    w16 = job.options.quant.precision is Precision.W8A16
+    w16 = job.options.quant.precision in {Precision.W8A16, Precision.INT16}
+    wide_weights = job.options.quant.precision is Precision.INT16
     act = {
         ActivationType.U8S8: QuantType.QUInt16 if w16 else QuantType.QUInt8,
         ActivationType.S8S8: QuantType.QInt16 if w16 else QuantType.QInt8,
@@ -131,18 +133,18 @@ def _ort_static(job: ExportJob, dest: Path) -> None:
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=act,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QInt16 if wide_weights else QuantType.QInt8,
             extra_options={"ActivationSymmetric": job.options.activations is ActivationType.S8S8},
         )
     sign = "u" if job.options.activations is ActivationType.U8S8 else "s"
     job.metadata["route"] = "onnxruntime.quantization.quantize_static (QDQ, per-channel)"
-    job.metadata["activations"] = f"{sign}{16 if w16 else 8}s8"
+    job.metadata["activations"] = f"{sign}{16 if w16 else 8}s{16 if wide_weights else 8}"
 
 
 def _signed_activations(job: ExportJob, dest: Path) -> None:
     """Apply the asked int8 activation signedness to a PT2E export (it comes out S8S8)."""
-    if job.options.quant.precision is Precision.W8A16 or uses_16bit_activations(dest):
-        job.metadata["activations"] = "s16s8"
+    if job.options.quant.precision in {Precision.W8A16, Precision.INT16} or uses_16bit_activations(dest):
+        job.metadata["activations"] = "s16s16" if job.options.quant.precision is Precision.INT16 else "s16s8"
         return
     if job.options.activations is ActivationType.U8S8:
         n = activations_to_uint8(dest)
@@ -162,6 +164,7 @@ def _prequantized_or_runtime(job: ExportJob, dest: Path) -> None:
 
 ONNX_ROUTES.register("int8")(_prequantized_or_runtime)
 ONNX_ROUTES.register("w8a16")(_prequantized_or_runtime)
+ONNX_ROUTES.register("int16")(_prequantized_or_runtime)
 
 
 @ONNX_ROUTES.register("coded")
