@@ -15,6 +15,15 @@ class ConfigError(EdgeslimError, ValueError):
     """A configuration value is invalid (raised before any work is done)."""
 
 
+class SpecError(ConfigError):
+    """A quantization spec string (``int8``, ``log2:4/a16`` ...) cannot be parsed.
+
+    The message names the text and lists the accepted spellings. The quantization plugin raises
+    it as ``QuantSpecError`` (also a ``QuantConfigError``), the exporters as ``ExportSpecError``
+    (also an ``ExportConfigError``).
+    """
+
+
 class DataError(EdgeslimError, FileNotFoundError):
     """A dataset is missing or malformed."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from edgeslim.errors import SpecError
 from edgeslim.exporters import ExportConfigError, ExportOptions, Layout, Precision, QuantSpec
 
 
@@ -13,7 +14,8 @@ from edgeslim.exporters import ExportConfigError, ExportOptions, Layout, Precisi
      ("w8a16", Precision.W8A16, "w8a16"), ("fp16", Precision.FP16, "fp16"), ("dynamic", Precision.DYNAMIC, "dynamic"),
      ("log2:4", Precision.CODED, "log2:4"), ("codebook:3", Precision.CODED, "codebook:3"),
      ("pwl:4", Precision.CODED, "pwl:4"), ("log2:4/log2:5", Precision.CODED, "log2:4/log2:5"),
-     ("codebook:4/a16", Precision.CODED, "codebook:4/a16")],
+     ("codebook:4/a16", Precision.CODED, "codebook:4/a16"), ("int16", Precision.INT16, "int16"),
+     ("w16a16", Precision.INT16, "int16"), ("int8/a16", Precision.W8A16, "w8a16"), ("log2:4/a8", Precision.CODED, "log2:4")],
 )
 def test_quant_spec_parses_cli_spelling(spec: str, precision: Precision, label: str) -> None:
     q = QuantSpec.parse(spec)
@@ -21,10 +23,18 @@ def test_quant_spec_parses_cli_spelling(spec: str, precision: Precision, label: 
     assert q.label == label
 
 
-@pytest.mark.parametrize("bad", ["int4", "log2:9", "codebook:x", "pwl:1", "log2:4/b8", "log2:4/log2:x", ""])
-def test_quant_spec_rejects_unknown(bad: str) -> None:
-    with pytest.raises(ExportConfigError, match="unknown quantization"):
+@pytest.mark.parametrize("bad", ["int4", "codebook:x", "pwl:1", "log2:4/b8", "log2:4/log2:x", ""])
+def test_quant_spec_rejects_unparsable_spellings(bad: str) -> None:
+    with pytest.raises(ExportConfigError, match=f"bad quantization spec {bad!r}.*accepted: fp32") as info:
         QuantSpec.parse(bad)
+    assert isinstance(info.value, SpecError)
+
+
+@pytest.mark.parametrize("valid", ["log2:9", "w4a8", "affine:8/log2:4", "codebook:12/a16"])
+def test_quant_spec_refuses_valid_specs_no_exporter_offers(valid: str) -> None:
+    with pytest.raises(ExportConfigError, match=f"{valid!r}.* no exporter offers it; offered: fp32.*int16") as info:
+        QuantSpec.parse(valid)
+    assert not isinstance(info.value, SpecError)
 
 
 def test_options_coerce_strings_and_reject_bad_values() -> None:

@@ -89,3 +89,11 @@ def test_prequantized_graph_is_refused_for_tflite(tiny_model, real_images, examp
     q = edgeslim.quantize(tiny_model, (example,), "int8", calibration=[(real_images, torch.zeros(128))])
     with pytest.raises(ExportConfigError, match="already quantized"):
         export(q, "tflite", tmp_path / "x.tflite", example)
+
+
+def test_int16_is_refused_for_tflite_with_the_offered_precisions(tiny_model, example, tmp_path: Path) -> None:
+    from edgeslim.exporters import ExportConfigError
+
+    with pytest.raises(ExportConfigError, match=r"'int16' is not offered for TFLite; offered: fp32, .*w8a16"):
+        export(tiny_model, "tflite", tmp_path / "x.tflite", example, quant="int16")
+    assert not list(tmp_path.iterdir())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from edgeslim.errors import SpecError
 from edgeslim.plugin.quantization import ActivationSpec, LayerConfig, QuantConfig, WeightSpec
 from edgeslim.plugin.quantization.config import FLOAT
 from edgeslim.plugin.quantization.errors import QuantConfigError
@@ -20,10 +21,17 @@ def test_from_spec(spec: str, scheme: str, wbits: int, abits: int) -> None:
     assert (cfg.default.weight.scheme, cfg.default.weight.bits, cfg.default.activation.bits) == (scheme, wbits, abits)
 
 
-@pytest.mark.parametrize("spec", ["int9x", "log2:1", "log2:17", "affine:0", "kmeans:4", "log2:x", "w1a8"])
+@pytest.mark.parametrize("spec", ["int9x", "log2:1", "log2:17", "affine:0", "kmeans:4", "log2:x", "w1a8", "mixed", "fp32"])
 def test_bad_specs_fail_with_a_clear_message(spec: str) -> None:
-    with pytest.raises(QuantConfigError):
+    with pytest.raises(QuantConfigError, match=repr(spec)) as info:
         QuantConfig.from_spec(spec)
+    assert isinstance(info.value, SpecError)
+
+
+def test_the_name_is_the_canonical_label() -> None:
+    assert QuantConfig.from_spec("16x8").name == "w8a16"
+    assert QuantConfig.from_spec(" W8A8 ").name == "int8"
+    assert QuantConfig.from_spec("codebook:4/a8").name == "codebook:4"
 
 
 @pytest.mark.parametrize("bits", [1, 17, 0, -3])

@@ -15,9 +15,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from edgeslim.plugin.quantization.errors import QuantConfigError
+from edgeslim.errors import SpecError
+from edgeslim.plugin.quantization.errors import QuantConfigError, QuantSpecError
+from edgeslim.spec import MAX_BITS, MIN_BITS, parse_spec
 
-MIN_BITS, MAX_BITS = 2, 16
 #: Activation schemes: uniform affine, or power-of-two levels.
 ACTIVATION_SCHEMES = ("affine", "log2")
 
@@ -155,49 +156,37 @@ class QuantConfig:
     def from_spec(cls, spec: str, *, calibrator: str = "mse", strict: bool = False) -> QuantConfig:
         """Parse ``int8``, ``int16``, ``w8a16``, ``w4a8``, ``log2:4``, ``codebook:4``, ``pwl:4``.
 
-        A ``/`` suffix sets the activations: ``log2:4/log2:5`` (log2 weights and 5-bit log2
-        activations), ``codebook:4/a16`` (int16 activations).
-
-        ``SCHEME:BITS`` quantizes weights with the named registered scheme and activations to
-        int8. ``mixed`` is not a fixed config: use :func:`~edgeslim.plugin.quantization.mixed_precision.search`.
+        The grammar is :func:`edgeslim.spec.parse_spec`'s (shared with the exporters). A ``/``
+        suffix sets the activations: ``log2:4/log2:5`` (log2 weights and 5-bit log2
+        activations), ``codebook:4/a16`` (int16 activations). ``SCHEME:BITS`` quantizes weights
+        with the named registered scheme and activations to int8. The config's ``name`` is the
+        canonical label (``16x8`` -> ``w8a16``). ``mixed`` is not a fixed config: use
+        :func:`~edgeslim.plugin.quantization.mixed_precision.search`; ``fp32``/``fp16``/``dynamic``
+        are export-only precisions.
 
         Raises:
-            QuantConfigError: Unknown spelling, scheme or bits out of range.
+            QuantSpecError: Unknown spelling or scheme, bits out of range, export-only precision
+                (a :class:`QuantConfigError` and an :class:`~edgeslim.errors.SpecError`).
         """
-        s = spec.strip().lower()
-        if "/" in s:  # WEIGHTS/ACTIVATIONS, e.g. log2:4/log2:5 or codebook:4/a16
-            wpart, _, apart = s.partition("/")
-            base = cls.from_spec(wpart, calibrator=calibrator, strict=strict)
-            if apart.startswith("log2:") and apart[5:].isdigit():
-                act = ActivationSpec(int(apart[5:]), calibrator, scheme="log2")
-            elif apart.startswith("a") and apart[1:].isdigit():
-                act = ActivationSpec(int(apart[1:]), calibrator)
-            else:
-                raise QuantConfigError(f"bad activation part {apart!r} in {spec!r}: use aBITS (a8, a16) or log2:BITS")
-            return cls(default=LayerConfig(base.default.weight, act), strict=strict, name=s)
-        if s == "mixed":
-            raise QuantConfigError(
+        from edgeslim.plugin.quantization.schemes import SCHEMES
+
+        if spec.strip().lower() == "mixed":
+            raise QuantSpecError(
                 "'mixed' is chosen by a search, not a fixed config: use "
                 "edgeslim.plugin.quantization.mixed_precision.search(..., budget_fraction=1/6).config"
             )
-        if s in {"int8", "w8a8"}:
-            w, a = WeightSpec("affine", 8), ActivationSpec(8, calibrator)
-        elif s in {"int16", "w16a16"}:
-            w, a = WeightSpec("affine", 16), ActivationSpec(16, calibrator)
-        elif s.startswith("w") and "a" in s[1:] and s[1:].replace("a", "", 1).isdigit():
-            wb, ab = s[1:].split("a", 1)
-            w, a = WeightSpec("affine", int(wb)), ActivationSpec(int(ab), calibrator)
-        elif ":" in s:
-            scheme, _, bits = s.partition(":")
-            if not bits.isdigit():
-                raise QuantConfigError(f"bad scheme spec {spec!r}: expected SCHEME:BITS such as log2:4")
-            w, a = WeightSpec(scheme, int(bits)), ActivationSpec(8, calibrator)
-        else:
-            raise QuantConfigError(
-                f"unknown scheme spec {spec!r}; use int8, int16, w8a16, wNaM, log2:BITS, codebook:BITS, pwl:BITS "
-                "(optionally /log2:BITS or /aBITS for the activations)"
+        try:
+            p = parse_spec(spec, schemes=SCHEMES.names())
+        except SpecError as exc:
+            raise QuantSpecError(str(exc)) from exc
+        if p.export_only or p.weight_scheme is None or p.weight_bits is None or p.activation_bits is None:
+            raise QuantSpecError(
+                f"{spec!r} is an export-only precision: pass it to edgeslim.export(..., quant={p.label!r}); "
+                "edgeslim.quantize takes int8, int16, w8a16, wNaM or SCHEME:BITS (optionally /aBITS or /log2:BITS)"
             )
-        return cls(default=LayerConfig(w, a), strict=strict, name=s)
+        weight = WeightSpec(p.weight_scheme, p.weight_bits)
+        act = ActivationSpec(p.activation_bits, calibrator, scheme=p.activation_scheme or "affine")
+        return cls(default=LayerConfig(weight, act), strict=strict, name=p.label)
 
     # ---- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgeslim.errors import ConfigError, EdgeslimError
+from edgeslim.errors import ConfigError, EdgeslimError, SpecError
 
 
 class QuantizationError(EdgeslimError):
@@ -11,6 +11,10 @@ class QuantizationError(EdgeslimError):
 
 class QuantConfigError(ConfigError, QuantizationError):
     """A quantization configuration value is invalid (bits out of range, unknown scheme ...)."""
+
+
+class QuantSpecError(QuantConfigError, SpecError):
+    """A quantization spec string cannot be parsed (see :func:`edgeslim.spec.parse_spec`)."""
 
 
 class CalibrationError(QuantizationError):
@@ -25,4 +29,11 @@ class ConversionError(QuantizationError):
     """The converted model does not compute what the fake-quantized model computed."""
 
 
-__all__ = ["CalibrationError", "ConversionError", "QuantConfigError", "QuantizationError", "UnsupportedOpError"]
+__all__ = [
+    "CalibrationError",
+    "ConversionError",
+    "QuantConfigError",
+    "QuantSpecError",
+    "QuantizationError",
+    "UnsupportedOpError",
+]

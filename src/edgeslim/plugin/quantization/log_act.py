@@ -24,6 +24,7 @@ from torch.fx import GraphModule
 from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
 
 from edgeslim.plugin.quantization.errors import QuantConfigError
+from edgeslim.spec import LOG2_ACT_MAX_BITS, LOG2_ACT_MIN_BITS
 
 #: An int16 grid holds ``2^0 .. 2^14``: at most 15 exponents.
 MAX_EXPONENTS = 15
@@ -40,8 +41,11 @@ def exponents(bits: int, signed: bool) -> int:
 
 def check_bits(bits: int) -> None:
     """Log2 activations fit an int16 grid up to 5 bits (signed) / 4 bits (unsigned: 15 exponents)."""
-    if not 2 <= bits <= 5:
-        raise QuantConfigError(f"log2 activations take 2..5 bits (15 exponents fit the int16 grid), got {bits}")
+    if not LOG2_ACT_MIN_BITS <= bits <= LOG2_ACT_MAX_BITS:
+        raise QuantConfigError(
+            f"log2 activations take {LOG2_ACT_MIN_BITS}..{LOG2_ACT_MAX_BITS} bits (15 exponents fit the int16 grid), "
+            f"got {bits}"
+        )
 
 
 def log2_snap(x: torch.Tensor, top: torch.Tensor, kmin: torch.Tensor) -> torch.Tensor:
