@@ -1,16 +1,35 @@
+import json
 from pathlib import Path
 
+import pytest
 import torch
 
 import edgeslim
+from edgeslim.cli.prune import output_names
+from edgeslim.plugin.pruning import Allocation, Method, PruneConfig, Target
 from tests.cli.conftest import last_json, run_cli
+
+
+def _message(stderr: str) -> str:
+    """The error text of a usage error with rich's panel borders and line wrapping removed."""
+    return " ".join(stderr.replace("│", " ").split())
 
 
 def test_prune_contract_resnet18_l1_params_half(tmp_path: Path) -> None:
     out = tmp_path / "pruned"
+    out.mkdir()
+    (out / "summary.json").write_text("old summary")  # an output other than the model, from an earlier run
+    refused = run_cli("prune", "--model", "resnet18-fmnist", "--criterion", "l1", "--target", "params=0.5",
+                      "--out", str(out), check=False)
+    msg = _message(refused.stderr)
+    assert refused.returncode == 2, refused.stderr
+    assert "summary.json" in msg and "--force" in msg and "model.pt" not in msg  # names only what exists
+    assert (out / "summary.json").read_text() == "old summary"
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]  # nothing else written
     proc = run_cli("prune", "--model", "resnet18-fmnist", "--criterion", "l1", "--target", "params=0.5",
-                   "--out", str(out), "--json")
+                   "--out", str(out), "--json", "--force")
     s = last_json(proc)
+    assert json.loads((out / "summary.json").read_text())["params_after"] == s["params_after"]  # replaced
     for key in ("params_before", "params_after", "macs_before", "macs_after", "bytes_before", "bytes_after"):
         assert isinstance(s[key], int) and s[key] > 0
     assert abs(s["params_after"] / s["params_before"] - 0.5) <= 0.01
@@ -20,9 +39,38 @@ def test_prune_contract_resnet18_l1_params_half(tmp_path: Path) -> None:
     raw = torch.load(out / "model.pt", weights_only=True)
     assert raw["kind"] == "pruned"
     assert (out / "sensitivity.png").exists() and (out / "summary.json").exists()
-    # an existing model is not overwritten without --force
+    # a second run without --force names every existing output and changes none of them
+    before = {name: (out / name).read_bytes() for name in ("model.pt", "summary.json", "sensitivity.json", "sensitivity.png")}
     again = run_cli("prune", "--model", "resnet18-fmnist", "--target", "params=0.5", "--out", str(out), check=False)
-    assert again.returncode != 0 and "--force" in again.stderr
+    msg = _message(again.stderr)
+    assert again.returncode == 2, again.stderr
+    assert "model.pt, summary.json, sensitivity.json, sensitivity.png" in msg and "--force" in msg
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_prune_refuses_a_leftover_sensitivity_plot(tmp_path: Path) -> None:
+    (tmp_path / "sensitivity.png").write_bytes(b"old plot")
+    p = run_cli("prune", "--model", "resnet18-fmnist", "--target", "params=0.5", "--out", str(tmp_path), check=False)
+    msg = _message(p.stderr)
+    assert p.returncode == 2 and "sensitivity.png" in msg and "--force" in msg
+    assert (tmp_path / "sensitivity.png").read_bytes() == b"old plot"
+    assert [f.name for f in tmp_path.iterdir()] == ["sensitivity.png"]
+
+
+@pytest.mark.parametrize(
+    ("config", "names"),
+    [
+        (PruneConfig(target=Target.parse("ratio=0.3")), ["model.pt", "summary.json"]),
+        (PruneConfig(target=Target.parse("params=0.5"), allocation=Allocation.UNIFORM), ["model.pt", "summary.json"]),
+        (PruneConfig(target=Target.parse("params=0.5"), allocation=Allocation.SENSITIVITY),
+         ["model.pt", "summary.json", "sensitivity.json", "sensitivity.png"]),
+        (PruneConfig(target=Target.parse("ratio=0.3"), allocation=Allocation.SENSITIVITY), ["model.pt", "summary.json"]),
+        (PruneConfig(method=Method.UNSTRUCTURED, target=Target.parse("sparsity=0.5"), allocation=Allocation.SENSITIVITY),
+         ["model.pt", "summary.json"]),
+    ],
+)
+def test_prune_output_names(config: PruneConfig, names: list[str]) -> None:
+    assert output_names(config) == names
 
 
 def test_prune_eval_and_finetune_on_saved_model(tmp_path: Path) -> None:

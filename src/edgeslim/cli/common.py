@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +17,7 @@ from edgeslim.errors import EdgeslimError
 #: Options shared by several commands (one definition, same flag everywhere).
 DataDirOpt = Annotated[Path | None, typer.Option(help="Fashion-MNIST IDX folder")]
 SeedOpt = Annotated[int, typer.Option(help="Random seed")]
-ForceOpt = Annotated[bool, typer.Option(help="Overwrite an existing model in OUT")]
+ForceOpt = Annotated[bool, typer.Option(help="Overwrite files that already exist in OUT")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line")]
 
 #: Human-readable output goes to stderr so that stdout's last line can be pure JSON.
@@ -32,10 +33,49 @@ def run_app(app: typer.Typer) -> None:
         sys.exit(2)
 
 
+def refuse_existing_outputs(out_dir: Path, names: Iterable[str], force: bool, *, param_hint: str = "--out") -> None:
+    """Stop before any work when a file the command will write already exists and ``--force`` was not given.
+
+    Call it with every file name the command may write into ``out_dir`` (model, reports, plots ...),
+    so that nothing is overwritten silently, not only the model.
+
+    Args:
+        out_dir: The output folder (for a command whose ``--out`` is a file: that file's folder).
+        names: File names, relative to ``out_dir``, the command will write.
+        force: Whether ``--force`` was given (then nothing is refused).
+        param_hint: The option named in the message.
+
+    Raises:
+        typer.BadParameter: ``out_dir`` is a file, or (without ``force``) one of the outputs exists;
+            the message names every existing file and says to pass ``--force`` (exit code 2).
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise typer.BadParameter(f"{out_dir} is a file, not a folder", param_hint=param_hint)
+    if force:
+        return
+    existing = [name for name in dict.fromkeys(names) if (out_dir / name).exists()]
+    if existing:
+        listed = ", ".join(existing)
+        raise typer.BadParameter(
+            f"{out_dir} already holds {listed}; pass --force to overwrite "
+            f"{'it' if len(existing) == 1 else 'them'} (or choose another {param_hint})",
+            param_hint=param_hint,
+        )
+
+
 def refuse_existing(dest: Path, force: bool) -> None:
-    """Stop before any work when ``dest`` exists and ``--force`` was not given."""
-    if dest.exists() and not force:
-        raise typer.BadParameter(f"{dest} exists; pass --force to overwrite it", param_hint="--out")
+    """Stop before any work when the single output file ``dest`` exists and ``--force`` was not given.
+
+    Prefer :func:`refuse_existing_outputs` with every file the command writes.
+
+    Args:
+        dest: The output file.
+        force: Whether ``--force`` was given.
+
+    Raises:
+        typer.BadParameter: ``dest`` exists and ``force`` is false.
+    """
+    refuse_existing_outputs(dest.parent, [dest.name], force)
 
 
 def emit_json(summary: dict[str, Any]) -> None:

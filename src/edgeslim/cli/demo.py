@@ -8,7 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeslim.cli.common import JsonOpt, console, emit_json, progress
+from edgeslim.cli.common import ForceOpt, JsonOpt, console, emit_json, progress, refuse_existing_outputs
+
+#: The one file the demo writes into ``--out``.
+MODEL_FILE = "resnet18_pruned.pt"
 
 
 def register(app: typer.Typer) -> None:
@@ -20,6 +23,7 @@ def demo_cmd(
     out: Annotated[Path, typer.Option(help="Where the pruned model is written")] = Path("edgeslim-demo"),
     finetune_epochs: Annotated[float, typer.Option("--finetune-epochs", help="Fine-tune epochs (fractions allowed)")] = 0.2,
     test_limit: Annotated[int, typer.Option(help="Test images to evaluate on (10000 = all)")] = 10000,
+    force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Prune the bundled Fashion-MNIST ResNet-18 to half its parameters, fine-tune briefly, evaluate."""
@@ -32,6 +36,7 @@ def demo_cmd(
     from edgeslim.plugin.pruning import Allocation, PruneConfig, Target, prune
     from edgeslim.plugin.pruning.finetune import finetune
 
+    refuse_existing_outputs(out, [MODEL_FILE], force)
     torch.manual_seed(0)
     check_root()
     t_start = time.perf_counter()
@@ -50,7 +55,7 @@ def demo_cmd(
         finetune(result.model, train, epochs=finetune_epochs, teacher=net,
                  on_step=lambda s, _t, _l: bar.update(task, completed=s))
     top1_after = evaluate(result.model, test)
-    path = es_io.save(result.model, out / "resnet18_pruned.pt")
+    path = es_io.save(result.model, out / MODEL_FILE)
     reloaded = es_io.load(path)
     same = bool(torch.equal(reloaded(x), result.model(x)))
     b, a = result.before, result.after

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,8 +18,34 @@ from edgeslim.cli.common import (
     emit_json,
     load_model_arg,
     progress,
-    refuse_existing,
+    refuse_existing_outputs,
 )
+
+if TYPE_CHECKING:
+    from edgeslim.plugin.pruning import PruneConfig
+
+MODEL_FILE = "model.pt"
+SUMMARY_FILE = "summary.json"
+#: Written when the allocation used a sensitivity table.
+SENSITIVITY_FILES = ("sensitivity.json", "sensitivity.png")
+
+
+def output_names(config: PruneConfig) -> list[str]:
+    """Every file ``edgeslim prune`` writes into ``--out`` for ``config``.
+
+    Args:
+        config: The pruning config the command will run.
+
+    Returns:
+        File names relative to ``--out``.
+    """
+    from edgeslim.plugin.pruning import Allocation, Method, TargetKind
+
+    names = [MODEL_FILE, SUMMARY_FILE]
+    if (config.method is not Method.UNSTRUCTURED and config.allocation is Allocation.SENSITIVITY
+            and config.target.kind is not TargetKind.RATIO):
+        names += SENSITIVITY_FILES
+    return names
 
 
 def register(app: typer.Typer) -> None:
@@ -59,8 +85,7 @@ def prune_cmd(
     from edgeslim.plugin.pruning.finetune import finetune
 
     torch.manual_seed(seed)
-    dest = out / "model.pt"
-    refuse_existing(dest, force)
+    dest = out / MODEL_FILE
     is_reference = model.endswith("-fmnist")
     alloc = allocation or ("sensitivity" if is_reference else "uniform")
     config = PruneConfig(
@@ -68,6 +93,7 @@ def prune_cmd(
         sparsity=sparsity, round_to=round_to or None, iterative_steps=steps,
         ignored_layers=tuple(ignore) if ignore else None,
     )
+    refuse_existing_outputs(out, output_names(config), force)
     needs_data = eval_ or finetune_epochs > 0 or alloc == "sensitivity" or criterion in ("taylor", "activation", "apoz", "gradient")
     if needs_data:
         check_root(data_dir)  # fail before any work
@@ -102,9 +128,9 @@ def prune_cmd(
     out.mkdir(parents=True, exist_ok=True)
     summary["model_path"] = str(es_io.save(result.model, dest, meta={k: v for k, v in summary.items() if k != "config"}))
     if result.sensitivity is not None:
-        result.sensitivity.save(out / "sensitivity.json")
-        result.sensitivity.plot(out / "sensitivity.png")
-    (out / "summary.json").write_text(json.dumps({**summary, "layers": result.layers}, indent=1, default=str))
+        result.sensitivity.save(out / SENSITIVITY_FILES[0])
+        result.sensitivity.plot(out / SENSITIVITY_FILES[1])
+    (out / SUMMARY_FILE).write_text(json.dumps({**summary, "layers": result.layers}, indent=1, default=str))
     _print_table(summary)
     if json_:
         emit_json(summary)

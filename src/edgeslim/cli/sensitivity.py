@@ -7,7 +7,19 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeslim.cli.common import DataDirOpt, JsonOpt, console, emit_json, load_model_arg, progress
+from edgeslim.cli.common import (
+    DataDirOpt,
+    ForceOpt,
+    JsonOpt,
+    console,
+    emit_json,
+    load_model_arg,
+    progress,
+    refuse_existing_outputs,
+)
+
+#: Every file ``edgeslim sensitivity`` writes into ``--out``: the table (JSON, Markdown) and its plot.
+OUTPUT_FILES = ("sensitivity.json", "sensitivity.md", "sensitivity.png")
 
 
 def register(app: typer.Typer) -> None:
@@ -25,6 +37,7 @@ def sensitivity_cmd(
     target: Annotated[str, typer.Option(help="Also allocate per-group ratios for this target (e.g. params=0.5)")] = "",
     data_dir: DataDirOpt = None,
     input_size: Annotated[int, typer.Option(help="Input resolution")] = 32,
+    force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Measure how much each channel group of MODEL can lose, and where to prune for a target."""
@@ -40,6 +53,7 @@ def sensitivity_cmd(
     except ValueError:
         raise ConfigError(f"--ratios must be comma-separated numbers, got {ratios!r}") from None
     config = PruneConfig(criterion=criterion, sensitivity_ratios=probe, data_batches=batches)
+    refuse_existing_outputs(out, OUTPUT_FILES, force)
     check_root(data_dir)
     net, source = load_model_arg(model)
     x = torch.randn(1, 3, input_size, input_size)
@@ -49,13 +63,14 @@ def sensitivity_cmd(
         task = bar.add_task("sensitivity", total=None)
         table = sensitivity(net, x, held, config, on_progress=lambda d, t: bar.update(task, completed=d, total=t))
     out.mkdir(parents=True, exist_ok=True)
-    table.save(out / "sensitivity.json")
-    (out / "sensitivity.md").write_text(table.markdown() + "\n")
-    table.plot(out / "sensitivity.png")
+    json_path, md_path, png_path = (out / name for name in OUTPUT_FILES)
+    table.save(json_path)
+    md_path.write_text(table.markdown() + "\n")
+    table.plot(png_path)
     console.print(table.markdown())
     summary: dict[str, Any] = {
         "model": source, "criterion": criterion, "groups": len(table.groups()), "base_accuracy": table.base_accuracy,
-        "table": str(out / "sensitivity.json"), "plot": str(out / "sensitivity.png"),
+        "table": str(json_path), "plot": str(png_path),
     }
     if target:
         cfg = config.with_(target=Target.parse(target), allocation=Allocation.SENSITIVITY)
