@@ -14,22 +14,23 @@ import torch
 from tiny_models import make_tflite
 
 from edgeslim.device_bench import agent, bench
+from edgeslim.device_bench.agent_build import build_agent
 from edgeslim.device_bench.errors import DeviceConfigError
 from edgeslim.device_bench.runtimes import RUNTIMES, runtimes_for
 
 
-def test_agent_imports_only_stdlib_numpy_and_runtimes() -> None:
-    tree = ast.parse(Path(agent.__file__).read_text())
+def test_built_agent_imports_only_stdlib_numpy_and_runtimes() -> None:
+    tree = ast.parse(build_agent())
     mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert mods <= set(sys.stdlib_module_names), mods  # numpy / runtimes are imported by name at run time
-    dynamic = {n.args[0].value for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "_import"
-               and n.args and isinstance(n.args[0], ast.Constant)}
-    assert dynamic == {"numpy", "onnxruntime"}  # the rest come from the runtime registry (module names)
+    assert mods <= set(sys.stdlib_module_names) | {"numpy"}, mods  # runtimes are imported by name at run time
+    assert "edgeslim" not in mods and "torch" not in mods
 
 
-def test_agent_runs_from_a_bare_interpreter(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-I", agent.__file__, "probe", "--workdir", str(tmp_path)],
+def test_built_agent_runs_from_a_bare_interpreter(tmp_path: Path) -> None:
+    script = tmp_path / "agent.py"
+    script.write_text(build_agent())
+    out = subprocess.run([sys.executable, "-I", str(script), "probe", "--workdir", str(tmp_path)],
                          capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert out.startswith(agent.PREFIX) and '"event": "probe"' in out
 
@@ -48,6 +49,8 @@ def test_local_onnx_outputs_and_top1(models: dict[str, Path], tmp_path: Path) ->
     d = report.results[0].data
     assert len(d["latencies_ms"]) == 20 and d["top1"] == pytest.approx(0.75)
     assert d["load_ms"] > 0 and d["peak_rss_mb"] > 10 and d["runtime"] == "onnxruntime"
+    assert d["runtime_settings"] == {"graph_optimization_level": "enable_all", "graph_optimization_source": "default",
+                                     "intra_op_threads": 1, "allow_spinning": False}
     import onnxruntime as ort
 
     x = np.load(models["inputs"])["x"][:1]

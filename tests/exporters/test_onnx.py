@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from edgeslim.exporters import ExportConfigError, export, inspect_artifact
+from edgeslim.exporters.onnx import OrtRunner
 
 
 def test_fp32_matches_torch_and_has_dynamic_batch_and_size(tiny_model, real_images, example, tmp_path: Path) -> None:
@@ -26,6 +27,8 @@ def test_fp32_matches_torch_and_has_dynamic_batch_and_size(tiny_model, real_imag
     assert big.shape == (2, 10)  # height/width are dynamic too
     info = inspect_artifact(res.path)
     assert info.compute_dtypes() == {"float32": len(info.float_compute_ops())}
+    props = {p.key: p.value for p in onnx.load(str(res.path)).metadata_props}
+    assert props["edgeslim.ort.graph_optimization_level"] == "enable_all" and OrtRunner(res.path).optimized
 
 
 @pytest.mark.parametrize(("activations", "dtype"), [("u8s8", "uint8"), ("s8s8", "int8")])
@@ -46,6 +49,10 @@ def test_w8a16_uses_int16_activations_and_runs_unoptimized(tiny_model, real_imag
     assert set(inspect_artifact(res.path).compute_dtypes()) == {"uint16"}
     assert res.metadata["ort_graph_optimization"].startswith("disabled")
     assert res.verification is not None and res.verification.cosine > 0.999
+    props = {p.key: p.value for p in onnx.load(str(res.path)).metadata_props}  # the setting travels in the file
+    assert props["edgeslim.ort.graph_optimization_level"] == "disable_all" and props["edgeslim.version"]
+    runner = OrtRunner(res.path)
+    assert not runner.optimized and runner.settings["graph_optimization_source"] == "model metadata"
 
 
 def test_int16_is_w16a16_by_onnx_runtime_and_by_edgeslim_pt2e(tiny_model, real_images, example, tmp_path: Path) -> None:

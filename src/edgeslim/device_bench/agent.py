@@ -1,8 +1,11 @@
 # mypy: allow-untyped-defs, allow-untyped-calls
-"""The edgeslim bench agent: the one file uploaded to (or run on) the benchmark device.
+"""The edgeslim bench agent: the source of the one file uploaded to (or run on) the benchmark device.
 
-It needs only the standard library, numpy and an inference runtime (onnxruntime, ai-edge-litert
-or tflite-runtime); it never imports edgeslim or torch. It talks to the host through JSON lines
+What is uploaded is built from this file by :func:`edgeslim.device_bench.agent_build.build_agent`:
+each import marked ``# edgeslim:inline`` is replaced by the source of the runner module it names
+(``runtimes/litert.py``, ``runtimes/onnxruntime.py``), the same runners the host verifies
+artefacts with. The built script needs only the standard library, numpy and an inference
+runtime (onnxruntime, ai-edge-litert or tflite-runtime); it never imports edgeslim or torch. It talks to the host through JSON lines
 on stdout, each prefixed with ``@@edgeslim``: ``lock_wait``, ``locked``, ``loaded``, ``run``
 (one per timed run), then ``result`` or ``error``.
 
@@ -13,6 +16,8 @@ Usage (run by the host; each argument is shell-quoted there)::
     python3 agent.py probe [--workdir DIR]
     python3 agent.py install-wheels --into DIR WHEEL...
 """
+
+from __future__ import annotations
 
 import argparse
 import fcntl
@@ -27,11 +32,17 @@ import sys
 import time
 import zipfile
 
+from edgeslim.device_bench.runtimes.litert import LiteRtRunner, TfliteRuntimeRunner  # edgeslim:inline
+from edgeslim.device_bench.runtimes.onnxruntime import OnnxRuntimeRunner  # edgeslim:inline
+
 PREFIX = "@@edgeslim "
-AGENT_VERSION = 1
+AGENT_VERSION = 2
 EXIT_RUNTIME_MISSING = 3
 EXIT_ERROR = 4
-RUNTIMES: dict = {}  # name -> runner class, filled by @runtime
+#: Images per runtime call when the agent computes top-1 (models with a fixed batch use theirs).
+EVAL_BATCH = 32
+#: runtime name -> runner class (in order of preference per file suffix)
+RUNTIMES = {cls.name: cls for cls in (OnnxRuntimeRunner, LiteRtRunner, TfliteRuntimeRunner)}
 
 
 def emit(event, **data):
@@ -39,17 +50,6 @@ def emit(event, **data):
     data["event"] = event
     sys.stdout.write(PREFIX + json.dumps(data) + "\n")
     sys.stdout.flush()
-
-
-def runtime(name, module, pip_name, suffixes):
-    """Register a runner class under ``name`` (the agent's runtime registry)."""
-
-    def deco(cls):
-        cls.name, cls.module, cls.pip_name, cls.suffixes = name, module, pip_name, suffixes
-        RUNTIMES[name] = cls
-        return cls
-
-    return deco
 
 
 def _import(module):
@@ -78,80 +78,6 @@ def _dist_version(dist):
         return importlib.metadata.version(dist)
     except Exception:
         return None
-
-
-_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
-               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8",
-               "tensor(uint8)": "uint8", "tensor(bool)": "bool"}
-
-
-@runtime("onnxruntime", "onnxruntime", "onnxruntime", (".onnx", ".ort"))
-class OnnxRuntimeRunner:
-    """ONNX Runtime on the CPU execution provider."""
-
-    def __init__(self, path, threads):
-        ort = _import("onnxruntime")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-    def input_specs(self):
-        return [(i.name, [d if isinstance(d, int) and d > 0 else 1 for d in i.shape], _ORT_DTYPES.get(i.type, "float32"))
-                for i in self.session.get_inputs()]
-
-    def run(self, feeds):
-        return self.session.run(None, feeds)
-
-
-class _LiteRtBase:
-    """A TFLite interpreter (ai-edge-litert or tflite-runtime); quantized tensors are (de)quantized."""
-
-    module = ""
-
-    def __init__(self, path, threads):
-        interp = _import(self.module + ".interpreter").Interpreter
-        self.interp = interp(model_path=path, num_threads=threads or None)
-        self.interp.allocate_tensors()
-        self.inputs = self.interp.get_input_details()
-        self.outputs = self.interp.get_output_details()
-
-    def input_specs(self):
-        return [(d["name"], [int(s) for s in d["shape"]], "float32" if _quant(d) else d["dtype"].__name__)
-                for d in self.inputs]
-
-    def run(self, feeds):
-        np = _import("numpy")
-        for d in self.inputs:
-            x = feeds[d["name"]]
-            scale, zero = _quant(d) or (None, None)
-            if scale:
-                info = np.iinfo(d["dtype"])
-                x = np.clip(np.round(x / scale + zero), info.min, info.max)
-            self.interp.set_tensor(d["index"], x.astype(d["dtype"]))
-        self.interp.invoke()
-        outs = []
-        for d in self.outputs:
-            y = self.interp.get_tensor(d["index"])
-            scale, zero = _quant(d) or (None, None)
-            outs.append((y.astype("float32") - zero) * scale if scale else y)
-        return outs
-
-
-def _quant(detail):
-    scale, zero = detail.get("quantization", (0.0, 0))
-    return (float(scale), int(zero)) if scale else None
-
-
-@runtime("ai-edge-litert", "ai_edge_litert", "ai-edge-litert", (".tflite",))
-class LiteRtRunner(_LiteRtBase):
-    """Google's LiteRT interpreter (the maintained TFLite runtime)."""
-
-
-@runtime("tflite-runtime", "tflite_runtime", "tflite-runtime", (".tflite",))
-class TfliteRuntimeRunner(_LiteRtBase):
-    """The legacy tflite-runtime interpreter."""
 
 
 def pick_runtime(model, forced):
@@ -245,15 +171,15 @@ def acquire_lock(path, timeout):
     return handle, waited
 
 
-def make_feeds(np, specs, inputs_path):
+def make_feeds(np, runner, specs, inputs_path):
     """Inputs for the timed runs: the first batch of ``x`` in the .npz, else seeded random data."""
     data = dict(np.load(inputs_path)) if inputs_path else {}
     feeds = {}
     rng = np.random.default_rng(0)
     for name, shape, dtype in specs:
         if name in data or (len(specs) == 1 and "x" in data):
-            arr = data[name] if name in data else data["x"]
-            feeds[name] = arr[: shape[0]].astype(dtype)
+            arr = (data[name] if name in data else data["x"])[: shape[0]]
+            feeds[name] = runner.adapt(arr) if len(specs) == 1 else arr.astype(dtype)
         elif "int" in dtype:
             feeds[name] = rng.integers(0, 2, size=shape).astype(dtype)
         else:
@@ -261,17 +187,18 @@ def make_feeds(np, specs, inputs_path):
     return feeds, data
 
 
-def top1(np, runner, specs, data):
-    """Top-1 accuracy over ``x``/``y`` of the uploaded .npz, in batches of the model's batch size."""
+def top1(np, runner, data):
+    """``(top-1, images, batch)`` over ``x``/``y`` of the uploaded .npz, through the runner's ``predict``.
+
+    Batches have the model's fixed batch size, else :data:`EVAL_BATCH` images.
+    """
     x, y = data["x"], data["y"]
-    name, shape, dtype = specs[0]
-    batch = shape[0] or 1
+    batch = runner.batch or EVAL_BATCH
     correct = 0
-    n = (len(x) // batch) * batch
-    for i in range(0, n, batch):
-        out = runner.run({name: x[i:i + batch].astype(dtype)})[0]
-        correct += int((np.asarray(out).reshape(batch, -1).argmax(1) == y[i:i + batch]).sum())
-    return (correct / n if n else None), n
+    for i in range(0, len(x), batch):
+        out = np.asarray(runner.predict(x[i:i + batch]))
+        correct += int((out.reshape(len(out), -1).argmax(1) == y[i:i + batch]).sum())
+    return (correct / len(x) if len(x) else None), len(x), batch
 
 
 def percentile(sorted_ms, q):
@@ -294,11 +221,11 @@ def cmd_bench(args):
     lock, waited = acquire_lock(args.lock, args.lock_timeout) if args.lock else (None, 0.0)
     locked_at = time.time()
     t0 = time.perf_counter()
-    runner = RUNTIMES[name](args.model, args.threads)
+    runner = RUNTIMES[name](args.model, threads=args.threads or None)
     load_ms = (time.perf_counter() - t0) * 1e3
     specs = runner.input_specs()
-    feeds, data = make_feeds(np, specs, args.inputs)
-    emit("loaded", runtime=name, runtime_version=version, load_ms=load_ms,
+    feeds, data = make_feeds(np, runner, specs, args.inputs)
+    emit("loaded", runtime=name, runtime_version=version, load_ms=load_ms, runtime_settings=runner.settings,
          inputs=[{"name": n, "shape": s, "dtype": d} for n, s, d in specs])
     for _ in range(args.warmup):
         runner.run(feeds)
@@ -317,12 +244,13 @@ def cmd_bench(args):
         "p50": percentile(s, 50), "p90": percentile(s, 90), "p99": percentile(s, 99), "mean": mean,
         "std": (sum((v - mean) ** 2 for v in s) / len(s)) ** 0.5, "min": s[0], "max": s[-1], "load_ms": load_ms,
         "inputs": [{"name": n, "shape": sh, "dtype": d} for n, sh, d in specs], "lock_wait_s": waited,
-        "locked_at": locked_at, **system_info(),
+        "locked_at": locked_at, "runtime_settings": runner.settings,
+        "artifact_metadata": {k: v for k, v in runner.metadata.items() if k.startswith("edgeslim.")}, **system_info(),
     }
     if args.return_outputs:
         result["outputs"] = [np.asarray(o).tolist() for o in outs]
     if data and "y" in data:
-        result["top1"], result["top1_n"] = top1(np, runner, specs, data)
+        result["top1"], result["top1_n"], result["top1_batch"] = top1(np, runner, data)
     result["peak_rss_mb"] = peak_rss_mb()
     result["released_at"] = time.time()
     emit("result", **result)

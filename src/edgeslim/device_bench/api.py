@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeslim.device_bench.agent_build import agent_file
 from edgeslim.device_bench.errors import (
     AgentError,
     DeviceConfigError,
@@ -21,7 +22,6 @@ from edgeslim.device_bench.errors import (
 from edgeslim.device_bench.results import BenchResult, JsonlWriter
 from edgeslim.device_bench.targets import Connection, TargetOptions, resolve_target
 
-AGENT_PATH = Path(__file__).with_name("agent.py")
 EVENT_PREFIX = "@@edgeslim "
 EXIT_COMMAND_NOT_FOUND = 127
 #: ``on_event(artifact, event)`` sees every agent event (``loaded``, ``run``, ``result`` ...).
@@ -142,7 +142,7 @@ def _bench_one(conn: Connection, path: Path, writer: JsonlWriter | None, *, runs
     collector = _Collector(str(path), on_event)
     try:
         run_dir = f"run-{uuid.uuid4().hex[:12]}"
-        files = [(AGENT_PATH, f"{run_dir}/agent.py"), (path, f"{run_dir}/{path.name}")]
+        files = [(agent_file(), f"{run_dir}/agent.py"), (path, f"{run_dir}/{path.name}")]
         if inputs is not None:
             files.append((inputs, f"{run_dir}/inputs.npz"))
         need = sum(p.stat().st_size for p, _ in files) + 64 * 1024

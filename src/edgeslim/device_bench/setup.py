@@ -15,7 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from edgeslim.device_bench.api import AGENT_PATH, EVENT_PREFIX, EXIT_COMMAND_NOT_FOUND
+from edgeslim.device_bench.agent_build import agent_file
+from edgeslim.device_bench.api import EVENT_PREFIX, EXIT_COMMAND_NOT_FOUND
 from edgeslim.device_bench.errors import AgentError, DeviceConfigError, DeviceError, RuntimeMissingError
 from edgeslim.device_bench.runtimes import RUNTIMES
 from edgeslim.device_bench.targets import Connection, TargetOptions, resolve_target
@@ -29,7 +30,7 @@ _MANYLINUX_FIRST = 17
 def _agent(conn: Connection, args: list[str]) -> list[dict[str, Any]]:
     """Upload the agent, run it with ``args``; return its events (raises on its errors)."""
     run_dir = f"{conn.workdir()}/probe-{uuid.uuid4().hex[:8]}"
-    agent = conn.stage(AGENT_PATH, f"{run_dir.rsplit('/', 1)[1]}/agent.py")
+    agent = conn.stage(agent_file(), f"{run_dir.rsplit('/', 1)[1]}/agent.py")
     events: list[dict[str, Any]] = []
     tail: list[str] = []
 

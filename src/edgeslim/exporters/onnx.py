@@ -15,6 +15,10 @@ Routes (measured on ONNX Runtime 1.32, x86-64):
 
 Graphs with 16-bit activations are run with ``ORT_DISABLE_ALL``: ONNX Runtime 1.32 computed
 a W16A16 ResNet-18 at 22 % accuracy with its graph optimizations on (93.7 % with them off).
+The setting travels in the file (``metadata_props``: ``edgeslim.ort.graph_optimization_level``,
+``edgeslim.version``; :func:`write_runtime_metadata`), and the one ONNX Runtime runner
+(:mod:`edgeslim.device_bench.runtimes.onnxruntime`), used by verification and by the bench
+agent on a board, applies it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgeslim.device_bench.runtimes.onnxruntime import (
+    DEFAULT_GRAPH_OPTIMIZATION,
+    GRAPH_OPTIMIZATION_KEY,
+    OnnxRuntimeRunner,
+    read_onnx_metadata,
+)
 from edgeslim.exporters.base import EXPORTERS, ExportJob, Runner, is_prequantized, quiet_stdout, raise_unsupported
 from edgeslim.exporters.config import ActivationType, Layout, Precision
 from edgeslim.exporters.errors import ExportConfigError, ExportError
@@ -196,35 +206,57 @@ def uses_16bit_activations(path: Path) -> bool:
     return False
 
 
-class OrtRunner:
-    """An ONNX file in an ONNX Runtime CPU session.
+def write_runtime_metadata(path: Path) -> dict[str, str]:
+    """Record in the file's ``metadata_props`` the ONNX Runtime settings it must run with, and edgeslim's version.
+
+    ``edgeslim.ort.graph_optimization_level`` is ``disable_all`` for 16-bit activations (ONNX
+    Runtime 1.32 computes them wrongly with its graph optimizations on), else ``enable_all``; every
+    runner (:class:`~edgeslim.device_bench.runtimes.onnxruntime.OnnxRuntimeRunner`: host
+    verification and the bench agent) applies it.
+
+    Returns:
+        The entries written.
+    """
+    import onnx
+
+    from edgeslim import __version__
+
+    level = "disable_all" if uses_16bit_activations(path) else DEFAULT_GRAPH_OPTIMIZATION
+    entries = {GRAPH_OPTIMIZATION_KEY: level, "edgeslim.version": __version__}
+    model = onnx.load(str(path), load_external_data=False)
+    kept = [p for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return entries
+
+
+class OrtRunner(OnnxRuntimeRunner):
+    """An ONNX file in an ONNX Runtime CPU session: the shared runner, called with NCHW float32 batches.
 
     Args:
         path: The ONNX file.
         threads: Intra-op threads (default: ONNX Runtime's).
-        optimize: Graph optimizations; ``None`` = on, except for 16-bit activations (off).
-        spinning: Let the intra-op threads spin-wait after a run (ONNX Runtime's default). Turn it
-            off when several sessions are timed in turn: a finished session's spinning threads
-            otherwise steal the cores from the next one and distort every timing.
+        optimize: Graph optimizations on/off; ``None``: what the file's metadata asks for
+            (:func:`write_runtime_metadata`), and for a file without it: on, except for 16-bit
+            activations (off).
+        spinning: Let the intra-op threads spin-wait after a run (ONNX Runtime's default; off
+            here): a finished session's spinning threads otherwise steal the cores from the next
+            one timed and distort every timing.
     """
 
-    def __init__(self, path: Path, *, threads: int | None = None, optimize: bool | None = None, spinning: bool = True) -> None:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-        if not spinning:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.optimized = (not uses_16bit_activations(path)) if optimize is None else optimize
-        if not self.optimized:
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+    def __init__(self, path: Path, *, threads: int | None = None, optimize: bool | None = None, spinning: bool = False) -> None:
+        level = None if optimize is None else DEFAULT_GRAPH_OPTIMIZATION if optimize else "disable_all"
+        if level is None and GRAPH_OPTIMIZATION_KEY not in read_onnx_metadata(path) and uses_16bit_activations(path):
+            level = "disable_all"
+        super().__init__(path, threads=threads, spinning=spinning, graph_optimization=level)
+        self.optimized = self.settings["graph_optimization_level"] != "disable_all"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Run an NCHW float32 batch."""
-        return np.asarray(self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0])
+        """Run an NCHW float32 batch (any size)."""
+        return np.asarray(self.predict(x))
 
 
 @EXPORTERS.register("onnx")
@@ -252,7 +284,10 @@ class OnnxExporter:
             onnx.checker.check_model(str(dest), full_check=True)
         except Exception as exc:
             raise ExportError(f"the ONNX file fails onnx.checker: {str(exc).splitlines()[0][:300]}") from exc
-        job.metadata["ort_graph_optimization"] = "disabled (16-bit activations)" if uses_16bit_activations(dest) else "enabled"
+        entries = write_runtime_metadata(dest)
+        disabled = entries[GRAPH_OPTIMIZATION_KEY] == "disable_all"
+        job.metadata["ort_graph_optimization"] = "disabled (16-bit activations)" if disabled else "enabled"
+        job.metadata["onnx_metadata_props"] = entries
 
     def open(self, path: Path, job: ExportJob | None = None) -> Runner:
         """An ONNX Runtime session over ``path``."""
@@ -271,4 +306,5 @@ def write_optimized_copy(path: Path) -> Path:
     return out
 
 
-__all__ = ["ONNX_ROUTES", "OnnxExporter", "OrtRunner", "torch_to_onnx", "uses_16bit_activations", "write_optimized_copy"]
+__all__ = ["ONNX_ROUTES", "OnnxExporter", "OrtRunner", "torch_to_onnx", "uses_16bit_activations", "write_optimized_copy",
+           "write_runtime_metadata"]

@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from edgeslim.device_bench.runtimes.litert import LiteRtRunner
+from edgeslim.device_bench.runtimes.litert import guess_layout as _guess_layout
 from edgeslim.exporters.base import (
     EXPORTERS,
     ExportJob,
@@ -165,11 +167,12 @@ TFLITE_RECIPES.register("int8")(_static(8))
 TFLITE_RECIPES.register("w8a16")(_static(16))
 
 
-class LiteRTRunner:
-    """A TFLite file in the ai-edge-litert interpreter (XNNPACK on by default).
+class LiteRTRunner(LiteRtRunner):
+    """A TFLite file in the ai-edge-litert interpreter (XNNPACK on by default): the shared runner.
 
     Takes NCHW float batches; transposes to NHWC, splits into the model's fixed batch size,
-    quantizes a quantized input with its scale/zero point and dequantizes the output.
+    quantizes a quantized input with its scale/zero point and dequantizes the output
+    (:class:`~edgeslim.device_bench.runtimes.litert.LiteRtRunner`, which the bench agent runs too).
 
     Args:
         path: The ``.tflite`` file (or ``content``: its bytes).
@@ -189,54 +192,19 @@ class LiteRTRunner:
         xnnpack: bool = True,
         preserve_all_tensors: bool = False,
     ) -> None:
-        interp_mod = _require("ai_edge_litert.interpreter")
-        kwargs: dict[str, Any] = {"num_threads": threads} if threads else {}
-        if not xnnpack:
-            kwargs["experimental_op_resolver_type"] = interp_mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        if preserve_all_tensors:
-            kwargs["experimental_preserve_all_tensors"] = True
-        src: dict[str, Any] = {"model_path": str(path)} if content is None else {"model_content": content}
-        self.interpreter = interp_mod.Interpreter(**src, **kwargs)
-        self.interpreter.allocate_tensors()
-        self._in = self.interpreter.get_input_details()[0]
-        self._out = self.interpreter.get_output_details()[0]
-        shape = tuple(int(d) for d in self._in["shape"])
-        self.batch = shape[0]
-        self.layout = layout or guess_layout(shape)
-
-    def _quant(self, x: np.ndarray) -> np.ndarray:
-        dtype = self._in["dtype"]
-        if dtype == np.float32:
-            return x.astype(np.float32)
-        scale, zp = self._in["quantization"]
-        info = np.iinfo(dtype)
-        return np.clip(np.round(x / scale) + zp, info.min, info.max).astype(dtype)
+        _require(self.module + ".interpreter")
+        super().__init__(path, content=content, layout=layout.value if layout else None, threads=threads,
+                         xnnpack=xnnpack, preserve_all_tensors=preserve_all_tensors)
+        self.layout: Layout = Layout(self.layout)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Run an NCHW float32 batch (any size)."""
-        xin = self._quant(to_layout(np.asarray(x, np.float32), self.layout))
-        outs = []
-        for i in range(0, len(xin), self.batch):
-            chunk = xin[i : i + self.batch]
-            pad = self.batch - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            self.interpreter.set_tensor(self._in["index"], chunk)
-            self.interpreter.invoke()
-            out = self.interpreter.get_tensor(self._out["index"])
-            outs.append(out[: self.batch - pad])
-        y = np.concatenate(outs)
-        if self._out["dtype"] != np.float32:
-            scale, zp = self._out["quantization"]
-            y = (y.astype(np.float32) - zp) * scale
-        return y.astype(np.float32)
+        return np.asarray(self.predict(x), np.float32)
 
 
 def guess_layout(shape: tuple[int, ...]) -> Layout:
     """NHWC if a 4-D shape has 1 or 3 channels last and not first, else NCHW."""
-    if len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4):
-        return Layout.NHWC
-    return Layout.NCHW
+    return Layout(_guess_layout(shape))
 
 
 @EXPORTERS.register("tflite")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from edgeslim.registry import Registry
 
@@ -24,6 +25,11 @@ class RuntimeSpec:
     pip_name: str
     suffixes: tuple[str, ...]
     wheels: tuple[str, ...]
+
+    @classmethod
+    def of(cls, runner: Any) -> RuntimeSpec:
+        """The spec of a runner class (its ``name``, ``module``, ``pip_name``, ``suffixes``, ``wheels``)."""
+        return cls(runner.name, runner.module, runner.pip_name, tuple(runner.suffixes), tuple(runner.wheels))
 
     def install_hint(self, python: str = "python3") -> str:
         """The command that installs this runtime on a device with network access."""
