@@ -33,7 +33,7 @@ _LAZY = {
     "CodedWeight": "edgeslim.plugin.quantization.coded:CodedWeight",
     "bench": "edgeslim.device_bench.api:bench",
     "BenchReport": "edgeslim.device_bench.api:BenchReport",
-    "TargetOptions": "edgeslim.device_bench.targets.base:TargetOptions",
+    "DeviceOptions": "edgeslim.device_bench.targets.base:DeviceOptions",
     "export": "edgeslim.exporters.api:export",
     "ExportResult": "edgeslim.exporters.api:ExportResult",
 }
@@ -41,6 +41,7 @@ _LAZY = {
 __all__ = [
     "BenchReport",
     "CodedWeight",
+    "DeviceOptions",
     "EdgeslimError",
     "ExportResult",
     "PruneConfig",
@@ -50,7 +51,6 @@ __all__ = [
     "QuantConfig",
     "QuantResult",
     "Target",
-    "TargetOptions",
     "bench",
     "convert",
     "evaluate",

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from emulated_device import EmulatedDevice, build_rootfs, missing_tools
 from tiny_models import make_onnx
 
-from edgeslim.device_bench.targets import TargetOptions
+from edgeslim.device_bench.targets import DeviceOptions
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -93,13 +93,13 @@ class SshServer:
     def url(self) -> str:
         return f"ssh://{self.user}@127.0.0.1:{self.port}"
 
-    def options(self, workdir: Path | None = None, **kw: object) -> TargetOptions:
-        """Target options: this server's key and known_hosts, the test venv's python on the 'device'."""
+    def options(self, workdir: Path | None = None, **kw: object) -> DeviceOptions:
+        """Device options: this server's key and known_hosts, the test venv's python on the 'device'."""
         base: dict[str, object] = {"identity": str(self.key), "known_hosts": str(self.known_hosts),
                                    "python": sys.executable, "connect_timeout": 10.0, "allow_agent": False,
                                    "workdir": str(workdir) if workdir else None}
         base.update(kw)
-        return TargetOptions(**base)  # type: ignore[arg-type]
+        return DeviceOptions(**base)  # type: ignore[arg-type]
 
     def kill_sessions(self) -> list[int]:
         """Kill every process under the listener (connections, sessions, agents) by PID: a lost link."""
@@ -184,11 +184,11 @@ class Board:
     def url(self) -> str:
         return f"ssh://{self.device.user}@{self.device.host}:22"
 
-    def options(self, **kw: object) -> TargetOptions:
+    def options(self, **kw: object) -> DeviceOptions:
         base: dict[str, object] = {"identity": str(self.key), "known_hosts": str(self.known_hosts),
                                    "connect_timeout": 60.0, "allow_agent": False}
         base.update(kw)
-        return TargetOptions(**base)  # type: ignore[arg-type]
+        return DeviceOptions(**base)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

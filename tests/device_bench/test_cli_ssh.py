@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,10 @@ def test_bench_ssh_unknown_host_key_exits_nonzero_with_advice(sshd: SshServer, m
                 str(known), "--runs", "10", "--json", cwd=tmp_path)
     assert proc.returncode != 0
     err = " ".join(proc.stderr.split())
-    assert "HostKeyError" in err and f"ssh-keyscan -p {sshd.port} 127.0.0.1 >>" in err
+    fp = subprocess.run(["ssh-keygen", "-lf", str(sshd.dir / "host_key.pub")], capture_output=True, text=True,
+                        check=True).stdout.split()[1]
+    assert "HostKeyError" in err and f"ssh-ed25519 {fp}" in err and "ssh-keyscan" not in err
+    assert f"edgeslim device trust {sshd.url} --fingerprint {fp} --known-hosts {known}" in err
     assert proc.stdout.strip() == "" and known.read_text() == ""
 
 
@@ -44,6 +48,6 @@ def test_device_check_over_ssh(sshd: SshServer, tmp_path: Path) -> None:
                 "--python", sys.executable, "--workdir", str(tmp_path / "remote"), "--json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert info["machine"] == "x86_64" or info["machine"] == "aarch64"
+    assert info["machine"] == platform.machine()  # the fixture's sshd runs on this machine
     assert info["runtimes"]["onnxruntime"] and info["numpy_version"] and info["free_bytes"] > 0
     assert not any("onnxruntime" in f for f in info["fixes"])

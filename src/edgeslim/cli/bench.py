@@ -15,14 +15,33 @@ def register(app: typer.Typer) -> None:
     app.command("bench")(bench_cmd)
 
 
-def target_options(*, identity: Path | None, known_hosts: Path | None, python: str | None, workdir: str | None,
-                   connect_timeout: float, devices: Path | None) -> Any:
-    """The :class:`~edgeslim.device_bench.targets.TargetOptions` of the shared CLI flags."""
-    from edgeslim.device_bench.targets import TargetOptions
+#: Device options shared by ``bench`` and ``device check|setup|trust``. ``None`` means "not given":
+#: then a devices-file entry's value applies, else the default (flag > devices file > default).
+IdentityOpt = Annotated[Path | None, typer.Option(help="SSH private key (default: agent / ~/.ssh keys)")]
+KnownHostsOpt = Annotated[Path | None, typer.Option(
+    help="known_hosts file, checked strictly (default ~/.ssh/known_hosts); add a board with: edgeslim device trust")]
+PythonOpt = Annotated[str | None, typer.Option(help="Python on the device (default python3)")]
+WorkdirOpt = Annotated[str | None, typer.Option(
+    help="Work dir on the device (default ~/.cache/edgeslim-bench); over SSH a relative path is relative to the "
+         "login's home there, locally to the current directory")]
+ConnectTimeoutOpt = Annotated[float | None, typer.Option(
+    help="Seconds for connect + SSH handshake (default 10, or the devices file's connect_timeout)")]
+IdleTimeoutOpt = Annotated[float | None, typer.Option(
+    help="Seconds a command on the device may print nothing before it is abandoned as wedged (default 300, or the "
+         "devices file's idle_timeout; 0: no limit)")]
+DevicesOpt = Annotated[Path | None, typer.Option(help="Devices TOML (default ~/.config/edgeslim/devices.toml)")]
 
-    return TargetOptions(identity=str(identity) if identity else None,
+
+def device_options(*, identity: Path | None = None, known_hosts: Path | None = None, python: str | None = None,
+                   workdir: str | None = None, connect_timeout: float | None = None,
+                   idle_timeout: float | None = None, devices: Path | None = None) -> Any:
+    """The :class:`~edgeslim.device_bench.targets.DeviceOptions` of the shared CLI flags (unset stays ``None``)."""
+    from edgeslim.device_bench.targets import DeviceOptions
+
+    return DeviceOptions(identity=str(identity) if identity else None,
                          known_hosts=str(known_hosts) if known_hosts else None, python=python, workdir=workdir,
-                         connect_timeout=connect_timeout, devices_file=str(devices) if devices else None)
+                         connect_timeout=connect_timeout, idle_timeout=idle_timeout,
+                         devices_file=str(devices) if devices else None)
 
 
 def bench_cmd(
@@ -34,19 +53,20 @@ def bench_cmd(
     runtime: Annotated[str, typer.Option(help="auto | onnxruntime | ai-edge-litert | tflite-runtime")] = "auto",
     inputs: Annotated[Path | None, typer.Option(help=".npz with x (inputs) and optional y (labels: top-1)")] = None,
     results: Annotated[Path, typer.Option(help="JSON-lines file each result is appended to")] = Path("edgeslim-bench.jsonl"),
-    identity: Annotated[Path | None, typer.Option(help="SSH private key (default: agent / ~/.ssh keys)")] = None,
-    known_hosts: Annotated[Path | None, typer.Option(help="known_hosts file (strict; default ~/.ssh/known_hosts)")] = None,
-    python: Annotated[str | None, typer.Option(help="Python on the device (default python3)")] = None,
-    workdir: Annotated[str | None, typer.Option(help="Work dir on the device (default ~/.cache/edgeslim-bench)")] = None,
-    connect_timeout: Annotated[float, typer.Option(help="Seconds for connect + SSH handshake")] = 10.0,
-    devices: Annotated[Path | None, typer.Option(help="Devices TOML (default ~/.config/edgeslim/devices.toml)")] = None,
+    identity: IdentityOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    python: PythonOpt = None,
+    workdir: WorkdirOpt = None,
+    connect_timeout: ConnectTimeoutOpt = None,
+    idle_timeout: IdleTimeoutOpt = None,
+    devices: DevicesOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line")] = False,
 ) -> None:
     """Benchmark ARTIFACTS on TARGET: latency percentiles, load time, peak memory, runtime, machine."""
     from edgeslim.device_bench import bench
 
-    opts = target_options(identity=identity, known_hosts=known_hosts, python=python, workdir=workdir,
-                          connect_timeout=connect_timeout, devices=devices)
+    opts = device_options(identity=identity, known_hosts=known_hosts, python=python, workdir=workdir,
+                          connect_timeout=connect_timeout, idle_timeout=idle_timeout, devices=devices)
     with progress() as bar:
         tasks: dict[str, Any] = {}
 

@@ -2,13 +2,13 @@
 
 ``bench(artifacts, target, ...)`` uploads the self-contained :mod:`agent` (stdlib + numpy + a
 runtime), runs warm-up and timed runs there and returns latencies, percentiles, memory and
-machine facts. Targets: ``local``, ``ssh://user@host:port`` and names from the devices file.
+machine facts. Devices: ``local``, ``ssh://user@host:port`` and names from the devices file.
 """
 
 from __future__ import annotations
 
 from edgeslim.device_bench.api import BenchReport, bench
 from edgeslim.device_bench.results import BenchResult, read_jsonl
-from edgeslim.device_bench.targets import TargetOptions, resolve_target
+from edgeslim.device_bench.targets import Device, DeviceOptions, resolve_device
 
-__all__ = ["BenchReport", "BenchResult", "TargetOptions", "bench", "read_jsonl", "resolve_target"]
+__all__ = ["BenchReport", "BenchResult", "Device", "DeviceOptions", "bench", "read_jsonl", "resolve_device"]

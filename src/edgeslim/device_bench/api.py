@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,10 +18,11 @@ from edgeslim.device_bench.errors import (
     DeviceDisconnectedError,
     DeviceDiskFullError,
     DeviceError,
+    DeviceIdleTimeoutError,
     RuntimeMissingError,
 )
 from edgeslim.device_bench.results import BenchResult, JsonlWriter
-from edgeslim.device_bench.targets import Connection, TargetOptions, resolve_target
+from edgeslim.device_bench.targets import Connection, DeviceOptions, resolve_device
 
 EVENT_PREFIX = "@@edgeslim "
 EXIT_COMMAND_NOT_FOUND = 127
@@ -52,7 +54,9 @@ class _Collector:
 
     artifact: str
     on_event: EventHandler | None
+    lock_timeout: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    lock_wait_since: float | None = None
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     tail: list[str] = field(default_factory=list)
@@ -63,6 +67,7 @@ class _Collector:
             return
         event = json.loads(line[len(EVENT_PREFIX):])
         kind = event.get("event")
+        self.lock_wait_since = time.monotonic() if kind == "lock_wait" else None
         if kind == "run":
             self.latencies.append(float(event["ms"]))
         elif kind == "result":
@@ -71,6 +76,10 @@ class _Collector:
             self.error = event
         if self.on_event is not None:
             self.on_event(self.artifact, event)
+
+    def waiting(self) -> bool:
+        """True while the agent waits for the device lock (silent, bounded by its own lock timeout)."""
+        return self.lock_wait_since is not None and time.monotonic() - self.lock_wait_since < self.lock_timeout
 
 
 def bench(
@@ -83,7 +92,7 @@ def bench(
     runtime: str = "auto",
     inputs: str | os.PathLike[str] | None = None,
     results_file: str | os.PathLike[str] | None = None,
-    options: TargetOptions | None = None,
+    options: DeviceOptions | None = None,
     return_outputs: bool = False,
     lock_timeout: float = 3600.0,
     on_event: EventHandler | None = None,
@@ -100,7 +109,10 @@ def bench(
         inputs: An ``.npz`` with ``x`` (inputs; the first batch is timed) and optionally ``y``
             (labels: the agent then reports ``top1``).
         results_file: JSON-lines file each result (or failure) is appended to as it finishes.
-        options: SSH identity, known_hosts, remote python, workdir, connect timeout.
+        options: SSH identity, known_hosts, remote python, workdir, connect and idle timeouts
+            (a command that prints nothing for ``idle_timeout`` seconds, default 300, is abandoned
+            with :class:`~edgeslim.device_bench.errors.DeviceIdleTimeoutError`; waiting for the
+            device lock does not count).
         return_outputs: Include the model outputs for the timed input in each result.
         lock_timeout: Seconds to wait for another bench holding the device's lock.
         on_event: Called with every agent event (progress).
@@ -110,8 +122,9 @@ def bench(
         load time, peak RSS, runtime and version, ``machine`` (uname -m), CPU facts.
 
     Raises:
-        DeviceError: Connecting, uploading or running failed (subclasses say which); results
-            finished before the failure are already in ``results_file``.
+        DeviceError: Connecting, uploading or running failed (subclasses say which, e.g.
+            ``DeviceDisconnectedError``, ``DeviceIdleTimeoutError``); results finished before the
+            failure are already in ``results_file``.
     """
     paths = [Path(artifacts)] if isinstance(artifacts, (str, os.PathLike)) else [Path(a) for a in artifacts]
     if not paths:
@@ -122,8 +135,8 @@ def bench(
         if not p.is_file():
             raise DeviceConfigError(f"bench: {p} is not a file")
     writer = JsonlWriter(results_file) if results_file else None
-    tgt = resolve_target(target, options)
-    conn = tgt.connect()
+    device = resolve_device(target, options)
+    conn = device.connect()
     results: list[BenchResult] = []
     try:
         for path in paths:
@@ -133,13 +146,13 @@ def bench(
             results.append(result)
     finally:
         conn.close()
-    return BenchReport(tgt.description, results, Path(results_file) if results_file else None)
+    return BenchReport(device.description, results, Path(results_file) if results_file else None)
 
 
 def _bench_one(conn: Connection, path: Path, writer: JsonlWriter | None, *, runs: int, warmup: int, threads: int,
                runtime: str, inputs: Path | None, return_outputs: bool, lock_timeout: float,
                on_event: EventHandler | None, done: int) -> BenchResult:
-    collector = _Collector(str(path), on_event)
+    collector = _Collector(str(path), on_event, lock_timeout)
     try:
         run_dir = f"run-{uuid.uuid4().hex[:12]}"
         files = [(agent_file(), f"{run_dir}/agent.py"), (path, f"{run_dir}/{path.name}")]
@@ -150,6 +163,7 @@ def _bench_one(conn: Connection, path: Path, writer: JsonlWriter | None, *, runs
         if free < need:
             raise DeviceDiskFullError(f"disk full on {conn.description}: {conn.workdir()} has {free} bytes free, "
                                       f"the upload needs {need}. Free space there or pick another --workdir")
+        run_path = conn.make_dir(run_dir)
         staged = [conn.stage(p, name) for p, name in files]
         workdir = conn.workdir()
         argv = [conn.python, "-u", staged[0], "bench", "--model", staged[1], "--runtime", runtime, "--runs", str(runs),
@@ -159,17 +173,17 @@ def _bench_one(conn: Connection, path: Path, writer: JsonlWriter | None, *, runs
             argv += ["--inputs", staged[2]]
         if return_outputs:
             argv.append("--return-outputs")
-        rc = conn.run(argv, collector)  # on a lost connection the uploads stay (in the work dir)
-        conn.remove(f"{workdir}/{run_dir}")
+        rc = conn.run(argv, collector, waiting=collector.waiting)  # on a lost connection the uploads stay
+        conn.remove(run_path)
         result = _interpret(conn, path, rc, collector)
     except DeviceError as exc:
         if writer is not None:
             data = {"latencies_ms": collector.latencies, "runs_finished": len(collector.latencies)}
             writer.append(BenchResult(str(path), conn.description, "failed", data, str(exc)).record())
-        if isinstance(exc, DeviceDisconnectedError):
+        if isinstance(exc, (DeviceDisconnectedError, DeviceIdleTimeoutError)):
             where = f" ({done} finished artefact(s) kept in {writer.path})" if writer else ""
-            raise DeviceDisconnectedError(f"{exc}; {len(collector.latencies)} of {runs} timed runs of {path.name} "
-                                          f"had finished{where}") from exc
+            raise type(exc)(f"{exc}; {len(collector.latencies)} of {runs} timed runs of {path.name} "
+                            f"had finished{where}") from exc
         raise
     if writer is not None:
         writer.append(result.record())

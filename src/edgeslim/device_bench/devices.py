@@ -9,8 +9,12 @@ Format (``~/.config/edgeslim/devices.toml``, or ``$EDGESLIM_DEVICES``, or ``--de
     identity = "~/.ssh/id_ed25519"
     known_hosts = "~/.ssh/known_hosts"
     python = "python3"
-    workdir = "~/.cache/edgeslim-bench"
-    connect_timeout = 10
+    workdir = "~/.cache/edgeslim-bench"   # relative: from the login's home on the device
+    connect_timeout = 10                  # seconds for connect + SSH handshake
+    idle_timeout = 300                    # seconds a command may print nothing (0: no limit)
+
+A value given on the command line (or to :func:`~edgeslim.device_bench.bench` in its options)
+wins over the file's; the file's wins over the defaults.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ else:  # pragma: no cover
 
 
 @dataclass(frozen=True)
-class Device:
+class DeviceEntry:
     """One board of the devices file (all but ``host`` optional)."""
 
     name: str
@@ -42,6 +46,7 @@ class Device:
     python: str | None = None
     workdir: str | None = None
     connect_timeout: float | None = None
+    idle_timeout: float | None = None
 
     def url(self) -> str:
         """The equivalent ``ssh://user@host:port`` target."""
@@ -55,7 +60,7 @@ def default_devices_file() -> Path:
     return Path(env) if env else Path.home() / ".config" / "edgeslim" / "devices.toml"
 
 
-def load_devices(path: str | os.PathLike[str] | None = None) -> dict[str, Device]:
+def load_devices(path: str | os.PathLike[str] | None = None) -> dict[str, DeviceEntry]:
     """Read every ``[devices.NAME]`` table of the devices file (an absent file means none).
 
     Raises:
@@ -70,23 +75,38 @@ def load_devices(path: str | os.PathLike[str] | None = None) -> dict[str, Device
         doc = tomllib.loads(file.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise DeviceConfigError(f"devices file {file}: {exc}") from exc
-    known = {f.name for f in fields(Device)} - {"name"}
-    out: dict[str, Device] = {}
+    known = {f.name for f in fields(DeviceEntry)} - {"name"}
+    out: dict[str, DeviceEntry] = {}
     for name, entry in doc.get("devices", {}).items():
         extra = set(entry) - known
         if extra or "host" not in entry:
             raise DeviceConfigError(
                 f"devices file {file}, [devices.{name}]: "
                 + (f"unknown keys {sorted(extra)}; known: {sorted(known)}" if extra else "'host' is required"))
-        out[name] = Device(name=name, **_typed(entry))
+        out[name] = DeviceEntry(name=name, **_typed(entry, f"devices file {file}, [devices.{name}]"))
     return out
 
 
-def _typed(entry: dict[str, Any]) -> dict[str, Any]:
-    return {k: (int(v) if k == "port" else v) for k, v in entry.items()}
+_NUMBERS: dict[str, type] = {"port": int, "connect_timeout": float, "idle_timeout": float}
 
 
-def lookup(name: str, path: str | os.PathLike[str] | None = None) -> Device:
+def _typed(entry: dict[str, Any], where: str) -> dict[str, Any]:
+    out = dict(entry)
+    for key, kind in _NUMBERS.items():
+        if key in out:
+            value = out[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+                raise DeviceConfigError(f"{where}: {key} must be a number{' (integer)' if kind is int else ''}, "
+                                        f"got {value!r}")
+            out[key] = kind(value)
+    for key in ("connect_timeout", "idle_timeout"):
+        if key in out and (out[key] < 0 or (key == "connect_timeout" and out[key] == 0)):
+            raise DeviceConfigError(f"{where}: {key} must be {'>' if key == 'connect_timeout' else '>='} 0, "
+                                    f"got {out[key]:g}")
+    return out
+
+
+def lookup(name: str, path: str | os.PathLike[str] | None = None) -> DeviceEntry:
     """The device called ``name``.
 
     Raises:

@@ -21,6 +21,10 @@ class DeviceTimeoutError(DeviceError, TimeoutError):
     """The device did not answer within the connect timeout."""
 
 
+class DeviceIdleTimeoutError(DeviceTimeoutError):
+    """A command on the device printed nothing for longer than the idle timeout (a wedged board or agent)."""
+
+
 class DeviceAuthError(DeviceError):
     """The device rejected every key offered."""
 
@@ -29,12 +33,20 @@ class HostKeyError(DeviceError):
     """The device's host key is unknown or changed (strict host-key checking)."""
 
 
+class FingerprintMismatchError(HostKeyError):
+    """``device trust``: the key the device offers does not have the fingerprint the user gave."""
+
+
 class DeviceDisconnectedError(DeviceError):
     """The connection dropped during a run; finished results are kept in the JSON-lines file."""
 
 
 class DeviceDiskFullError(DeviceError, OSError):
     """The device's work directory has no room for the uploaded files."""
+
+
+class UnsafeDeleteError(DeviceError):
+    """A deletion was refused: the path is outside edgeslim's work dir or was not created by edgeslim."""
 
 
 class RuntimeMissingError(DeviceError):

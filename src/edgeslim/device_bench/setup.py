@@ -1,8 +1,10 @@
-"""``device check`` (what a board has and lacks) and ``device setup`` (offline runtime install).
+"""``device check`` (what a board has and lacks), ``device setup`` (offline runtime install) and
+``device trust`` (pin a host key whose fingerprint the user verified).
 
 ``setup`` downloads the device's wheels on the host (``pip download --platform ...``) and the
 agent unpacks them on the device into ``WORKDIR/site`` (user-owned, no pip needed there); the
-agent puts that folder first on ``sys.path`` for every later bench.
+agent puts that folder first on ``sys.path`` for every later bench. Uploads go into a fresh
+folder that edgeslim creates and marks for each agent run; only that folder is deleted afterwards.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,8 @@ from edgeslim.device_bench.agent_build import agent_file
 from edgeslim.device_bench.api import EVENT_PREFIX, EXIT_COMMAND_NOT_FOUND
 from edgeslim.device_bench.errors import AgentError, DeviceConfigError, DeviceError, RuntimeMissingError
 from edgeslim.device_bench.runtimes import RUNTIMES
-from edgeslim.device_bench.targets import Connection, TargetOptions, resolve_target
+from edgeslim.device_bench.targets import Connection, DeviceOptions, resolve_device
+from edgeslim.device_bench.targets.hostkeys import TrustResult
 
 #: Below this much free space in the work dir, ``check`` suggests freeing some.
 MIN_FREE_BYTES = 200 * 2**20
@@ -27,10 +31,16 @@ MIN_FREE_BYTES = 200 * 2**20
 _MANYLINUX_FIRST = 17
 
 
-def _agent(conn: Connection, args: list[str]) -> list[dict[str, Any]]:
-    """Upload the agent, run it with ``args``; return its events (raises on its errors)."""
-    run_dir = f"{conn.workdir()}/probe-{uuid.uuid4().hex[:8]}"
-    agent = conn.stage(agent_file(), f"{run_dir.rsplit('/', 1)[1]}/agent.py")
+def _agent(conn: Connection, args: list[str], files: Sequence[Path] = ()) -> list[dict[str, Any]]:
+    """Upload the agent (and ``files``, appended to ``args``), run it with ``args``; return its events.
+
+    Everything is uploaded into a fresh edgeslim-marked folder of the work dir, deleted afterwards.
+    Raises on the agent's errors.
+    """
+    name = f"agent-{uuid.uuid4().hex[:8]}"
+    run_dir = conn.make_dir(name)
+    agent = conn.stage(agent_file(), f"{name}/agent.py")
+    args = [*args, *(conn.stage(f, f"{name}/{f.name}") for f in files)]
     events: list[dict[str, Any]] = []
     tail: list[str] = []
 
@@ -59,14 +69,14 @@ def probe(conn: Connection) -> dict[str, Any]:
     return {k: v for k, v in events[-1].items() if k != "event"}
 
 
-def check(target: str, options: TargetOptions | None = None) -> dict[str, Any]:
+def check(target: str, options: DeviceOptions | None = None) -> dict[str, Any]:
     """What ``target`` has (arch, python, numpy, runtimes, free disk) and the commands to fix what is missing.
 
     Returns:
         The probe facts plus ``target`` and ``fixes`` (a list of commands, empty when nothing is missing).
     """
-    tgt = resolve_target(target, options)
-    conn = tgt.connect()
+    device = resolve_device(target, options)
+    conn = device.connect()
     try:
         info = probe(conn)
     finally:
@@ -83,7 +93,7 @@ def check(target: str, options: TargetOptions | None = None) -> dict[str, Any]:
                      "ai-edge-litert")
     if info["free_bytes"] < MIN_FREE_BYTES:
         fixes.append(f"free disk space in {info['workdir']} (only {info['free_bytes'] // 2**20} MiB) or pass --workdir")
-    return {"target": tgt.description, **info, "missing": len(fixes), "fixes": fixes}
+    return {"target": device.description, **info, "missing": len(fixes), "fixes": fixes}
 
 
 def platform_tags(machine: str, libc: str) -> list[str]:
@@ -114,27 +124,64 @@ def download_wheels(packages: list[str], machine: str, libc: str, python_tag: st
     return sorted(dest.glob("*.whl"))
 
 
-def setup(target: str, runtimes: list[str], options: TargetOptions | None = None) -> dict[str, Any]:
+def setup(target: str, runtimes: Sequence[str], options: DeviceOptions | None = None,
+          wheels: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Install numpy and ``runtimes`` on an offline board from wheels fetched on this host.
+
+    Args:
+        target: ``ssh://user@host:port`` or a devices-file name (``local`` works too).
+        runtimes: Runtime names whose wheels (and numpy) are downloaded for the device.
+        options: Connection options.
+        wheels: Extra wheel files of this host to install as well (e.g. your own build).
 
     Returns:
         ``{"target", "into", "wheels"}``; later benches on the board find them automatically.
     """
     packages = sorted({w for r in runtimes for w in RUNTIMES.get(r).wheels})
-    tgt = resolve_target(target, options)
-    conn = tgt.connect()
+    extra = [Path(w) for w in wheels]
+    for w in extra:
+        if not w.is_file() or w.suffix != ".whl":
+            raise DeviceConfigError(f"device setup: {w} is not a wheel file (.whl)")
+    if not packages and not extra:
+        raise DeviceConfigError("device setup: nothing to install (no --runtime and no --wheel)")
+    device = resolve_device(target, options)
+    conn = device.connect()
     try:
         info = probe(conn)
         with tempfile.TemporaryDirectory(prefix="edgeslim-wheels-") as tmp:
-            wheels = download_wheels(packages, info["machine"], info["libc"], info["python_tag"], Path(tmp))
-            need = sum(w.stat().st_size for w in wheels) * 3
+            files = [*(download_wheels(packages, info["machine"], info["libc"], info["python_tag"], Path(tmp))
+                       if packages else []), *extra]
+            need = sum(w.stat().st_size for w in files) * 3
             if conn.free_bytes() < need:
-                raise DeviceError(f"{tgt.description}: {conn.workdir()} needs about {need // 2**20} MiB for the "
+                raise DeviceError(f"{device.description}: {conn.workdir()} needs about {need // 2**20} MiB for the "
                                   "wheels; free space there or pass --workdir")
-            staged = [conn.stage(w, f"wheels/{w.name}") for w in wheels]
             into = f"{conn.workdir()}/site"
-            _agent(conn, ["install-wheels", "--into", into, *staged])
-            conn.remove(f"{conn.workdir()}/wheels")
+            _agent(conn, ["install-wheels", "--into", into], files)
     finally:
         conn.close()
-    return {"target": tgt.description, "into": into, "wheels": [w.name for w in wheels]}
+    return {"target": device.description, "into": into, "wheels": [w.name for w in files]}
+
+
+def trust(target: str, fingerprint: str, options: DeviceOptions | None = None, hashed: bool = False) -> TrustResult:
+    """Pin ``target``'s SSH host key in known_hosts, only if its fingerprint is ``fingerprint``.
+
+    Args:
+        target: ``ssh://user@host:port`` or a devices-file name.
+        fingerprint: ``SHA256:...`` as printed by ``ssh-keygen -lf`` on the device (or by edgeslim's
+            unknown-host-key error, after comparing it with the device's).
+        options: ``known_hosts`` (default ``~/.ssh/known_hosts``), ``connect_timeout``, devices file.
+        hashed: Write the host name hashed, as OpenSSH's ``HashKnownHosts``.
+
+    Returns:
+        What was pinned (``written`` is false when the key was already there).
+
+    Raises:
+        FingerprintMismatchError: The device offers no key with that fingerprint; nothing written.
+        DeviceConfigError: ``target`` is not an SSH device.
+    """
+    from edgeslim.device_bench.targets.ssh import SshDevice
+
+    device = resolve_device(target, options)
+    if not isinstance(device, SshDevice):
+        raise DeviceConfigError(f"device trust: {target!r} is not an SSH device (no host key to trust)")
+    return device.trust(fingerprint, hashed)

@@ -1,16 +1,29 @@
-"""Bench targets: ``local`` and ``ssh://user@host:port``; names resolve through the devices file."""
+"""Bench devices: ``local`` and ``ssh://user@host:port``; names resolve through the devices file."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from edgeslim.device_bench.targets.base import TARGET_KINDS, Connection, Target, TargetOptions
+from edgeslim.device_bench.targets.base import DEVICE_KINDS, Connection, Device, DeviceOptions
+
+#: Options a devices-file entry can also set; an explicitly given option wins over the file.
+SHARED_OPTIONS = ("identity", "known_hosts", "python", "workdir", "connect_timeout", "idle_timeout")
 
 
-def resolve_target(spec: str, options: TargetOptions | None = None) -> Target:
-    """Turn ``local``, ``ssh://user@host:port`` or a devices-file name into a :class:`Target`.
+def merge_options(options: DeviceOptions, entry: object) -> DeviceOptions:
+    """``options`` with every unset (``None``) shared option taken from the devices-file ``entry``.
 
-    Options given explicitly win over the devices file entry.
+    Precedence is explicit option > devices file > default (defaults apply later, where used).
+    """
+    taken = {name: getattr(entry, name) for name in SHARED_OPTIONS if getattr(options, name) is None}
+    return dataclasses.replace(options, **taken)
+
+
+def resolve_device(spec: str, options: DeviceOptions | None = None) -> Device:
+    """Turn ``local``, ``ssh://user@host:port`` or a devices-file name into a :class:`Device`.
+
+    Options given explicitly (not ``None``) win over the devices file entry, which wins over
+    the defaults.
 
     Raises:
         DeviceConfigError: Unknown name or malformed target.
@@ -18,20 +31,13 @@ def resolve_target(spec: str, options: TargetOptions | None = None) -> Target:
     from edgeslim.device_bench import devices
     from edgeslim.device_bench.targets import local, ssh  # noqa: F401  (register the kinds)
 
-    opts = options or TargetOptions()
+    opts = options or DeviceOptions()
     scheme = spec.split("://", 1)[0] if "://" in spec else spec
-    if scheme in TARGET_KINDS:
-        return TARGET_KINDS.get(scheme)(spec, opts)
-    dev = devices.lookup(spec, opts.devices_file)
-    merged = dataclasses.replace(
-        opts,
-        identity=opts.identity or dev.identity,
-        known_hosts=opts.known_hosts or dev.known_hosts,
-        python=opts.python or dev.python,
-        workdir=opts.workdir or dev.workdir,
-        connect_timeout=dev.connect_timeout if dev.connect_timeout is not None else opts.connect_timeout,
-    )
-    return TARGET_KINDS.get("ssh")(dev.url(), merged)
+    if scheme in DEVICE_KINDS:
+        return DEVICE_KINDS.get(scheme)(spec, opts)
+    entry = devices.lookup(spec, opts.devices_file)
+    return ssh.SshDevice(entry.host, entry.port, entry.user, merge_options(opts, entry), name=spec)
 
 
-__all__ = ["TARGET_KINDS", "Connection", "Target", "TargetOptions", "resolve_target"]
+__all__ = ["DEVICE_KINDS", "SHARED_OPTIONS", "Connection", "Device", "DeviceOptions", "merge_options",
+           "resolve_device"]
