@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -59,8 +58,6 @@ def test_local_onnx_outputs_and_top1(models: dict[str, Path], tmp_path: Path) ->
     assert report.summary()["p50"] == d["p50"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None,
-                    reason="ai-edge-litert is not installed on the host (pip install ai-edge-litert, the tflite extra)")
 def test_local_tflite_with_ai_edge_litert(tmp_path: Path) -> None:
     path, w, b = make_tflite(tmp_path / "fc.tflite")
     x = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
