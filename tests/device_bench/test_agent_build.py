@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -29,7 +28,6 @@ atexit.register(lambda: print("GUARD " + json.dumps(sorted(
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
-_HAS_LITERT = importlib.util.find_spec("ai_edge_litert") is not None
 
 
 def run_isolated(script: Path, *args: str, cwd: Path) -> list[dict]:
@@ -94,7 +92,6 @@ def test_built_agent_benches_onnx_standalone_with_the_model_settings(tmp_path: P
     np.testing.assert_array_equal(np.asarray(result["outputs"][0], np.float32), host.predict(x[:1]))
 
 
-@pytest.mark.skipif(not _HAS_LITERT, reason="ai-edge-litert is not installed on the host (the tflite extra)")
 def test_built_agent_benches_tflite_standalone(tmp_path: Path) -> None:
     model, w, b = make_tflite(tmp_path / "fc.tflite")
     x = np.random.default_rng(1).standard_normal((7, 8)).astype(np.float32)
