@@ -43,6 +43,17 @@ def test_jsonl_appends_never_truncates(tmp_path: Path) -> None:
 
 
 def test_summary_ratio_to_first() -> None:
-    a = BenchResult("a", "local", data={"p50": 2.0})
-    b = BenchResult("b", "local", data={"p50": 1.0})
-    assert b.summary(a)["ratio_p50"] == 0.5 and a.summary(a)["ratio_p50"] == 1.0
+    """Ratios of different artefacts' p50 to the first one (the README's ResNet-18 timings), missing values as None."""
+    from edgeslim.device_bench import BenchReport
+
+    fp32 = BenchResult("fp32.onnx", "local", data={"p50": 20.0})
+    int8 = BenchResult("int8.onnx", "local", data={"p50": 6.8})
+    w16 = BenchResult("w16.tflite", "local", data={"p50": 929.0})
+    failed = BenchResult("bad.onnx", "local", "failed", error="boom")
+    assert int8.summary(fp32)["ratio_p50"] == pytest.approx(0.34)
+    assert w16.summary(fp32)["ratio_p50"] == pytest.approx(46.45)
+    assert fp32.summary(int8)["ratio_p50"] == pytest.approx(20.0 / 6.8)
+    assert failed.summary(fp32)["ratio_p50"] is None  # no latency of its own
+    assert int8.summary(failed)["ratio_p50"] is None and int8.summary()["ratio_p50"] is None  # no reference
+    report = BenchReport("local", [fp32, int8, w16, failed]).summary()
+    assert [r["ratio_p50"] for r in report["results"]] == pytest.approx([1.0, 0.34, 46.45, None])
