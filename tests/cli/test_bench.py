@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,12 +38,23 @@ def test_bench_local_json_contract(tiny_onnx: Path, tmp_path: Path) -> None:
 
 
 def test_bench_two_artefacts_ratio(tiny_onnx: Path, tmp_path: Path) -> None:
-    proc = _cli("bench", str(tiny_onnx), str(tiny_onnx), "--runs", "5", "--json", "--results", "out.jsonl",
+    """Two different artefacts: the second (~14,000x the multiply-adds) is reported as many times slower."""
+    heavy = tmp_path / "heavy.onnx"
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 64, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten())
+    torch.onnx.export(net.eval(), (torch.randn(1, 1, 32, 32),), str(heavy), dynamo=True, external_data=False)
+    proc = _cli("bench", str(tiny_onnx), str(heavy), "--runs", "5", "--json", "--results", "out.jsonl",
                 cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     a, b = json.loads(proc.stdout.strip().splitlines()[-1])["results"]
-    assert a["ratio_p50"] == 1.0 and b["ratio_p50"] == pytest.approx(b["p50"] / a["p50"])
-    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
+    assert (Path(a["artifact"]).name, Path(b["artifact"]).name) == ("tiny model.onnx", "heavy.onnx")
+    assert a["ratio_p50"] == 1.0  # the first artefact is the reference
+    assert b["ratio_p50"] > 5, b["ratio_p50"]  # 38 M vs 2.7 k multiply-adds
+    recs = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 and [len(r["latencies_ms"]) for r in recs] == [5, 5]
+    # the ratio agrees with the medians of the raw latencies written to the results file
+    medians = [float(np.median(r["latencies_ms"])) for r in recs]
+    assert b["ratio_p50"] == pytest.approx(medians[1] / medians[0], rel=1e-6)
 
 
 def test_bench_missing_file_fails_cleanly(tmp_path: Path) -> None:
