@@ -21,14 +21,17 @@ from torch import nn
 from edgeslim.errors import ModelLoadError
 from edgeslim.registry import Registry
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: quantized files store integer weights, not the float state_dict
 
 
 class ModelFormat(Protocol):
     """How one kind of edgeslim model is turned into a safe payload and back."""
 
-    def dump(self, model: nn.Module) -> dict[str, Any]:
-        """Return the kind-specific payload (tensors, lists, dicts, str, numbers only)."""
+    def dump(self, model: nn.Module, *, keep_float: bool = False) -> dict[str, Any]:
+        """Return the kind-specific payload (tensors, lists, dicts, str, numbers only).
+
+        ``keep_float``: also store the float weights a quantized model descends from.
+        """
         ...
 
     def restore(self, payload: dict[str, Any], base: nn.Module | None) -> nn.Module:
@@ -36,13 +39,10 @@ class ModelFormat(Protocol):
         ...
 
 
+#: Formats register themselves when their module is imported (``edgeslim.plugin.pruning.io``,
+#: ``edgeslim.plugin.quantization.io``); in a fresh process the ``edgeslim.plugins`` entry points
+#: (declared in edgeslim's own pyproject) import them on the first lookup. Nothing is imported back.
 FORMATS: Registry[ModelFormat] = Registry("saved-model format")
-
-
-def _register_builtin_formats() -> None:
-    """Import the modules that register edgeslim's own formats ("pruned", "quantized")."""
-    import edgeslim.plugin.pruning.io
-    import edgeslim.plugin.quantization.io  # noqa: F401
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
@@ -60,21 +60,50 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return dest
 
 
-def save(model: nn.Module, path: str | Path, *, kind: str | None = None, meta: dict[str, Any] | None = None) -> Path:
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A sha256 over a state_dict's names, shapes, dtypes and bytes (the float ancestor's identity)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _kind_of(model: Any) -> str:
+    if hasattr(model, "coded_weights") and hasattr(model, "model"):  # a QuantResult
+        return "quantized"
+    return str(getattr(model, "edgeslim_kind", "pruned"))
+
+
+def save(
+    model: Any,
+    path: str | Path,
+    *,
+    kind: str | None = None,
+    meta: dict[str, Any] | None = None,
+    keep_float: bool = False,
+) -> Path:
     """Save ``model`` safely (reloadable with ``weights_only=True``).
 
     Args:
-        model: The model (pruned, quantized ...).
+        model: The model (float or pruned ``nn.Module``), or the ``QuantResult`` of
+            ``edgeslim.quantize`` / ``convert`` (its converted graph is saved with integer
+            weights, and its report).
         path: Destination file (``.pt`` recommended); written atomically.
-        kind: Registered format name; default ``getattr(model, "edgeslim_kind", "pruned")``.
-        meta: Extra JSON-able information stored in the header (metrics, config ...).
+        kind: Registered format name; default: ``quantized`` for a ``QuantResult`` or a
+            converted graph, else ``pruned``.
+        meta: Extra JSON-able information stored in the header (metrics, lineage ...).
+        keep_float: Quantized models: also store the float weights they descend from
+            (by default only integer weights, scales and the structure are stored).
 
     Returns:
         The path written.
     """
-    _register_builtin_formats()
-    kind = str(kind or getattr(model, "edgeslim_kind", "pruned"))
-    payload = FORMATS.get(kind).dump(model)
+    kind = str(kind or _kind_of(model))
+    payload = FORMATS.get(kind).dump(model, keep_float=keep_float)
     obj = {"edgeslim_format": FORMAT_VERSION, "kind": kind, "meta": dict(meta or {}), **payload}
     return atomic_torch_save(obj, path)
 
@@ -107,7 +136,6 @@ def load(path: str | Path, *, base: nn.Module | None = None) -> nn.Module:
     Raises:
         ModelLoadError: Missing, corrupt or unknown file, or no architecture to rebuild.
     """
-    _register_builtin_formats()
     obj = read_header(path)
     if "edgeslim_format" not in obj:
         if base is not None and all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -119,3 +119,51 @@ def load_model_arg(model: str) -> tuple[Any, str]:
     if path.suffix in {".pt", ".pth", ".edgeslim", ".safetensors"} or path.exists():
         return es_io.load(path), str(path)
     return models.load(model), model
+
+
+class ModelArg:
+    """What ``--model`` resolved to: the model (or ``QuantResult``), its lineage and data set.
+
+    Attributes:
+        obj: An ``nn.Module``, or a ``QuantResult`` for a saved quantized file.
+        source: The name or path given.
+        lineage: The saved file's lineage (a reference model: one ``float`` step).
+        dataset: The data set the model was trained on (``fashion-mnist``), if known.
+        kind: ``reference``, ``torchvision``, ``pruned``, ``quantized`` ...
+    """
+
+    def __init__(self, obj: Any, source: str, lineage: list[dict[str, Any]], dataset: str | None, kind: str) -> None:
+        self.obj, self.source, self.lineage, self.dataset, self.kind = obj, source, lineage, dataset, kind
+
+    @property
+    def module(self) -> Any:
+        """The ``nn.Module`` (the converted graph of a ``QuantResult``)."""
+        return getattr(self.obj, "model", self.obj)
+
+
+def resolve_model(model: str) -> ModelArg:
+    """Resolve ``--model`` with its lineage (see :mod:`edgeslim.lineage`).
+
+    Raises:
+        edgeslim.errors.ModelLoadError: Unknown name, missing or unsafe file.
+    """
+    from edgeslim import io as es_io
+    from edgeslim import models
+    from edgeslim.lineage import dataset_of, lineage_of
+
+    path = Path(model)
+    if path.suffix in {".pt", ".pth", ".edgeslim", ".safetensors"} or path.exists():
+        header = es_io.read_header(path)
+        kind = str(header.get("kind", "state_dict"))
+        steps = lineage_of(header.get("meta"))
+        if kind == "quantized":
+            from edgeslim.plugin.quantization.saved import load_result
+
+            return ModelArg(load_result(path), str(path), steps, dataset_of(steps), kind)
+        return ModelArg(es_io.load(path), str(path), steps, dataset_of(steps), kind)
+    net = models.load(model)
+    if model in models.REFERENCES:
+        ref = models.REFERENCES[model]
+        step = {"step": "float", "source": model, "sha256": es_io.state_sha256(net.state_dict()), "dataset": ref.dataset}
+        return ModelArg(net, model, [step], ref.dataset, "reference")
+    return ModelArg(net, model, [], None, "torchvision")

@@ -7,11 +7,11 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from edgeslim.cli.common import console, emit_json, load_model_arg
+from edgeslim.cli.common import ModelArg, console, emit_json, refuse_existing_outputs, resolve_model
 
 
 def register(app: typer.Typer) -> None:
@@ -34,10 +34,10 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 
 def export_cmd(
-    model: Annotated[str, typer.Option(help="Model name (resnet18-fmnist, mobilenet_v2-fmnist, torchvision name) or an edgeslim-saved .pt file")],
+    model: Annotated[str, typer.Option(help="Model name (resnet18-fmnist, mobilenet_v2-fmnist, torchvision name) or an edgeslim-saved .pt file (a quantized one is exported as it is)")],
     out: Annotated[Path, typer.Option(help="Output file (.onnx / .tflite)")],
     format: Annotated[str, typer.Option("--format", help="onnx | tflite")] = "onnx",
-    quant: Annotated[str, typer.Option(help="fp32 | fp16 | dynamic | int8 | w8a16 (16x8) | log2:N | codebook:N")] = "fp32",
+    quant: Annotated[str | None, typer.Option(help="fp32 | fp16 | dynamic | int8 | w8a16 (16x8) | int16 | log2:N | codebook:N | pwl:N; default: the model's own quantization (fp32 for a float model)")] = None,
     layout: Annotated[str, typer.Option(help="Input layout: nchw (default) | nhwc (TFLite only)")] = "nchw",
     activations: Annotated[str, typer.Option(help="ONNX int8 activations: u8s8 (fastest in ORT on x86) | s8s8")] = "u8s8",
     io_dtype: Annotated[str, typer.Option("--io-dtype", help="TFLite int8 model input/output: float | int8 (carries scale/zero point)")] = "float",
@@ -47,33 +47,65 @@ def export_cmd(
     batch: Annotated[int, typer.Option(help="Example batch size (fixed batch of TFLite; ONNX batch is dynamic)")] = 1,
     verify: Annotated[bool, typer.Option(help="Run the artefact on real test images and compare with PyTorch")] = True,
     verify_samples: Annotated[int, typer.Option("--verify-samples", help="Test images used by the verification")] = 256,
+    eval_samples: Annotated[int, typer.Option("--eval-samples", help="Labelled test images on which the artefact's top-1 is compared with its float ancestor's")] = 2000,
+    max_drop: Annotated[float, typer.Option("--max-drop", help="Fail (and write nothing) when the artefact's top-1 is more than this many points below its float ancestor's")] = 1.0,
     optimized_copy: Annotated[bool, typer.Option("--optimized-copy", help="ONNX: also write an ORT graph-optimised copy")] = False,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing output file")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite existing output files")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line")] = False,
 ) -> None:
-    """Export MODEL to OUT in FORMAT, quantized as QUANT, and verify it in its runtime."""
+    """Export MODEL to OUT in FORMAT and verify it in its runtime: against PyTorch, and against its float ancestor's top-1."""
     import torch
 
-    from edgeslim.exporters import OutputExistsError, export
+    from edgeslim.exporters import export
+    from edgeslim.exporters.onnx import optimized_copy_path
 
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
-    net, source = load_model_arg(model)
+    outputs = [out.name] + ([optimized_copy_path(out).name] if optimized_copy and format == "onnx" else [])
+    refuse_existing_outputs(out.parent, outputs, force)
+    arg = resolve_model(model)
     x = torch.randn(batch, 3, input_size, input_size)
-    console.print(f"exporting {source} to {format} ({quant}) → {out}")
+    accuracy_kwargs = _accuracy_inputs(arg, tuple(x.shape), eval_samples)
+    label = quant or ("its own quantization" if arg.kind == "quantized" else "fp32")
+    console.print(f"exporting {arg.source} to {format} ({label}) → {out}")
     with _stdout_to_stderr():
         result = export(
-            net, format, out, x, quant=quant, verify=verify, overwrite=force, layout=layout, activations=activations,
+            arg.obj, format, out, x, quant=quant, verify=verify, overwrite=force, layout=layout, activations=activations,
             io_dtype=io_dtype, method=method, calibration_size=calibration_size, verify_samples=verify_samples,
-            optimized_copy=optimized_copy,
+            optimized_copy=optimized_copy, eval_samples=eval_samples, max_drop=max_drop, **accuracy_kwargs,
         )
-    summary = {"model": source, **result.to_dict()}
-    v = result.verification
+    summary = {"model": arg.source, **result.to_dict()}
+    v, acc = result.verification, result.accuracy
     console.print(
         f"[green]wrote[/] {result.path} ({result.bytes / 2**20:.2f} MiB, {result.format} {result.quant}, "
         f"input {result.input['dtype']} {result.input['shape']} {result.layout})"
-        + (f"; verified: {v}" if v else "; not verified"),
+        + (f"; verified: {v}" if v else "; not verified")
+        + (f"; {acc}" if acc else "; top-1 not measured (no labelled data known for this model)"),
         highlight=False,
     )
     if json_:
         emit_json(summary)
+
+
+def _accuracy_inputs(arg: ModelArg, shape: tuple[int, ...], eval_samples: int) -> dict[str, Any]:
+    """``eval_data`` and the float ancestor (model or top-1 from the lineage) for the accuracy check."""
+    from edgeslim import models
+    from edgeslim.data import fashion_mnist_loader
+    from edgeslim.exporters.accuracy import eval_key
+    from edgeslim.lineage import float_ancestor
+
+    if arg.dataset != "fashion-mnist":
+        return {}
+    name = "fashion-mnist/test"
+    out: dict[str, Any] = {"eval_data": fashion_mnist_loader("test", limit=eval_samples, batch_size=250), "eval_name": name}
+    if arg.kind != "quantized":
+        return out  # a float model is its own ancestor: measured by export()
+    ancestor = float_ancestor(arg.lineage) or {}
+    known = (ancestor.get("top1") or {}).get(eval_key(name, shape, eval_samples))
+    if known is not None:
+        out["float_top1"] = float(known)
+    elif ancestor.get("source") in models.REFERENCES:
+        from edgeslim.io import state_sha256
+
+        ref = models.load(str(ancestor["source"]))
+        if state_sha256(ref.state_dict()) == ancestor.get("sha256"):
+            out["float_model"] = ref
+    return out

@@ -17,10 +17,13 @@ from edgeslim.cli.common import (
     SeedOpt,
     console,
     emit_json,
-    load_model_arg,
     progress,
-    refuse_existing,
+    refuse_existing_outputs,
+    resolve_model,
 )
+
+#: The files `edgeslim quantize` writes into --out.
+OUTPUTS = ("model.pt", "report.json", "report.md", "sqnr.png")
 
 
 def register(app: typer.Typer) -> None:
@@ -52,21 +55,24 @@ def quantize_cmd(
     data_dir: DataDirOpt = None,
     input_size: Annotated[int, typer.Option(help="Input resolution for torch.export")] = 32,
     batch_size: Annotated[int, typer.Option(help="Batch size of calibration/QAT")] = 64,
+    eval_samples: Annotated[int, typer.Option("--eval-samples", help="Test images on which the float and quantized top-1 are recorded in the file's lineage (what export compares against)")] = 2000,
+    keep_float: Annotated[bool, typer.Option("--keep-float", help="Also store the float weights in model.pt (default: integer weights, scales and structure only)")] = False,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Quantize MODEL and save it (reload with ``edgeslim.load``)."""
+    """Quantize MODEL and save it with integer weights (reload with ``edgeslim.load``; export it as it is)."""
     import torch
 
     from edgeslim import io as es_io
     from edgeslim.data import calibration_subset, check_root, evaluate, fashion_mnist_loader
+    from edgeslim.lineage import extend
     from edgeslim.plugin.quantization import QuantConfig, convert, prepare_qat, quantize
     from edgeslim.plugin.quantization.qat import train_qat
 
     torch.manual_seed(seed)
     dest = out / "model.pt"
-    refuse_existing(dest, force)
+    refuse_existing_outputs(out, OUTPUTS, force)
     if calib < 1:
         raise typer.BadParameter("at least one calibration image is needed", param_hint="--calib")
     mixed = recipe is None and scheme.strip().lower() == "mixed"
@@ -76,7 +82,10 @@ def quantize_cmd(
     elif not mixed:
         config = QuantConfig.from_spec(scheme, calibrator=calibrator, strict=strict)  # fails before any work
     check_root(data_dir)
-    net, source = load_model_arg(model)
+    arg = resolve_model(model)
+    if arg.kind == "quantized":
+        raise typer.BadParameter(f"{model} is already quantized: quantize its float ancestor instead", param_hint="--model")
+    net, source = arg.obj, arg.source
     x = torch.zeros(2, 3, input_size, input_size)
     cal = calibration_subset("train", calib, batch_size=batch_size, root=data_dir, seed=seed)
     summary: dict[str, Any] = {"model": source, "scheme": "recipe" if recipe else scheme, "calib": calib}
@@ -120,8 +129,15 @@ def quantize_cmd(
             summary["top1_quant"] = evaluate(result.model, test)
             bar.update(task, advance=1)
         result.report.accuracy = {"top1_fp32": summary["top1_fp32"], "top1_quant": summary["top1_quant"]}
+    lineage: list[dict[str, Any]] = arg.lineage
+    if arg.dataset == "fashion-mnist" and lineage:
+        float_top1, quant_top1 = _lineage_top1(net, result.model, x, eval_samples, data_dir, summary)
+        last = lineage[-1]  # the float model quantized here (reference, pruned or fine-tuned)
+        lineage = [*lineage[:-1], {**last, "top1": {**last.get("top1", {}), **float_top1}}]
+        lineage = extend(lineage, "quantize", scheme=summary["scheme"], mode=summary["mode"], top1=quant_top1)
     out.mkdir(parents=True, exist_ok=True)
-    summary["model_path"] = str(es_io.save(result.model, dest, kind="quantized", meta=dict(summary)))
+    summary["model_path"] = str(es_io.save(result, dest, meta={**summary, "lineage": lineage}, keep_float=keep_float))
+    summary["model_bytes"] = dest.stat().st_size
     summary["path"] = summary["model_path"]  # the same key as `edgeslim export --json`
     (out / "report.json").write_text(json.dumps({**summary, "report": result.report.to_dict()}, indent=1, default=str))
     (out / "report.md").write_text(result.report.to_markdown() + "\n")
@@ -129,6 +145,19 @@ def quantize_cmd(
     _print_table(summary)
     if json_:
         emit_json(summary)
+
+
+def _lineage_top1(net: Any, qmodel: Any, x: Any, n: int, data_dir: Path | None, summary: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """Float and quantized top-1 on the first ``n`` test images, keyed as export keys them (lineage)."""
+    from edgeslim.data import fashion_mnist_loader
+    from edgeslim.exporters.accuracy import eval_key, labelled_batches, torch_top1
+
+    shape = tuple(x.shape)
+    batches = labelled_batches(fashion_mnist_loader("test", limit=n, batch_size=250, root=data_dir), shape, n)
+    key = eval_key("fashion-mnist/test", shape, sum(len(y) for _, y in batches))
+    f, q = torch_top1(net, batches), torch_top1(qmodel, batches)
+    summary.update(eval_key=key, top1_float=f, top1_quantized=q)
+    return {key: f}, {key: q}
 
 
 def _print_table(s: dict[str, Any]) -> None:
@@ -141,6 +170,10 @@ def _print_table(s: dict[str, Any]) -> None:
     t.add_row("weight bytes", f"{s['float_weight_bytes'] / 1e6:.2f} MB", f"{s['weight_bytes'] / 1e6:.2f} MB")
     if "top1_fp32" in s:
         t.add_row("top-1", f"{100 * s['top1_fp32']:.2f} %", f"{100 * s['top1_quant']:.2f} %")
+    elif "top1_float" in s:
+        t.add_row(f"top-1 ({s['eval_key']})", f"{100 * s['top1_float']:.2f} %", f"{100 * s['top1_quantized']:.2f} %")
+    if "model_bytes" in s:
+        t.add_row("saved file", "", f"{s['model_bytes'] / 1e6:.2f} MB")
     if s['mean_sqnr_db'] is not None:
         t.add_row("mean weight SQNR", "", f"{s['mean_sqnr_db']:.1f} dB")
     console.print(t)

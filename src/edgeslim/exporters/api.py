@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeslim.exporters.accuracy import AccuracyCheck, check_accuracy, eval_key, labelled_batches
 from edgeslim.exporters.base import ExportJob, batches_from, fashion_inputs, get_exporter, is_prequantized
 from edgeslim.exporters.config import ExportOptions, Format, Method, Precision, QuantSpec
 from edgeslim.exporters.errors import ExportConfigError, OutputExistsError
@@ -31,6 +32,8 @@ class ExportResult:
         input: Name, dtype, shape and (quantized input) scale/zero point of the input tensor.
         dtypes: Compute dtypes of the compute ops, weight dtypes, number of float compute ops.
         verification: The numbers against PyTorch (``None`` if ``verify=False``).
+        accuracy: The artefact's top-1 in its runtime next to its float ancestor's on the same
+            labelled images (``None`` when no labelled data was given).
         metadata: Route, activation signedness, runtime settings, notes.
         options: The options used.
     """
@@ -43,6 +46,7 @@ class ExportResult:
     input: dict[str, Any]
     dtypes: dict[str, Any]
     verification: VerificationReport | None
+    accuracy: AccuracyCheck | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -57,9 +61,33 @@ class ExportResult:
             "input": self.input,
             "dtypes": self.dtypes,
             "verification": self.verification.to_dict() if self.verification else None,
+            "accuracy": self.accuracy.to_dict() if self.accuracy else None,
+            "top1_float": self.accuracy.top1_float if self.accuracy else None,
+            "top1_artefact": self.accuracy.top1_artefact if self.accuracy else None,
             "metadata": self.metadata,
             "options": self.options,
         }
+
+
+def own_label(config: Any) -> str:
+    """The export spelling of a ``QuantConfig``: ``int8``, ``w8a16``, ``int16`` or ``SCHEME:BITS[/acts]``.
+
+    A model whose every quantized layer uses one grid scheme (log2, codebook, pwl) at one width
+    is exported with coded weights; anything else (affine, per-layer mixed) as its QDQ graph, as
+    ``w8a16`` when some activation is 16-bit, ``int16`` when weights are too.
+    """
+    layers = [config.default, *(c for _, c in config.overrides)]
+    weights = {(lc.weight.scheme, lc.weight.bits) for lc in layers if lc.weight is not None}
+    acts = [lc.activation for lc in layers if lc.activation is not None]
+    if len(weights) == 1 and next(iter(weights))[0] in ("log2", "codebook", "pwl"):
+        scheme, bits = next(iter(weights))
+        act = config.default.activation
+        suffix = "" if act is None or (act.scheme == "affine" and act.bits == 8) else (
+            f"/log2:{act.bits}" if act.scheme == "log2" else f"/a{act.bits}")
+        return f"{scheme}:{bits}{suffix}"
+    if any(b > 8 for _, b in weights):
+        return "int16"
+    return "w8a16" if any(a.bits > 8 for a in acts) else "int8"
 
 
 def _unwrap(model: Any) -> tuple[nn.Module, dict[str, Any], str | None]:
@@ -69,7 +97,7 @@ def _unwrap(model: Any) -> tuple[nn.Module, dict[str, Any], str | None]:
     inner = getattr(model, "model", None)
     if isinstance(inner, nn.Module):
         config = getattr(model, "config", None)
-        return inner, dict(getattr(model, "coded_weights", None) or {}), getattr(config, "name", None)
+        return inner, dict(getattr(model, "coded_weights", None) or {}), own_label(config) if config is not None else None
     raise ExportConfigError(f"cannot export a {type(model).__name__}: pass an nn.Module or an edgeslim QuantResult")
 
 
@@ -92,6 +120,10 @@ def export(
     verify: bool = True,
     calibration: Any = None,
     verify_inputs: Any = None,
+    eval_data: Any = None,
+    eval_name: str | None = None,
+    float_model: nn.Module | None = None,
+    float_top1: float | None = None,
     overwrite: bool = False,
     options: ExportOptions | None = None,
     **option_overrides: Any,
@@ -115,6 +147,14 @@ def export(
             default: ``options.calibration_size`` Fashion-MNIST training images.
         verify_inputs: Real verification inputs; default: the first ``options.verify_samples``
             Fashion-MNIST test images (resized to the example's size).
+        eval_data: Labelled images (a loader of ``(x, y)``): the artefact's top-1 in its runtime
+            is compared with its float ancestor's on the first ``options.eval_samples`` of them,
+            and the export fails when the drop exceeds ``options.max_drop`` points.
+        eval_name: The data set's name in the report (``fashion-mnist/test``).
+        float_model: The float ancestor of an already-quantized model (measured on ``eval_data``);
+            a float ``model`` is its own ancestor.
+        float_top1: The float ancestor's top-1 on the same images, when the model is not at hand
+            (the saved file's lineage).
         overwrite: Replace an existing ``path``.
         options: Full options; ``option_overrides`` (``layout="nhwc"``, ``activations="s8s8"``,
             ``io_dtype="int8"``, ``method="edgeslim"``, ``calibration_size=512`` ...) replace fields.
@@ -127,13 +167,26 @@ def export(
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
         UnsupportedOpError: A converter cannot handle an op (names the op and the module).
         ExportVerificationError: The artefact does not match PyTorch (carries the numbers).
+        ExportAccuracyError: The artefact's top-1 drops more than ``max_drop`` points below its
+            float ancestor's (the file is then not written).
     """
     from edgeslim.exporters.inspect import inspect_artifact
-    from edgeslim.exporters.onnx import write_optimized_copy
+    from edgeslim.exporters.onnx import optimized_copy_path, write_optimized_copy
 
     fmt = Format(format).value if isinstance(format, Format) or format in {f.value for f in Format} else str(format)
     exporter = get_exporter(fmt)
     module, coded, own_quant = _unwrap(model)
+    pre = is_prequantized(module)
+    if pre and own_quant is None and quant is None:
+        raise ExportConfigError(
+            "this model is an already-quantized graph without its config: pass the QuantResult of edgeslim.quantize "
+            "(or load the saved file with edgeslim.plugin.quantization.load_result), or quant='int8'/'w8a16'"
+        )
+    if pre and own_quant is not None and quant is not None and QuantSpec.parse(quant) != QuantSpec.parse(own_quant):
+        raise ExportConfigError(
+            f"this model is already quantized as {own_quant}; export it as it is (no quant / --quant), or pass the "
+            f"float model to export it as {QuantSpec.parse(quant).label}"
+        )
     spec = QuantSpec.parse(quant if quant is not None else (own_quant or "fp32"))
     try:
         opts = replace(options or ExportOptions(), quant=spec, **option_overrides)
@@ -143,12 +196,13 @@ def export(
     if not isinstance(example, torch.Tensor) or example.dim() < 1:
         raise ExportConfigError("example_inputs must be one NCHW tensor (or a 1-tuple of it)")
     dest = Path(path)
-    if dest.exists() and not overwrite:
-        raise OutputExistsError(f"{dest} exists; pass overwrite=True (CLI: --force) to replace it")
+    for out in [dest] + ([optimized_copy_path(dest)] if opts.optimized_copy and fmt == Format.ONNX.value else []):
+        if out.exists() and not overwrite:
+            raise OutputExistsError(f"{out} exists; pass overwrite=True (CLI: --force) to replace it")
 
-    pre = is_prequantized(module)
     if not pre and not isinstance(module, torch.fx.GraphModule):
         module = module.eval()
+    ancestor = float_model if float_model is not None else (None if pre else module)
     needs_calib = (spec.quantized_activations or opts.method is Method.EDGESLIM) and not pre
     calib: list[torch.Tensor] = []
     if needs_calib:
@@ -173,6 +227,7 @@ def export(
     try:
         exporter.write(job, tmp)
         report = None
+        runner = None
         if verify:
             inputs = (
                 batches_from(verify_inputs, tuple(example.shape), opts.verify_samples)
@@ -181,7 +236,17 @@ def export(
             )
             with torch.no_grad():
                 tolerance = opts.tolerance or getattr(exporter, "tolerances", {}).get(spec.precision) or opts.effective_tolerance
-                report = verify_runner(exporter.open(tmp, job), module, inputs, tolerance, what=f"{fmt} {spec.label} artefact")
+                runner = exporter.open(tmp, job)
+                report = verify_runner(runner, module, inputs, tolerance, what=f"{fmt} {spec.label} artefact")
+        accuracy = None
+        if eval_data is not None:
+            batches = labelled_batches(eval_data, tuple(example.shape), opts.eval_samples)
+            key = eval_key(eval_name or "user-data", tuple(example.shape), sum(len(y) for _, y in batches))
+            with torch.no_grad():
+                accuracy = check_accuracy(
+                    runner if runner is not None else exporter.open(tmp, job), batches, key, float_model=ancestor,
+                    float_top1=float_top1, max_drop=opts.max_drop, what=f"the {fmt} {spec.label} artefact",
+                )
         info = inspect_artifact(tmp, fmt)
         if dest.exists() and not overwrite:  # appeared meanwhile
             raise OutputExistsError(f"{dest} exists; pass overwrite=True (CLI: --force) to replace it")
@@ -193,7 +258,7 @@ def export(
         tmp.unlink(missing_ok=True)
         raise
     if opts.optimized_copy and fmt == Format.ONNX.value:
-        job.metadata["optimized_copy"] = str(write_optimized_copy(dest))
+        job.metadata["optimized_copy"] = str(write_optimized_copy(dest, overwrite=overwrite))
     inp = info.inputs[0] if info.inputs else None
     return ExportResult(
         path=dest,
@@ -210,6 +275,7 @@ def export(
         },
         dtypes={k: v for k, v in info.summary().items() if k not in {"inputs", "outputs", "ops"}},
         verification=report,
+        accuracy=accuracy,
         metadata=job.metadata,
         options=opts.to_dict(),
     )

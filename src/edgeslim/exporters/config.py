@@ -227,6 +227,9 @@ class ExportOptions:
         calibration_size: Number of real images used to calibrate when no loader is given.
         opset: ONNX opset (default: 21 for int16 activations and coded weights, else the exporter's).
         verify_samples: Number of real test images the verification runs.
+        eval_samples: Labelled images on which the artefact's top-1 (in its runtime) is compared
+            with its float ancestor's (when labelled data is given).
+        max_drop: Largest allowed top-1 drop against the float ancestor, in points (None: report only).
         tolerance: Overrides :data:`TOLERANCES` for this export.
         optimized_copy: Also write an ONNX Runtime graph-optimised copy (``*.ort-opt.onnx``).
     """
@@ -239,6 +242,8 @@ class ExportOptions:
     calibration_size: int = 256
     opset: int | None = None
     verify_samples: int = 256
+    eval_samples: int = 2000
+    max_drop: float | None = 1.0
     tolerance: Tolerance | None = None
     optimized_copy: bool = False
 
@@ -250,8 +255,10 @@ class ExportOptions:
             except ValueError as exc:
                 known = ", ".join(e.value for e in enum)
                 raise ExportConfigError(f"{name}={getattr(self, name)!r} is invalid; use one of {known}") from exc
-        if self.calibration_size < 1 or self.verify_samples < 1:
-            raise ExportConfigError("calibration_size and verify_samples must be >= 1")
+        if self.calibration_size < 1 or self.verify_samples < 1 or self.eval_samples < 1:
+            raise ExportConfigError("calibration_size, verify_samples and eval_samples must be >= 1")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise ExportConfigError(f"max_drop={self.max_drop} is negative; give the allowed top-1 drop in points (e.g. 1.0)")
 
     @property
     def effective_tolerance(self) -> Tolerance:

@@ -56,7 +56,20 @@ class ExportVerificationError(ExportError):
         self.report = report
 
 
+class ExportAccuracyError(ExportError):
+    """The artefact's top-1, run in its runtime, is too far below its float ancestor's on the same images.
+
+    Attributes:
+        check: The numbers (``AccuracyCheck``: both top-1s, images, drop, allowed drop).
+    """
+
+    def __init__(self, message: str, check: object) -> None:
+        super().__init__(message)
+        self.check = check
+
+
 __all__ = [
+    "ExportAccuracyError",
     "ExportConfigError",
     "ExportError",
     "ExportSpecError",

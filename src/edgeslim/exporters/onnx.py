@@ -294,17 +294,37 @@ class OnnxExporter:
         return OrtRunner(path, threads=int(os.environ.get("EDGESLIM_ORT_THREADS", "0")) or None)
 
 
-def write_optimized_copy(path: Path) -> Path:
-    """Write ONNX Runtime's graph-optimised model next to ``path`` (``*.ort-opt.onnx``)."""
+def optimized_copy_path(path: Path) -> Path:
+    """Where :func:`write_optimized_copy` writes the copy of ``path`` (``*.ort-opt.onnx``)."""
+    return path.with_name(path.stem + ".ort-opt.onnx")
+
+
+def write_optimized_copy(path: Path, *, overwrite: bool = False) -> Path:
+    """Write ONNX Runtime's graph-optimised model next to ``path`` (``*.ort-opt.onnx``), atomically.
+
+    Raises:
+        OutputExistsError: The copy exists and ``overwrite`` is False.
+    """
     import onnxruntime as ort
 
-    out = path.with_name(path.stem + ".ort-opt.onnx")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.optimized_model_filepath = str(out)
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    from edgeslim.exporters.errors import OutputExistsError
+
+    out = optimized_copy_path(path)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass overwrite=True (CLI: --force) to replace it")
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".onnx", dir=out.parent)
+    os.close(fd)
+    try:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = tmp
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return out
 
 
-__all__ = ["ONNX_ROUTES", "OnnxExporter", "OrtRunner", "torch_to_onnx", "uses_16bit_activations", "write_optimized_copy",
+__all__ = ["ONNX_ROUTES", "OnnxExporter", "OrtRunner", "optimized_copy_path", "torch_to_onnx", "uses_16bit_activations", "write_optimized_copy",
            "write_runtime_metadata"]

@@ -12,9 +12,10 @@ Routes (no TensorFlow needed; the ``tflite`` extra):
 - ``w8a16`` (16x8): int8 weights, int16 activations (``static_wi8_ai16``). XNNPACK does not run
   16x8 kernels: ~150x slower than int8 on x86 — an accuracy mode, not a speed mode.
 
-litert-torch's own PT2E int8 route leaves residual ADDs in float with QUANTIZE/DEQUANTIZE
-around them; it is not used. Models already quantized by edgeslim (PT2E graphs) are refused:
-quantize the float model here instead.
+Models already quantized by edgeslim (PT2E graphs: int8, 16x8, per-layer mixed, grid schemes
+on the int8 grid) are carried over with their own scales (:mod:`~edgeslim.exporters.tflite_pt2e`);
+what TFLite cannot represent (weights wider than 8 bits, log2 activations) is refused, naming the
+layer.
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ def _require(module: str) -> Any:
         raise MissingBackendError(f"{module} is not installed: {_INSTALL_HINT}") from exc
 
 
-def torch_to_tflite(model: torch.nn.Module, example: torch.Tensor, layout: Layout) -> bytes:
-    """Convert an eager float model with litert-torch; returns the flatbuffer.
+def torch_to_tflite(model: torch.nn.Module, example: torch.Tensor, layout: Layout, quant_config: Any = None) -> bytes:
+    """Convert an eager float model (or, with a litert ``quant_config``, a Q/DQ graph) with litert-torch.
+
+    Returns the flatbuffer.
 
     Raises:
         UnsupportedOpError: litert-torch cannot lower an op (names op and module).
@@ -73,7 +76,8 @@ def torch_to_tflite(model: torch.nn.Module, example: torch.Tensor, layout: Layou
     try:
         with quiet_stdout(), tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.tflite"
-            litert_torch.convert(module, (x,)).export(str(path))
+            kwargs = {"quant_config": quant_config} if quant_config is not None else {}
+            litert_torch.convert(module, (x,), **kwargs).export(str(path))
             return path.read_bytes()
     except Exception as exc:
         raise_unsupported(exc, job_model=model, example=example, converter="litert-torch", alternative="--format onnx")
@@ -219,20 +223,34 @@ class TfliteExporter:
     def check(self, job: ExportJob) -> None:
         """Refuse what the TFLite route does not offer."""
         p = job.options.quant.precision
+        if job.prequantized:
+            self._check_prequantized(job)
+            return
         if p is not Precision.FP32 and p.value not in TFLITE_RECIPES:
             raise ExportConfigError(
                 f"quantization {job.options.quant.label!r} is not offered for TFLite; offered: fp32, "
                 f"{', '.join(TFLITE_RECIPES.names())} (coded log2/codebook weights: use --format onnx)"
             )
-        if job.prequantized:
-            raise ExportConfigError(
-                "this model is already quantized (a PT2E graph); the TFLite route quantizes the float model "
-                "itself with ai-edge-quantizer: pass the float (or pruned) model with --quant int8/w8a16"
-            )
         _require("litert_torch")
+
+    def _check_prequantized(self, job: ExportJob) -> None:
+        from edgeslim.exporters.tflite_pt2e import check_representable
+
+        _require("litert_torch")
+        check_representable(job.model)  # type: ignore[arg-type]
 
     def write(self, job: ExportJob, dest: Path) -> None:
         """Convert, quantize and write ``dest``."""
+        if job.prequantized:
+            from edgeslim.exporters.tflite_pt2e import pt2e_to_tflite
+
+            buf = pt2e_to_tflite(job.model, job.example,  # type: ignore[arg-type]
+                                 lambda m, cfg: torch_to_tflite(m, job.example, job.options.layout, cfg))
+            dest.write_bytes(float_io(buf) if job.options.io_dtype is IODType.FLOAT else buf)
+            job.metadata["route"] = "litert-torch STATIC Q/DQ conversion of the edgeslim PT2E graph (its own scales)"
+            if job.coded_weights:
+                job.metadata["note"] = "grid-scheme weights carried over as int8 values (TFLite has no N-bit codebook weights)"
+            return
         buf = torch_to_tflite(job.model, job.example, job.options.layout)
         p = job.options.quant.precision
         if p is not Precision.FP32:

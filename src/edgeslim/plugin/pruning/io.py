@@ -47,8 +47,8 @@ def _manifest(model: nn.Module) -> dict[str, dict[str, Any]]:
 class PrunedFormat:
     """State dict + manifest; see the module docstring."""
 
-    def dump(self, model: nn.Module) -> dict[str, Any]:
-        """Payload for :func:`edgeslim.io.save`."""
+    def dump(self, model: nn.Module, *, keep_float: bool = True) -> dict[str, Any]:
+        """Payload for :func:`edgeslim.io.save` (a float model always keeps its weights)."""
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         masks = getattr(model, "edgeslim_masks", None)
         return {

@@ -27,7 +27,6 @@ from torchao.quantization.pt2e import (
 )
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
-from edgeslim.plugin.quantization import io as _io  # noqa: F401  (registers the "quantized" saved-model format)
 from edgeslim.plugin.quantization.bias_correction import InputMeans, correct_bias, output_shift
 from edgeslim.plugin.quantization.calibration import CALIBRATORS
 from edgeslim.plugin.quantization.coded import CodedWeight
@@ -100,6 +99,7 @@ def export_model(model: nn.Module, example_inputs: Batch) -> GraphModule:
 
 def prepare(model: nn.Module, example_inputs: Batch, config: QuantConfig, *, mode: Mode = Mode.PTQ) -> GraphModule:
     """Export and prepare ``model`` (observers for PTQ, fake-quant for QAT); ``model`` is not modified."""
+    from edgeslim.io import state_sha256
     from edgeslim.plugin.pruning.io import PrunedFormat
 
     float_payload = PrunedFormat().dump(model)
@@ -116,7 +116,7 @@ def prepare(model: nn.Module, example_inputs: Batch, config: QuantConfig, *, mod
     x0 = _as_tuple(example_inputs)[0]
     prepared.edgeslim_quant = {
         "config": config.to_dict(), "mode": mode.value, "example_shape": [2, *x0.shape[1:]],
-        "float_payload": float_payload, "layers": {k: v is not None for k, v in quantizer.layers.items()},
+        "float_payload": float_payload, "float_sha256": state_sha256(float_payload["state_dict"]), "layers": {k: v is not None for k, v in quantizer.layers.items()},
         "left_float": list(quantizer.left_float),
     }
     return prepared

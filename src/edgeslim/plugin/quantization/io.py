@@ -1,12 +1,23 @@
 """The ``quantized`` saved-model format (``edgeslim.save`` / ``edgeslim.load``, ``weights_only=True``).
 
-Payload: the float model in the ``pruned`` format (architecture + structure manifest + float
-weights, so pruned-then-quantized models save too), the :class:`QuantConfig` as a dict, the
-mode (ptq/qat), the example input shape, and every constant of the converted graph (int
-weights, scales, zero points, biases) by its attribute name, and the literal scale/zero point of
-each per-tensor quantize/dequantize op by node name. Loading rebuilds the graph by
-re-running export → prepare → convert on the float model with that config, checks that it
-has exactly the saved constants, and overwrites them — outputs are bit-identical.
+A quantized file holds the quantized model, not the float one (format 2):
+
+- ``float``: the float model's *structure* — architecture name, per-module manifest, the shape
+  and dtype of every state_dict entry, pruning masks — but no float weights (unless saved with
+  ``keep_float=True``, CLI ``--keep-float``);
+- ``constants``: every constant of the converted graph (int8 weights, scales, zero points,
+  biases) by attribute name, each stored by :mod:`~edgeslim.plugin.quantization.packing`
+  (4-bit weight codes packed two per byte with a small lookup table, constant tensors as one
+  value) — lossless;
+- ``qparams``: the literal scale/zero point of each per-tensor quantize/dequantize op;
+- the :class:`QuantConfig`, the mode (ptq/qat), the example input shape, the report, the
+  float ancestor's sha256.
+
+Loading rebuilds the graph by running export → prepare → convert on a stand-in float model of
+the recorded shapes (seeded random weights: every value the converted graph computes with is
+then overwritten), checks that it has exactly the saved constants and literal qparams, and
+loads them — outputs are bit-identical to the model that was saved. Format-1 files (which
+embedded the float state_dict) still load.
 """
 
 from __future__ import annotations
@@ -19,7 +30,8 @@ from torch.fx import GraphModule
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
 from edgeslim.errors import ModelLoadError
-from edgeslim.io import FORMATS
+from edgeslim.io import FORMATS, state_sha256
+from edgeslim.plugin.quantization.packing import pack, packed_bytes, unpack
 
 
 def graph_constants(gm: GraphModule) -> dict[str, torch.Tensor]:
@@ -65,19 +77,52 @@ def _set_constant(gm: GraphModule, target: str, value: torch.Tensor) -> None:
         setattr(owner, leaf, value)
 
 
+def _structure(float_payload: dict[str, Any], keep_float: bool) -> dict[str, Any]:
+    """The float payload without its weights (shapes and dtypes instead), unless ``keep_float``."""
+    state: dict[str, torch.Tensor] = float_payload["state_dict"]
+    out = {k: v for k, v in float_payload.items() if k != "state_dict"}
+    out["shapes"] = {k: [list(v.shape), str(v.dtype)] for k, v in state.items()}
+    if keep_float:
+        out["state_dict"] = state
+    return out
+
+
+def _stand_in_state(shapes: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
+    """Seeded random tensors of the recorded shapes (BN variances positive, counters zero)."""
+    from edgeslim.plugin.quantization.packing import _dtype
+
+    gen = torch.Generator().manual_seed(0)
+    out: dict[str, torch.Tensor] = {}
+    for key, (shape, dtype_name) in shapes.items():
+        dtype = _dtype(str(dtype_name))
+        if not dtype.is_floating_point:
+            out[key] = torch.zeros(shape, dtype=dtype)
+        elif key.endswith("running_var"):
+            out[key] = torch.ones(shape, dtype=dtype)
+        else:
+            out[key] = (torch.randn(shape, generator=gen) * 0.05).to(dtype)
+    return out
+
+
 class QuantizedFormat:
     """See the module docstring."""
 
-    def dump(self, model: nn.Module) -> dict[str, Any]:
-        """Payload for :func:`edgeslim.io.save`."""
-        meta = getattr(model, "edgeslim_quant", None)
-        if not isinstance(model, GraphModule) or meta is None:
+    def dump(self, model: nn.Module, *, keep_float: bool = False) -> dict[str, Any]:
+        """Payload for :func:`edgeslim.io.save` (``model``: a converted graph or a ``QuantResult``)."""
+        result: Any = model if hasattr(model, "coded_weights") else None
+        gm = result.model if result is not None else model
+        meta = getattr(gm, "edgeslim_quant", None)
+        if not isinstance(gm, GraphModule) or meta is None:
             raise ModelLoadError("only models returned by edgeslim.quantize()/convert() can be saved as 'quantized'")
+        float_payload = meta["float_payload"]
+        constants = {name: pack(t) for name, t in graph_constants(gm).items()}
+        report = result.report.to_dict() if result is not None else meta.get("report")
         return {
-            "float": meta["float_payload"], "config": meta["config"], "mode": meta["mode"],
-            "example_shape": list(meta["example_shape"]), "constants": graph_constants(model),
-            "qparams": literal_qparams(model),
-            "left_float": list(meta.get("left_float", [])),
+            "float": _structure(float_payload, keep_float) if "state_dict" in float_payload else float_payload,
+            "config": meta["config"], "mode": meta["mode"], "example_shape": list(meta["example_shape"]),
+            "constants": constants, "qparams": literal_qparams(gm), "left_float": list(meta.get("left_float", [])),
+            "float_sha256": meta.get("float_sha256") or state_sha256(float_payload["state_dict"]),
+            "report": report, "constant_bytes": sum(packed_bytes(e) for e in constants.values()),
         }
 
     def restore(self, payload: dict[str, Any], base: nn.Module | None) -> nn.Module:
@@ -87,7 +132,10 @@ class QuantizedFormat:
         from edgeslim.plugin.quantization.config import Mode, QuantConfig
         from edgeslim.plugin.quantization.log_act import insert_log2_snaps
 
-        float_model = PrunedFormat().restore(payload["float"], base)
+        structure = dict(payload["float"])
+        if "state_dict" not in structure:
+            structure["state_dict"] = _stand_in_state(structure["shapes"])
+        float_model = PrunedFormat().restore(structure, base)
         cfg = QuantConfig.from_dict(payload["config"])
         mode = Mode(payload["mode"])
         x = torch.zeros(payload["example_shape"])
@@ -96,7 +144,10 @@ class QuantizedFormat:
             prepared(x)
         insert_log2_snaps(prepared)  # log2 activations: the snap ops (their constants are restored below)
         converted = convert_pt2e(prepared)
-        saved: dict[str, torch.Tensor] = payload["constants"]
+        try:
+            saved = {k: (unpack(v) if isinstance(v, dict) else v) for k, v in payload["constants"].items()}
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ModelLoadError(f"a packed constant of this quantized file is corrupt ({exc}): re-save the model") from exc
         have = graph_constants(converted)
         if set(have) != set(saved):
             raise ModelLoadError(
@@ -108,13 +159,15 @@ class QuantizedFormat:
             raise ModelLoadError("the rebuilt quantized graph has other quantize ops than the saved one: same versions needed")
         _set_literal_qparams(converted, literals)
         for target, value in saved.items():
-            if have[target].shape != value.shape:
-                raise ModelLoadError(f"saved constant {target} has shape {tuple(value.shape)}, rebuilt {tuple(have[target].shape)}")
+            if have[target].shape != value.shape or have[target].dtype != value.dtype:
+                raise ModelLoadError(f"saved constant {target} is {tuple(value.shape)} {value.dtype}, "
+                                     f"the rebuilt graph has {tuple(have[target].shape)} {have[target].dtype}")
             _set_constant(converted, target, value)
         enable_train_eval(converted)
         converted.training = False
         meta: dict[str, Any] = dict(getattr(prepared, "edgeslim_quant", {}))
-        meta.update(float_payload=payload["float"], left_float=payload.get("left_float", []))
+        meta.update(float_payload=payload["float"], left_float=payload.get("left_float", []),
+                    float_sha256=payload.get("float_sha256"), report=payload.get("report"))
         converted.edgeslim_kind = "quantized"
         converted.edgeslim_quant = meta
         return converted
@@ -122,4 +175,4 @@ class QuantizedFormat:
 
 FORMATS.register("quantized")(QuantizedFormat())
 
-__all__ = ["QuantizedFormat", "graph_constants"]
+__all__ = ["QuantizedFormat", "graph_constants", "literal_qparams"]

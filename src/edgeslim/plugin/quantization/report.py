@@ -75,6 +75,13 @@ class QuantReport:
             "layers": [asdict(layer) for layer in self.layers],
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantReport:
+        """Inverse of :meth:`to_dict` (the stored report of a saved quantized model)."""
+        fields = set(LayerReport.__dataclass_fields__)
+        layers = [LayerReport(**{k: v for k, v in layer.items() if k in fields}) for layer in data.get("layers", [])]
+        return cls(str(data.get("config", "custom")), layers, dict(data.get("accuracy", {})))
+
     def to_markdown(self) -> str:
         """A Markdown table of the layers."""
         rows = ["| layer | scheme | W bits | A bits | SQNR dB | params | bytes |", "|---|---|---:|---:|---:|---:|---:|"]
