@@ -82,13 +82,43 @@ def test_other_precisions(tiny_model, real_images, example, tmp_path: Path, quan
     assert res.verification is not None and res.verification.passed
 
 
-def test_prequantized_graph_is_refused_for_tflite(tiny_model, real_images, example, tmp_path: Path) -> None:
+def test_prequantized_int8_is_carried_over_with_its_own_scales(tiny_model, real_images, example, tmp_path: Path) -> None:
+    import edgeslim
+    from edgeslim.plugin.quantization.io import graph_constants
+
+    q = edgeslim.quantize(tiny_model, (example,), "int8", calibration=[(real_images[64:], torch.zeros(64))])
+    res = export(q, "tflite", tmp_path / "q.tflite", example, verify_inputs=real_images[:64])
+    assert res.quant == "int8" and res.verification is not None and res.verification.passed
+    info = inspect_artifact(res.path)
+    # every conv runs in int8; the classifier, whose output the PT2E graph leaves in float, stays float
+    assert [op.type for op in info.float_compute_ops()] == ["FULLY_CONNECTED"]
+    assert info.op_counts()["CONV_2D"] == 6 and info.compute_dtypes().get("int8", 0) >= 8
+    # the TFLite conv weights carry edgeslim's per-channel scales (no re-calibration by ai-edge-quantizer)
+    ours = sorted(tuple(np.round(v.numpy(), 9)) for k, v in graph_constants(q.model).items()
+                  if k.startswith("_scale") and v.dim() == 1 and v.numel() > 1)
+    it = Interpreter(model_path=str(res.path))
+    theirs = sorted(tuple(np.round(d["quantization_parameters"]["scales"].astype(np.float32), 9))
+                    for d in it.get_tensor_details()
+                    if d["dtype"] == np.int8 and len(d["shape"]) >= 2 and d["quantization_parameters"]["scales"].size > 1)
+    assert len(ours) == 7 and len(theirs) == 6 and set(theirs) < set(ours)  # 6 convs; the float fc has none
+    got = _run(res.path, real_images[:64].numpy())
+    with torch.no_grad():
+        want = q.model(real_images[:64]).numpy()
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95
+
+
+def test_what_tflite_cannot_represent_is_refused_naming_the_layer(tiny_model, real_images, example, tmp_path: Path) -> None:
     import edgeslim
     from edgeslim.exporters import ExportConfigError
 
-    q = edgeslim.quantize(tiny_model, (example,), "int8", calibration=[(real_images, torch.zeros(128))])
-    with pytest.raises(ExportConfigError, match="already quantized"):
+    calib = [(real_images[64:], torch.zeros(64))]
+    q = edgeslim.quantize(tiny_model, (example,), "log2:4/log2:5", calibration=calib)
+    with pytest.raises(ExportConfigError, match=r"layer \S+ has log2 activations .* export this model to ONNX"):
         export(q, "tflite", tmp_path / "x.tflite", example)
+    q16 = edgeslim.quantize(tiny_model, (example,), "int16", calibration=calib)
+    with pytest.raises(ExportConfigError, match=r"layer \S+ has torch.int16 weights, which TFLite cannot represent"):
+        export(q16, "tflite", tmp_path / "y.tflite", example)
+    assert not list(tmp_path.iterdir())
 
 
 def test_int16_is_refused_for_tflite_with_the_offered_precisions(tiny_model, example, tmp_path: Path) -> None:

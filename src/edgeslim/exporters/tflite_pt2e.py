@@ -7,6 +7,9 @@ rewrites each ``dequantize_per_channel(int8 constant)`` as
 int8 weight — and litert-torch's STATIC QDQ conversion then fuses every Q/DQ pair into int8
 TFLite kernels carrying edgeslim's scales and zero points (no re-calibration).
 
+A layer whose output the PT2E graph leaves in float (the classifier at the end: no observer on
+the model's output) keeps float compute in TFLite too, as in the PyTorch graph.
+
 What LiteRT can represent: int8 weights (per channel) with int8 activations, and int8 weights
 with int16 activations (16x8), per layer. Grid schemes (log2, codebook, pwl) whose levels sit on
 the int8 grid are carried over as int8 weights (exact values, one byte each: TFLite has no
