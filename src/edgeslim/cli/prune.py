@@ -16,9 +16,9 @@ from edgeslim.cli.common import (
     SeedOpt,
     console,
     emit_json,
-    load_model_arg,
     progress,
     refuse_existing_outputs,
+    resolve_model,
 )
 
 if TYPE_CHECKING:
@@ -81,6 +81,7 @@ def prune_cmd(
 
     from edgeslim import io as es_io
     from edgeslim.data import check_root, evaluate, fashion_mnist_loader
+    from edgeslim.lineage import extend
     from edgeslim.plugin.pruning import Allocation, Method, PruneConfig, Target, prune
     from edgeslim.plugin.pruning.finetune import finetune
 
@@ -97,7 +98,10 @@ def prune_cmd(
     needs_data = eval_ or finetune_epochs > 0 or alloc == "sensitivity" or criterion in ("taylor", "activation", "apoz", "gradient")
     if needs_data:
         check_root(data_dir)  # fail before any work
-    net, source = load_model_arg(model)
+    arg = resolve_model(model)
+    if arg.kind == "quantized":
+        raise typer.BadParameter(f"{model} is a quantized model: prune its float ancestor instead", param_hint="--model")
+    net, source = arg.obj, arg.source
     x = torch.randn(1, 3, input_size, input_size)
     summary: dict[str, Any] = {"model": source}
     train = fashion_mnist_loader("train", batch_size=batch_size, root=data_dir, augment=True, seed=seed) if needs_data else None
@@ -126,7 +130,14 @@ def prune_cmd(
     if test is not None:
         summary["top1_after"] = evaluate(result.model, test)
     out.mkdir(parents=True, exist_ok=True)
-    summary["model_path"] = str(es_io.save(result.model, dest, meta={k: v for k, v in summary.items() if k != "config"}))
+    top1 = {}
+    if test is not None and arg.dataset == "fashion-mnist":
+        count = len(test.dataset)  # type: ignore[arg-type]
+        top1[f"fashion-mnist/test[:{count}]@{input_size}x{input_size}"] = summary["top1_after"]
+    lineage = extend(arg.lineage, "prune", source=str(dest), sha256=es_io.state_sha256(result.model.state_dict()),
+                     target=target, criterion=criterion, finetune_epochs=finetune_epochs or None, top1=top1 or None)
+    meta = {**{k: v for k, v in summary.items() if k != "config"}, "lineage": lineage}
+    summary["model_path"] = str(es_io.save(result.model, dest, meta=meta))
     if result.sensitivity is not None:
         result.sensitivity.save(out / SENSITIVITY_FILES[0])
         result.sensitivity.plot(out / SENSITIVITY_FILES[1])
