@@ -9,7 +9,8 @@ from edgeslim.errors import ModelLoadError
 
 def test_reference_checkpoints_load_and_record_arch() -> None:
     m = models.load("mobilenet_v2-fmnist")
-    assert m.edgeslim_arch == {"name": "mobilenet_v2", "kwargs": {"num_classes": 10}}
+    info = models.arch_of_module(m)
+    assert info is not None and info.to_dict() == {"name": "mobilenet_v2", "kwargs": {"num_classes": 10}}
     assert sum(p.numel() for p in m.parameters()) == 2_236_682
     assert not m.training
 

@@ -10,7 +10,8 @@ only, never for accuracy.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,51 @@ REFERENCES: dict[str, Reference] = {
         "bb604f429f15162d6776b215150e64b2d2e5fdf05a29d56cb740a39e70020016", 10, 0.9235,
     ),
 }
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    """The torchvision architecture (name and constructor kwargs) that rebuilds a model unpruned."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"name", "kwargs"}``, as stored in a saved file's manifest."""
+        return {"name": self.name, "kwargs": dict(self.kwargs)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArchInfo:
+        """Inverse of :meth:`to_dict`."""
+        return cls(str(data["name"]), dict(data.get("kwargs", {})))
+
+
+#: Side table: the architecture each model built or loaded by edgeslim descends from. Kept beside
+#: the modules (never as an attribute on them); whoever copies a model carries the entry over
+#: with :func:`copy_arch`.
+_ARCHS: weakref.WeakKeyDictionary[nn.Module, ArchInfo] = weakref.WeakKeyDictionary()
+
+
+def remember_arch(model: nn.Module, info: ArchInfo | None) -> nn.Module:
+    """Record that ``model`` is (a pruned) ``info`` architecture; ``None`` forgets it. Returns ``model``."""
+    if info is None:
+        _ARCHS.pop(model, None)
+    else:
+        _ARCHS[model] = info
+    return model
+
+
+def arch_of_module(model: nn.Module) -> ArchInfo | None:
+    """The architecture ``model`` was built as by edgeslim (``None``: unknown, e.g. your own class)."""
+    return _ARCHS.get(model)
+
+
+def copy_arch(src: nn.Module, dst: nn.Module) -> nn.Module:
+    """Give ``dst`` (a copy of ``src``) the architecture entry of ``src``, if it has one. Returns ``dst``."""
+    info = _ARCHS.get(src)
+    if info is not None:
+        _ARCHS[dst] = info
+    return dst
 
 
 def _sha256(path: Path) -> str:
@@ -111,12 +157,23 @@ def load(name: str, *, num_classes: int | None = None, verify: bool = True) -> n
         model = build_arch(ref.arch, num_classes=ref.num_classes)
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-        model.edgeslim_arch = {"name": ref.arch, "kwargs": {"num_classes": ref.num_classes}}  # type: ignore[assignment]
+        remember_arch(model, ArchInfo(ref.arch, {"num_classes": ref.num_classes}))
         return model.eval()
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     model = build_arch(name, **kwargs)
-    model.edgeslim_arch = {"name": name, "kwargs": kwargs}  # type: ignore[assignment]
+    remember_arch(model, ArchInfo(name, kwargs))
     return model.eval()
 
 
-__all__ = ["REFERENCES", "Reference", "arch_of", "build_arch", "load", "torchvision_names"]
+__all__ = [
+    "REFERENCES",
+    "ArchInfo",
+    "Reference",
+    "arch_of",
+    "arch_of_module",
+    "build_arch",
+    "copy_arch",
+    "load",
+    "remember_arch",
+    "torchvision_names",
+]

@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from edgeslim.errors import ConfigError, EdgeslimError, UntraceableModelError
+from edgeslim.models import copy_arch
 from edgeslim.plugin.pruning.config import Allocation, Method, PruneConfig, TargetKind
 from edgeslim.plugin.pruning.graph import check_forward, check_inputs
 from edgeslim.plugin.pruning.importance import IMPORTANCE, make, needs_data
@@ -114,7 +115,7 @@ def prune(
     _validate(config, data)
     loss_fn = loss_fn or nn.functional.cross_entropy
     batches = [b for _, b in zip(range(config.data_batches), data, strict=False)] if data is not None else []
-    work = copy.deepcopy(model)
+    work = copy_arch(model, copy.deepcopy(model))  # the copy rebuilds on load like the original
     work.eval()
     before = measure(work, example_inputs)
     plan = Plan(ratio=0.0)

@@ -16,6 +16,7 @@ from torch import nn
 
 from edgeslim.errors import ModelLoadError
 from edgeslim.io import FORMATS
+from edgeslim.models import ArchInfo, arch_of_module, build_arch, copy_arch, remember_arch
 
 #: Attributes that structural pruning may change, by the modules that carry them.
 STRUCT_ATTRS = (
@@ -26,8 +27,8 @@ STRUCT_ATTRS = (
 
 def arch_info(model: nn.Module) -> dict[str, Any] | None:
     """The ``{"name", "kwargs"}`` that rebuilds ``model``'s unpruned architecture, if known."""
-    info = getattr(model, "edgeslim_arch", None)
-    return dict(info) if isinstance(info, dict) else None
+    info = arch_of_module(model)
+    return info.to_dict() if info is not None else None
 
 
 def _jsonable(v: Any) -> Any:
@@ -62,10 +63,8 @@ class PrunedFormat:
         """Rebuild the pruned model from the payload."""
         arch = payload.get("arch")
         if base is not None:
-            model = copy.deepcopy(base)
+            model = copy_arch(base, copy.deepcopy(base))
         elif arch:
-            from edgeslim.models import build_arch
-
             model = build_arch(str(arch["name"]), **dict(arch.get("kwargs", {})))
         else:
             raise ModelLoadError(
@@ -88,7 +87,7 @@ class PrunedFormat:
         _resize_to(model, state)
         model.load_state_dict(state, strict=True)
         if arch:
-            model.edgeslim_arch = dict(arch)  # type: ignore[assignment]
+            remember_arch(model, ArchInfo.from_dict(arch))
         masks = payload.get("masks") or {}
         if masks:
             model.edgeslim_masks = dict(masks)  # type: ignore[assignment]
