@@ -10,11 +10,14 @@ TFLite kernels carrying edgeslim's scales and zero points (no re-calibration).
 A layer whose output the PT2E graph leaves in float (the classifier at the end: no observer on
 the model's output) keeps float compute in TFLite too, as in the PyTorch graph.
 
-What LiteRT can represent: int8 weights (per channel) with int8 activations, and int8 weights
-with int16 activations (16x8), per layer. Grid schemes (log2, codebook, pwl) whose levels sit on
+What is carried over: int8 weights (per channel) with int8 activations, per layer (mixed
+precision included). 16-bit activations (16x8) are refused: litert-torch's conversion of their
+Q/DQ pairs computed wrong outputs here (int32 biases, cosine 0.39 against the PyTorch graph);
+the float model's ``--quant w8a16`` route (ai-edge-quantizer) is the TFLite 16x8 path. Grid schemes (log2, codebook, pwl) whose levels sit on
 the int8 grid are carried over as int8 weights (exact values, one byte each: TFLite has no
 4-bit codes with a codebook). :func:`check_representable` refuses the rest — weights wider than
-8 bits, log2 activations (their snap op has no TFLite kernel) — naming the layer and the scheme.
+8 bits, int16 activations, log2 activations (their snap op has no TFLite kernel) — naming the
+layer and the scheme.
 """
 
 from __future__ import annotations
@@ -49,6 +52,14 @@ def _layer_of(node: Node) -> str:
 def check_representable(gm: GraphModule) -> None:
     """Raise :class:`ExportConfigError` for what TFLite cannot represent (names layer and scheme)."""
     for node in gm.graph.nodes:
+        if node.op == "call_function" and "quantize_per_tensor" in str(node.target) and len(node.args) >= 6:
+            if node.args[5] == torch.int16:
+                raise ExportConfigError(
+                    f"layer {_layer_of(node)} has int16 activations: litert-torch's Q/DQ conversion of 16-bit "
+                    "activation graphs computes wrong outputs (measured: cosine 0.39 against the PyTorch graph), so "
+                    "edgeslim does not carry them over. Export the float model with --quant w8a16 (ai-edge-quantizer's "
+                    "16x8 recipe), or export this quantized model to ONNX"
+                )
         if node.op == "get_attr" and str(node.target).startswith("edgeslim_log2_act"):
             raise ExportConfigError(
                 f"layer {_layer_of(node)} has log2 activations (a snap op before an int16 Q/DQ pair), which TFLite "
