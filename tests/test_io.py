@@ -7,6 +7,7 @@ from torch import nn
 import edgeslim
 from edgeslim.errors import ModelLoadError
 from edgeslim.plugin.pruning import Method, PruneConfig, Target, prune
+from edgeslim.plugin.pruning.unstructured import masks_of
 
 
 def test_pruned_reference_round_trip_bit_exact(mobilenet_v2_fmnist: nn.Module, tmp_path: Path) -> None:
@@ -50,8 +51,8 @@ def test_masks_are_saved(tmp_path: Path) -> None:
     assert res.masks is not None
     saved = {n: m.clone() for n, m in res.masks.masks.items()}
     assert sorted(saved) == ["c.weight"] and all(m.dtype == torch.bool for m in saved.values())  # fc: the head
-    back = edgeslim.load(edgeslim.save(res.model, tmp_path / "u.pt"), base=Custom())
-    masks = back.edgeslim_masks
+    back = edgeslim.load(edgeslim.save(res, tmp_path / "u.pt"), base=Custom())  # a PruneResult saves its model
+    masks = masks_of(back)
     assert sorted(masks) == sorted(saved)
     for name, mask in saved.items():
         assert torch.equal(masks[name], mask), name  # the same weights are masked, not just the same names

@@ -4,7 +4,7 @@ from torch import nn
 
 from edgeslim.errors import ConfigError, PruningError
 from edgeslim.plugin.pruning import LayerRule, Method, PruneConfig, Target, compute_masks, prune
-from edgeslim.plugin.pruning.unstructured import group_lasso_penalty, l1_penalty
+from edgeslim.plugin.pruning.unstructured import group_lasso_penalty, l1_penalty, masks_of
 
 
 def _magnitudes(net: nn.Module) -> dict[str, torch.Tensor]:
@@ -61,8 +61,9 @@ def test_masks_survive_finetune_steps_and_become_permanent(small_net: nn.Module)
     assert masks.sparsity() == pytest.approx(0.9, abs=0.005)
     w = model.a[0].weight
     assert torch.all(w[~masks.masks["a.0.weight"]] == 0)
+    assert sorted(masks_of(model)) == sorted(masks.masks)  # in force on the model until made permanent
     masks.make_permanent()
-    assert not hasattr(model, "edgeslim_masks")
+    assert masks_of(model) == {}
 
 
 def test_gradient_criterion_and_layer_rule(small_net: nn.Module) -> None:

@@ -19,7 +19,7 @@ from edgeslim.plugin.pruning.metrics import Inputs, ModelStats, layer_report, me
 from edgeslim.plugin.pruning.sensitivity import SensitivityResult, sensitivity
 from edgeslim.plugin.pruning.structured import Plan, ignored_modules, prune_structured
 from edgeslim.plugin.pruning.targets import search_plan
-from edgeslim.plugin.pruning.unstructured import WEIGHT_SCORES, Masks, compute_masks
+from edgeslim.plugin.pruning.unstructured import WEIGHT_SCORES, Masks, compute_masks, remember_masks
 
 
 @dataclass
@@ -156,4 +156,5 @@ def prune(
         work = model
         if masks is not None:
             masks.model = model
+            remember_masks(model, masks.masks)
     return PruneResult(work, config, before, after, layers, plan, masks, table)

@@ -17,6 +17,7 @@ from torch import nn
 from edgeslim.errors import ModelLoadError
 from edgeslim.io import FORMATS
 from edgeslim.models import ArchInfo, arch_of_module, build_arch, copy_arch, remember_arch
+from edgeslim.plugin.pruning.unstructured import masks_of, remember_masks
 
 #: Attributes that structural pruning may change, by the modules that carry them.
 STRUCT_ATTRS = (
@@ -48,15 +49,23 @@ def _manifest(model: nn.Module) -> dict[str, dict[str, Any]]:
 class PrunedFormat:
     """State dict + manifest; see the module docstring."""
 
-    def dump(self, model: nn.Module, *, keep_float: bool = True) -> dict[str, Any]:
-        """Payload for :func:`edgeslim.io.save` (a float model always keeps its weights)."""
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        masks = getattr(model, "edgeslim_masks", None)
+    def claims(self, obj: Any) -> bool:
+        """Whether ``obj`` is a ``PruneResult`` (plain modules are saved as ``pruned`` by default anyway)."""
+        return not isinstance(obj, nn.Module) and isinstance(getattr(obj, "model", None), nn.Module) and hasattr(obj, "plan")
+
+    def dump(self, model: Any, *, keep_float: bool = True) -> dict[str, Any]:
+        """Payload for :func:`edgeslim.io.save` (a float model always keeps its weights).
+
+        ``model``: an ``nn.Module`` or a ``PruneResult`` (its model is saved); the unstructured
+        masks in force on the model (:func:`masks_of`) are saved with it.
+        """
+        net: nn.Module = model if isinstance(model, nn.Module) else model.model
+        state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         return {
-            "arch": arch_info(model),
-            "manifest": _manifest(model),
+            "arch": arch_info(net),
+            "manifest": _manifest(net),
             "state_dict": state,
-            "masks": dict(masks) if isinstance(masks, dict) else {},
+            "masks": masks_of(net),
         }
 
     def restore(self, payload: dict[str, Any], base: nn.Module | None) -> nn.Module:
@@ -88,9 +97,7 @@ class PrunedFormat:
         model.load_state_dict(state, strict=True)
         if arch:
             remember_arch(model, ArchInfo.from_dict(arch))
-        masks = payload.get("masks") or {}
-        if masks:
-            model.edgeslim_masks = dict(masks)  # type: ignore[assignment]
+        remember_masks(model, dict(payload.get("masks") or {}))
         return model
 
 

@@ -1,6 +1,7 @@
 """Parameter (unstructured) pruning: masks on individual weights.
 
-Masks are kept beside the model (``model.edgeslim_masks``: parameter name -> bool tensor) and
+Masks are kept beside the model (in a side table read with :func:`masks_of`, parameter name ->
+bool tensor, never as an attribute on the model; saved with it by ``edgeslim.save``) and
 re-applied after every optimizer step while fine-tuning (:meth:`Masks.attach`), so the
 parameters, their names and the optimizer state stay those of the dense model. When training is
 over, :meth:`Masks.make_permanent` zeroes the weights for good and drops the masks.
@@ -8,6 +9,7 @@ over, :meth:`Masks.make_permanent` zeroes the weights for good and drops the mas
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,25 @@ def gradient_score(w: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
     if g is None:
         raise PruningError("gradient criterion needs gradients: pass data=<a DataLoader> to prune()")
     return (w.detach() * g).abs()
+
+
+#: Side table: the keep-masks in force on a model (parameter name -> bool tensor), filled by
+#: :func:`compute_masks` and by loading a pruned file that has masks, emptied by
+#: :meth:`Masks.make_permanent`. The pruned saved-model format stores them with the weights.
+_MASKS: weakref.WeakKeyDictionary[nn.Module, dict[str, torch.Tensor]] = weakref.WeakKeyDictionary()
+
+
+def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The unstructured keep-masks in force on ``model`` (empty if none), by parameter name."""
+    return dict(_MASKS.get(model, {}))
+
+
+def remember_masks(model: nn.Module, masks: dict[str, torch.Tensor] | None) -> None:
+    """Record ``masks`` as in force on ``model`` (``None`` or empty: forget them)."""
+    if masks:
+        _MASKS[model] = masks
+    else:
+        _MASKS.pop(model, None)
 
 
 def prunable_weights(model: nn.Module, ignored: Sequence[nn.Module] = ()) -> dict[str, nn.Parameter]:
@@ -82,8 +103,7 @@ class Masks:
         """Zero the weights for good, detach from optimizers and drop the masks from the model."""
         self.apply()
         self.detach()
-        if hasattr(self.model, "edgeslim_masks"):
-            del self.model.edgeslim_masks
+        remember_masks(self.model, None)
         return self.model
 
     def report(self) -> list[dict[str, Any]]:
@@ -172,7 +192,7 @@ def compute_masks(
         masks[n] = keep.view_as(scores[n])
     result = Masks(model, masks)
     result.apply()
-    model.edgeslim_masks = result.masks  # type: ignore[assignment]
+    remember_masks(model, result.masks)
     return result
 
 
