@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import edgeslim
+import edgeslim.io
 from edgeslim.errors import ModelLoadError
 from edgeslim.plugin.pruning import Method, PruneConfig, Target, prune
 from edgeslim.plugin.pruning.unstructured import masks_of
@@ -17,7 +18,7 @@ def test_pruned_reference_round_trip_bit_exact(mobilenet_v2_fmnist: nn.Module, t
     raw = torch.load(path, weights_only=True)  # no pickled classes
     assert raw["kind"] == "pruned" and raw["arch"]["name"] == "mobilenet_v2"
     back = edgeslim.load(path)
-    assert back.edgeslim_meta == {"note": "hi"}
+    assert edgeslim.io.load_meta(path) == {"note": "hi"}
     with torch.no_grad():
         assert torch.equal(back(x), res.model.eval()(x))
     for (k, a), (k2, b) in zip(back.state_dict().items(), res.model.state_dict().items(), strict=True):

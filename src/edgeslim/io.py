@@ -27,10 +27,16 @@ FORMAT_VERSION = 2  # 2: quantized files store integer weights, not the float st
 class ModelFormat(Protocol):
     """How one kind of edgeslim model is turned into a safe payload and back."""
 
-    def dump(self, model: nn.Module, *, keep_float: bool = False) -> dict[str, Any]:
+    def claims(self, obj: Any) -> bool:
+        """Whether ``obj`` (a model or a result object) is saved in this format by default."""
+        ...
+
+    def dump(self, model: Any, *, keep_float: bool = False) -> dict[str, Any]:
         """Return the kind-specific payload (tensors, lists, dicts, str, numbers only).
 
-        ``keep_float``: also store the float weights a quantized model descends from.
+        ``model``: a module or a result object (``PruneResult``, ``QuantResult``); the metadata
+        to store comes from the result or from the plugin's own records, never from module
+        attributes. ``keep_float``: also store the float weights a quantized model descends from.
         """
         ...
 
@@ -73,9 +79,15 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
 
 
 def _kind_of(model: Any) -> str:
-    if hasattr(model, "coded_weights") and hasattr(model, "model"):  # a QuantResult
-        return "quantized"
-    return str(getattr(model, "edgeslim_kind", "pruned"))
+    """The first registered format that claims ``model``, else ``pruned``.
+
+    Only the formats already imported are asked: an object a plugin made (a ``QuantResult``,
+    a converted graph) means that plugin, and its format, are loaded.
+    """
+    for name, fmt in FORMATS.loaded().items():
+        if name != "pruned" and fmt.claims(model):
+            return name
+    return "pruned"
 
 
 def save(
@@ -89,12 +101,13 @@ def save(
     """Save ``model`` safely (reloadable with ``weights_only=True``).
 
     Args:
-        model: The model (float or pruned ``nn.Module``), or the ``QuantResult`` of
+        model: The model (float or pruned ``nn.Module``), the ``PruneResult`` of
+            ``edgeslim.prune`` (its model and masks), or the ``QuantResult`` of
             ``edgeslim.quantize`` / ``convert`` (its converted graph is saved with integer
             weights, and its report).
         path: Destination file (``.pt`` recommended); written atomically.
-        kind: Registered format name; default: ``quantized`` for a ``QuantResult`` or a
-            converted graph, else ``pruned``.
+        kind: Registered format name; default: the format that claims ``model``
+            (``quantized`` for a ``QuantResult`` or a graph edgeslim converted), else ``pruned``.
         meta: Extra JSON-able information stored in the header (metrics, lineage ...).
         keep_float: Quantized models: also store the float weights they descend from
             (by default only integer weights, scales and the structure are stored).
@@ -123,10 +136,21 @@ def read_header(path: str | Path) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {"_raw": obj}
 
 
+def load_meta(path: str | Path) -> dict[str, Any]:
+    """The ``meta`` dict given to :func:`save` (``{}`` if none), read from the file's header.
+
+    Raises:
+        ModelLoadError: Missing or corrupt file.
+    """
+    meta = read_header(path).get("meta", {})
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
 def load(path: str | Path, *, base: nn.Module | None = None) -> nn.Module:
     """Load a model saved by :func:`save` (always ``weights_only=True``).
 
     A plain ``state_dict`` file is accepted too when ``base`` (the architecture) is given.
+    The ``meta`` stored with the model is read with :func:`load_meta` (or ``read_header``).
 
     Args:
         path: The file.
@@ -147,6 +171,4 @@ def load(path: str | Path, *, base: nn.Module | None = None) -> nn.Module:
         )
     if int(obj["edgeslim_format"]) > FORMAT_VERSION:
         raise ModelLoadError(f"{path} was written by a newer edgeslim (format {obj['edgeslim_format']}); upgrade")
-    model = FORMATS.get(str(obj["kind"])).restore(obj, base)
-    model.edgeslim_meta = obj.get("meta", {})
-    return model.eval()
+    return FORMATS.get(str(obj["kind"])).restore(obj, base).eval()

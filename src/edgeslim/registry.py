@@ -79,6 +79,10 @@ class Registry(Generic[T]):
         _load_entry_points()
         return sorted(self._items)
 
+    def loaded(self) -> dict[str, T]:
+        """The entries registered so far, by name, without loading the entry points."""
+        return dict(self._items)
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._items
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgeslim.plugin.quantization.calibration import CALIBRATORS
+from edgeslim.plugin.quantization.calibration import CALIBRATORS, name_observer
 from edgeslim.plugin.quantization.errors import CalibrationError
 
 
 def _observer(name: str, bits: int = 8) -> torch.nn.Module:
     qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     obs = CALIBRATORS.get(name)(dtype=torch.int8, quant_min=qmin, quant_max=qmax, qscheme=torch.per_tensor_affine)
-    obs.edgeslim_layer = "layer3.1.conv2"
+    name_observer(obs, "layer3.1.conv2")
     return obs
 
 

@@ -13,6 +13,7 @@ from edgeslim.plugin.quantization import QATSchedule, convert, prepare_qat
 from edgeslim.plugin.quantization.api import _dequantized_weights
 from edgeslim.plugin.quantization.errors import QuantConfigError
 from edgeslim.plugin.quantization.fake_quant import GridFakeQuantizePerChannel
+from edgeslim.plugin.quantization.qat import bn_frozen
 
 X = torch.zeros(2, 3, 32, 32)
 
@@ -38,7 +39,7 @@ def test_log2_qat_trains_through_the_ste_and_converts_exactly(
     assert not torch.equal(before, qm.get_submodule("layer1.0.conv1").weight)  # gradients reached the weights
     fqs = [m for m in qm.modules() if isinstance(m, GridFakeQuantizePerChannel)]
     assert len(fqs) == 21 and all(int(m.observer_enabled[0]) == 0 for m in fqs)  # frozen by the schedule
-    assert getattr(qm, "edgeslim_bn_frozen", False)
+    assert bn_frozen(qm)
     result = convert(qm)
     deq = _dequantized_weights(result.model)
     for name, cw in result.coded_weights.items():

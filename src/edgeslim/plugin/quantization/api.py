@@ -27,12 +27,14 @@ from torchao.quantization.pt2e import (
 )
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
+from edgeslim.models import copy_arch
 from edgeslim.plugin.quantization.bias_correction import InputMeans, correct_bias, output_shift
-from edgeslim.plugin.quantization.calibration import CALIBRATORS
+from edgeslim.plugin.quantization.calibration import CALIBRATORS, name_observer
 from edgeslim.plugin.quantization.coded import CodedWeight
 from edgeslim.plugin.quantization.config import Mode, QuantConfig
 from edgeslim.plugin.quantization.errors import CalibrationError, ConversionError, QuantizationError
 from edgeslim.plugin.quantization.fake_quant import GridFakeQuantizePerChannel
+from edgeslim.plugin.quantization.info import QuantInfo, remember, require_info
 from edgeslim.plugin.quantization.log_act import insert_log2_snaps
 from edgeslim.plugin.quantization.quantizer import WEIGHTED, EdgeslimQuantizer, module_name
 from edgeslim.plugin.quantization.report import LayerReport, QuantReport, sqnr_db
@@ -53,6 +55,8 @@ class QuantResult:
         coded_weights: For grid schemes (log2, codebook, pwl): integer codes + codebook per layer,
             keyed by the fp32 model's module name.
         left_float: Ops left in float because the quantizer does not handle them.
+        info: What saving and reloading the model needs (mode, example shape, float ancestor's
+            structure and sha256 ...); ``edgeslim.save(result, path)`` writes it to the file.
     """
 
     model: GraphModule
@@ -61,6 +65,7 @@ class QuantResult:
     weight_bytes: int
     coded_weights: dict[str, CodedWeight] = field(default_factory=dict)
     left_float: list[str] = field(default_factory=list)
+    info: QuantInfo | None = None
 
 
 def enable_train_eval(gm: GraphModule) -> GraphModule:
@@ -106,19 +111,21 @@ def prepare(model: nn.Module, example_inputs: Batch, config: QuantConfig, *, mod
     graph = export_model(copy.deepcopy(model), example_inputs)  # baking must never touch the user's model
     quantizer = EdgeslimQuantizer(config, qat=mode is Mode.QAT)
     prepared = prepare_qat_pt2e(graph, quantizer) if mode is Mode.QAT else prepare_pt2e(graph, quantizer)
+    observers: dict[str, str] = {}
     for node in prepared.graph.nodes:
         if node.op == "call_module" and node.args and isinstance(node.args[0], Node):
-            mod = prepared.get_submodule(str(node.target))
             src = node.args[0]
             feeds = sorted({module_name(u) for u in node.users if module_name(u)})
             where = f" feeding {', '.join(feeds)}" if feeds else ""
-            mod.edgeslim_layer = f"{module_name(src) or 'top level'} (node {src.name}){where}"
+            observers[str(node.target)] = f"{module_name(src) or 'top level'} (node {src.name}){where}"
+            name_observer(prepared.get_submodule(str(node.target)), observers[str(node.target)])
     x0 = _as_tuple(example_inputs)[0]
-    prepared.edgeslim_quant = {
-        "config": config.to_dict(), "mode": mode.value, "example_shape": [2, *x0.shape[1:]],
-        "float_payload": float_payload, "float_sha256": state_sha256(float_payload["state_dict"]), "layers": {k: v is not None for k, v in quantizer.layers.items()},
-        "left_float": list(quantizer.left_float),
-    }
+    remember(prepared, QuantInfo(
+        config=config, mode=mode, example_shape=(2, *x0.shape[1:]), float_structure=float_payload,
+        float_sha256=state_sha256(float_payload["state_dict"]), left_float=tuple(quantizer.left_float),
+        layers={k: v is not None for k, v in quantizer.layers.items()}, observers=observers,
+    ))
+    copy_arch(model, prepared)
     return prepared
 
 
@@ -286,12 +293,12 @@ def convert(prepared: GraphModule, *, input_means: dict[str, torch.Tensor] | Non
     Raises:
         ConversionError: A converted weight differs from its fake-quant output.
     """
-    meta = getattr(prepared, "edgeslim_quant", None)
-    if meta is None:
-        raise QuantizationError("convert() needs a model from edgeslim's prepare_qat()/prepare (no edgeslim_quant metadata)")
+    info = require_info(prepared, "convert()")
+    if info.converted:
+        raise QuantizationError("convert() got a graph that is already converted: pass the prepared graph (once)")
     move_exported_model_to_eval(prepared)
     obs = _weight_observers(prepared)
-    inputs = _capture_inputs(prepared, obs, list(meta["example_shape"]))
+    inputs = _capture_inputs(prepared, obs, list(info.example_shape))
     expected: dict[str, torch.Tensor] = {}
     books: dict[str, tuple[torch.Tensor, int]] = {}
     for name, (node, mod) in obs.items():
@@ -319,20 +326,21 @@ def convert(prepared: GraphModule, *, input_means: dict[str, torch.Tensor] | Non
         if not torch.equal(cw.decode(), got):
             raise ConversionError(f"layer {name}: codes + codebook do not decode to the converted weight")
         coded[name] = cw
-    cfg = QuantConfig.from_dict(meta["config"])
-    report = build_report(cfg, meta, inputs, deq, coded)
+    cfg = info.config
+    report = build_report(cfg, info, inputs, deq, coded)
     enable_train_eval(converted)
     converted.training = False
-    converted.edgeslim_kind = "quantized"
-    converted.edgeslim_quant = dict(meta.items())
-    return QuantResult(converted, cfg, report, report.weight_bytes, coded, list(meta.get("left_float", [])))
+    done = info.as_converted(observers={}, report=report.to_dict())
+    remember(converted, done)
+    copy_arch(prepared, converted)
+    return QuantResult(converted, cfg, report, report.weight_bytes, coded, list(info.left_float), done)
 
 
-def build_report(cfg: QuantConfig, meta: dict[str, Any], floats: dict[str, torch.Tensor], deq: dict[str, torch.Tensor], coded: dict[str, CodedWeight]) -> QuantReport:
+def build_report(cfg: QuantConfig, info: QuantInfo, floats: dict[str, torch.Tensor], deq: dict[str, torch.Tensor], coded: dict[str, CodedWeight]) -> QuantReport:
     """Per-layer SQNR/bits/bytes of the converted model (float layers counted at 4 bytes a weight)."""
     layers: list[LayerReport] = []
-    state = meta["float_payload"]["state_dict"]
-    for name in meta["layers"]:
+    state = info.float_structure["state_dict"]
+    for name in info.layers:
         lc = cfg.for_layer(name)
         w = state.get(f"{name}.weight")
         numel = int(w.numel()) if w is not None else 0

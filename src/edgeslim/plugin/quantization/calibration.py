@@ -10,6 +10,7 @@ Every calibrator refuses NaN/inf, naming the layer that produced them.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -29,9 +30,24 @@ _PER_BATCH = 1 << 15
 _MSE_SAMPLES = 1 << 16
 
 
+#: Side table: the layer each observer watches, in words (for error messages); filled by
+#: ``prepare`` (the same text is in ``QuantInfo.observers`` by observer module name).
+_LAYER_OF: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+def name_observer(obs: torch.nn.Module, layer: str) -> None:
+    """Record which layer ``obs`` observes (named in its errors)."""
+    _LAYER_OF[obs] = layer
+
+
+def observer_layer(obs: torch.nn.Module) -> str:
+    """The layer ``obs`` observes, as recorded by :func:`name_observer` (else ``"an unnamed layer"``)."""
+    return _LAYER_OF.get(obs, "an unnamed layer")
+
+
 def _check_finite(obs: torch.nn.Module, x: torch.Tensor) -> None:
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        layer = getattr(obs, "edgeslim_layer", "an unnamed layer")
+        layer = observer_layer(obs)
         raise CalibrationError(
             f"non-finite values (NaN/inf) in the activations of {layer} during calibration: "
             "check the input data and the model's float outputs for that layer"
@@ -196,5 +212,7 @@ __all__ = [
     "MSEObserver",
     "PercentileObserver",
     "SampleObserver",
+    "name_observer",
     "observer_class",
+    "observer_layer",
 ]

@@ -31,6 +31,9 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
 from edgeslim.errors import ModelLoadError
 from edgeslim.io import FORMATS, state_sha256
+from edgeslim.models import copy_arch
+from edgeslim.plugin.quantization.api import QuantResult
+from edgeslim.plugin.quantization.info import QuantInfo, info_of, remember, require_info
 from edgeslim.plugin.quantization.packing import pack, packed_bytes, unpack
 
 
@@ -107,21 +110,31 @@ def _stand_in_state(shapes: dict[str, list[Any]]) -> dict[str, torch.Tensor]:
 class QuantizedFormat:
     """See the module docstring."""
 
-    def dump(self, model: nn.Module, *, keep_float: bool = False) -> dict[str, Any]:
-        """Payload for :func:`edgeslim.io.save` (``model``: a converted graph or a ``QuantResult``)."""
-        result: Any = model if hasattr(model, "coded_weights") else None
+    def claims(self, obj: Any) -> bool:
+        """A ``QuantResult``, or a graph edgeslim prepared/converted/loaded, is saved as ``quantized``."""
+        return isinstance(obj, QuantResult) or info_of(obj) is not None
+
+    def dump(self, model: Any, *, keep_float: bool = False) -> dict[str, Any]:
+        """Payload for :func:`edgeslim.io.save` (``model``: a ``QuantResult``, or its converted graph)."""
+        result = model if isinstance(model, QuantResult) else None
         gm = result.model if result is not None else model
-        meta = getattr(gm, "edgeslim_quant", None)
-        if not isinstance(gm, GraphModule) or meta is None:
-            raise ModelLoadError("only models returned by edgeslim.quantize()/convert() can be saved as 'quantized'")
-        float_payload = meta["float_payload"]
+        info = (result.info if result is not None else None) or info_of(gm)
+        if not isinstance(gm, GraphModule) or info is None:
+            raise ModelLoadError(
+                "only models returned by edgeslim.quantize()/convert()/load() can be saved as 'quantized': "
+                "pass the QuantResult itself (edgeslim.save(result, path))"
+            )
+        if not info.converted:
+            raise ModelLoadError("this graph is prepared, not converted: calibrate or train it, call convert(), "
+                                 "and save the QuantResult it returns")
+        fs = info.float_structure
         constants = {name: pack(t) for name, t in graph_constants(gm).items()}
-        report = result.report.to_dict() if result is not None else meta.get("report")
+        report = result.report.to_dict() if result is not None else info.report
         return {
-            "float": _structure(float_payload, keep_float) if "state_dict" in float_payload else float_payload,
-            "config": meta["config"], "mode": meta["mode"], "example_shape": list(meta["example_shape"]),
-            "constants": constants, "qparams": literal_qparams(gm), "left_float": list(meta.get("left_float", [])),
-            "float_sha256": meta.get("float_sha256") or state_sha256(float_payload["state_dict"]),
+            "float": _structure(fs, keep_float) if "state_dict" in fs else fs,
+            "config": info.config.to_dict(), "mode": info.mode.value, "example_shape": list(info.example_shape),
+            "constants": constants, "qparams": literal_qparams(gm), "left_float": list(info.left_float),
+            "float_sha256": info.float_sha256 or state_sha256(fs["state_dict"]),
             "report": report, "constant_bytes": sum(packed_bytes(e) for e in constants.values()),
         }
 
@@ -165,11 +178,12 @@ class QuantizedFormat:
             _set_constant(converted, target, value)
         enable_train_eval(converted)
         converted.training = False
-        meta: dict[str, Any] = dict(getattr(prepared, "edgeslim_quant", {}))
-        meta.update(float_payload=payload["float"], left_float=payload.get("left_float", []),
-                    float_sha256=payload.get("float_sha256"), report=payload.get("report"))
-        converted.edgeslim_kind = "quantized"
-        converted.edgeslim_quant = meta
+        info: QuantInfo = require_info(prepared, "loading a quantized file").as_converted(
+            float_structure=payload["float"], left_float=tuple(payload.get("left_float", [])),
+            float_sha256=payload.get("float_sha256"), report=payload.get("report"), observers={},
+        )
+        remember(converted, info)
+        copy_arch(float_model, converted)
         return converted
 
 

@@ -15,6 +15,7 @@ Drop-in use inside your own loop::
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,10 +39,19 @@ def freeze_observers(model: nn.Module) -> int:
     return n
 
 
+#: The prepared QAT graphs whose BatchNorm :func:`freeze_bn` froze (a side table, not an attribute).
+_BN_FROZEN: weakref.WeakSet[torch.fx.GraphModule] = weakref.WeakSet()
+
+
 def freeze_bn(model: torch.fx.GraphModule) -> None:
     """Use BatchNorm running statistics (and stop updating them) in a prepared QAT graph."""
     _replace_batchnorm(model, train_to_eval=True)
-    model.edgeslim_bn_frozen = True  # type: ignore[assignment]
+    _BN_FROZEN.add(model)
+
+
+def bn_frozen(model: nn.Module) -> bool:
+    """Whether :func:`freeze_bn` froze ``model``'s BatchNorm."""
+    return isinstance(model, torch.fx.GraphModule) and model in _BN_FROZEN
 
 
 @dataclass
@@ -137,4 +147,4 @@ def train_qat(
     return total / max(done, 1)
 
 
-__all__ = ["QATSchedule", "freeze_bn", "freeze_observers", "train_qat"]
+__all__ = ["QATSchedule", "bn_frozen", "freeze_bn", "freeze_observers", "train_qat"]
