@@ -60,6 +60,13 @@ class PrunedFormat:
         masks in force on the model (:func:`masks_of`) are saved with it.
         """
         net: nn.Module = model if isinstance(model, nn.Module) else model.model
+        if isinstance(net, torch.fx.GraphModule) and any(
+            n.op == "call_function" and "quantize" in str(n.target) for n in net.graph.nodes
+        ):
+            raise ModelLoadError(
+                "this is a quantized graph edgeslim has no record of (a copy of the one convert()/load() returned?): "
+                "save the QuantResult instead (edgeslim.save(result, path)), or the graph convert()/load() returned"
+            )
         state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         return {
             "arch": arch_info(net),
