@@ -353,7 +353,7 @@ class Bench:
             cmd = ["quantize", "--model", source, "--scheme", chain.scheme, "--calib", str(a.calib),
                    *(["--budget", a.budget] if chain.scheme == "mixed" else []),
                    *(["--qat-epochs", f"{a.qat_epochs:g}"] if chain.qat else []),
-                   *(["--eval"] if n >= FULL_TEST else []), "--eval-samples", str(n),
+                   "--eval-samples", str(n),  # float + quantized top-1 on the first n test images (lineage)
                    "--out", str(qdir), "--force", "--json"]
             steps["quantize"] = self.runner.run(cmd, f"{model}_q_{chain.slug}", cache=qdir / "step.json", product=qdir / "model.pt")
         quant = self.quant_record(steps.get("quantize"), qdir)

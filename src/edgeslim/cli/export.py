@@ -59,6 +59,10 @@ def export_cmd(
     from edgeslim.exporters import export
     from edgeslim.exporters.onnx import optimized_copy_path
 
+    if max_drop < 0:
+        raise typer.BadParameter(f"{max_drop:g} is negative: give the allowed top-1 drop in points (e.g. 1.0)", param_hint="--max-drop")
+    if eval_samples < 1:
+        raise typer.BadParameter("at least one image is needed", param_hint="--eval-samples")
     outputs = [out.name] + ([optimized_copy_path(out).name] if optimized_copy and format == "onnx" else [])
     refuse_existing_outputs(out.parent, outputs, force)
     arg = resolve_model(model)

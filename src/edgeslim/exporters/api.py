@@ -263,7 +263,7 @@ def export(
     return ExportResult(
         path=dest,
         format=fmt,
-        quant=spec.label,
+        quant="int8" if fmt == Format.TFLITE.value and spec.precision is Precision.CODED else spec.label,
         bytes=dest.stat().st_size,
         layout=opts.layout.value,
         input={

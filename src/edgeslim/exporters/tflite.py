@@ -248,8 +248,10 @@ class TfliteExporter:
                                  lambda m, cfg: torch_to_tflite(m, job.example, job.options.layout, cfg))
             dest.write_bytes(float_io(buf) if job.options.io_dtype is IODType.FLOAT else buf)
             job.metadata["route"] = "litert-torch STATIC Q/DQ conversion of the edgeslim PT2E graph (its own scales)"
-            if job.coded_weights:
-                job.metadata["note"] = "grid-scheme weights carried over as int8 values (TFLite has no N-bit codebook weights)"
+            if job.options.quant.precision is Precision.CODED:
+                job.metadata["source_quant"] = job.options.quant.label
+                job.metadata["note"] = (f"{job.options.quant.label} weights carried over as their exact int8 values "
+                                        "(TFLite has no N-bit codebook weights)")
             return
         buf = torch_to_tflite(job.model, job.example, job.options.layout)
         p = job.options.quant.precision
