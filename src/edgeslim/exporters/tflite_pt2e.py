@@ -52,14 +52,14 @@ def _layer_of(node: Node) -> str:
 def check_representable(gm: GraphModule) -> None:
     """Raise :class:`ExportConfigError` for what TFLite cannot represent (names layer and scheme)."""
     for node in gm.graph.nodes:
-        if node.op == "call_function" and "quantize_per_tensor" in str(node.target) and len(node.args) >= 6:
-            if node.args[5] == torch.int16:
-                raise ExportConfigError(
-                    f"layer {_layer_of(node)} has int16 activations: litert-torch's Q/DQ conversion of 16-bit "
-                    "activation graphs computes wrong outputs (measured: cosine 0.39 against the PyTorch graph), so "
-                    "edgeslim does not carry them over. Export the float model with --quant w8a16 (ai-edge-quantizer's "
-                    "16x8 recipe), or export this quantized model to ONNX"
-                )
+        quant_op = node.op == "call_function" and "quantize_per_tensor" in str(node.target) and len(node.args) >= 6
+        if quant_op and node.args[5] == torch.int16:
+            raise ExportConfigError(
+                f"layer {_layer_of(node)} has int16 activations: litert-torch's Q/DQ conversion of 16-bit "
+                "activation graphs computes wrong outputs (measured: cosine 0.39 against the PyTorch graph), so "
+                "edgeslim does not carry them over. Export the float model with --quant w8a16 (ai-edge-quantizer's "
+                "16x8 recipe), or export this quantized model to ONNX"
+            )
         if node.op == "get_attr" and str(node.target).startswith("edgeslim_log2_act"):
             raise ExportConfigError(
                 f"layer {_layer_of(node)} has log2 activations (a snap op before an int16 Q/DQ pair), which TFLite "
