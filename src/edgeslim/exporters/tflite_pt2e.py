@@ -42,10 +42,17 @@ def _attr(gm: GraphModule, node: Node) -> Any:
 
 
 def _layer_of(node: Node) -> str:
-    for user in node.users:
-        stack = user.meta.get("nn_module_stack") or {}
-        if stack:
+    """The module a quantize/dequantize node belongs to: its own, else the first module it feeds."""
+    if node.op == "call_function" and node.args and isinstance(node.args[0], Node) and node.args[0].op == "placeholder":
+        return f"(the model input {node.args[0].name})"
+    frontier, seen = [node], set()
+    while frontier:
+        cur = frontier.pop(0)
+        stack = cur.meta.get("nn_module_stack") or {}
+        if stack and cur is not node:
             return str(list(stack.values())[-1][0]) or "<top-level>"
+        seen.add(cur)
+        frontier += [u for u in cur.users if u not in seen]
     return node.name
 
 
