@@ -71,6 +71,8 @@ def test_load_result_gives_back_config_report_and_exact_codes(log2_mbv2: QuantRe
     for name, cw in log2_mbv2.coded_weights.items():
         assert torch.equal(back.coded_weights[name].decode(), cw.decode()), name
     assert torch.equal(back.model(test_images), log2_mbv2.model(test_images))
+    assert back.info is not None and log2_mbv2.info is not None
+    assert back.info.example_shape == log2_mbv2.info.example_shape and back.info.float_sha256 == log2_mbv2.info.float_sha256
 
 
 def test_load_result_refuses_a_float_file(resnet18_fmnist: torch.nn.Module, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from edgeslim.io import load, read_header
 from edgeslim.plugin.quantization.api import QuantResult, _dequantized_weights
 from edgeslim.plugin.quantization.coded import CodedWeight
 from edgeslim.plugin.quantization.config import QuantConfig
+from edgeslim.plugin.quantization.info import info_of
 from edgeslim.plugin.quantization.report import QuantReport
 
 #: Weight schemes whose layers are exported as N-bit codes + codebook (``CodedWeight``).
@@ -74,7 +75,7 @@ def load_result(path: str | Path, *, base: nn.Module | None = None) -> QuantResu
     report = QuantReport.from_dict(report_data) if report_data else QuantReport(config.name, [])
     coded = coded_from_graph(gm, config)
     weight_bytes = report.weight_bytes if report.layers else int(header.get("constant_bytes", 0))
-    return QuantResult(gm, config, report, weight_bytes, coded, list(header.get("left_float", [])))
+    return QuantResult(gm, config, report, weight_bytes, coded, list(header.get("left_float", [])), info_of(gm))
 
 
 __all__ = ["GRID_SCHEMES", "coded_from_graph", "load_result"]
