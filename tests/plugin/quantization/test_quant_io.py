@@ -88,3 +88,18 @@ def test_a_truncated_file_is_refused_with_its_name(int8_resnet: QuantResult, tmp
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ModelLoadError, match=r"q\.pt is not a safe edgeslim/torch file"):
         edgeslim.load(path)
+
+
+def test_a_format_1_file_still_loads(int8_resnet: QuantResult, tmp_path: Path, test_images: torch.Tensor) -> None:
+    """Files written before format 2 (float state_dict inside, raw constants) reload bit-exact."""
+    from edgeslim.plugin.quantization.packing import unpack
+
+    raw = torch.load(edgeslim.save(int8_resnet, tmp_path / "v2.pt", keep_float=True), map_location="cpu",
+                     weights_only=True)
+    raw["edgeslim_format"] = 1
+    raw["constants"] = {k: unpack(v) for k, v in raw["constants"].items()}
+    raw["float"] = {k: v for k, v in raw["float"].items() if k != "shapes"}
+    assert "state_dict" in raw["float"]
+    torch.save(raw, tmp_path / "v1.pt")
+    loaded = edgeslim.load(tmp_path / "v1.pt")
+    assert torch.equal(loaded(test_images), int8_resnet.model(test_images))
