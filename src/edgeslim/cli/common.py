@@ -106,21 +106,6 @@ def progress() -> Progress:
     )
 
 
-def load_model_arg(model: str) -> tuple[Any, str]:
-    """Resolve ``--model``: a reference/torchvision name, an edgeslim-saved file or a checkpoint.
-
-    Returns:
-        ``(nn.Module, description)``.
-    """
-    from edgeslim import io as es_io
-    from edgeslim import models
-
-    path = Path(model)
-    if path.suffix in {".pt", ".pth", ".edgeslim", ".safetensors"} or path.exists():
-        return es_io.load(path), str(path)
-    return models.load(model), model
-
-
 class ModelArg:
     """What ``--model`` resolved to: the model (or ``QuantResult``), its lineage and data set.
 

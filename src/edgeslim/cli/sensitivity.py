@@ -13,9 +13,9 @@ from edgeslim.cli.common import (
     JsonOpt,
     console,
     emit_json,
-    load_model_arg,
     progress,
     refuse_existing_outputs,
+    resolve_model,
 )
 
 #: Every file ``edgeslim sensitivity`` writes into ``--out``: the table (JSON, Markdown) and its plot.
@@ -55,7 +55,8 @@ def sensitivity_cmd(
     config = PruneConfig(criterion=criterion, sensitivity_ratios=probe, data_batches=batches)
     refuse_existing_outputs(out, OUTPUT_FILES, force)
     check_root(data_dir)
-    net, source = load_model_arg(model)
+    arg = resolve_model(model)
+    net, source = arg.module, arg.source
     x = torch.randn(1, 3, input_size, input_size)
     # scored on training images (shuffled, not augmented): the test set stays for the final evaluation
     held = fashion_mnist_loader("train", batch_size=batch_size, root=data_dir, shuffle=True, seed=1)

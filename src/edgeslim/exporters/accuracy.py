@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from edgeslim.exporters.base import Runner, resize
 from edgeslim.exporters.errors import ExportAccuracyError
+from edgeslim.exporters.verify import top1 as runner_top1
 
 
 @dataclass(frozen=True)
@@ -86,16 +86,6 @@ def torch_top1(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]
     return correct / total if total else float("nan")
 
 
-def runner_top1(runner: Runner, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Top-1 of an artefact (in its runtime) over labelled batches."""
-    correct = total = 0
-    for x, y in batches:
-        out = np.asarray(runner(x.numpy()))
-        correct += int((out.argmax(1) == y.numpy()).sum())
-        total += len(y)
-    return correct / total if total else float("nan")
-
-
 def check_accuracy(
     runner: Runner,
     batches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -121,7 +111,7 @@ def check_accuracy(
         ExportAccuracyError: The drop exceeds ``max_drop`` (the message names both top-1s).
     """
     images = sum(len(y) for _, y in batches)
-    art = runner_top1(runner, batches)
+    art = runner_top1(runner, batches)  # the same count as verify.top1, over the given batches
     source: str | None = None
     if float_model is not None:
         float_top1, source = torch_top1(float_model, batches), "measured"
@@ -142,4 +132,4 @@ def check_accuracy(
     return check
 
 
-__all__ = ["AccuracyCheck", "check_accuracy", "eval_key", "labelled_batches", "runner_top1", "torch_top1"]
+__all__ = ["AccuracyCheck", "check_accuracy", "eval_key", "labelled_batches", "torch_top1"]
