@@ -89,6 +89,7 @@ def prune(
     loss_fn: LossFn | None = None,
     sensitivity_table: SensitivityResult | None = None,
     on_trial: Callable[[Plan, ModelStats], None] | None = None,
+    plan: Plan | None = None,
 ) -> PruneResult:
     """Prune ``model`` according to ``config``.
 
@@ -101,6 +102,8 @@ def prune(
         loss_fn: Loss for Taylor/gradient/sensitivity (default cross-entropy).
         sensitivity_table: A precomputed table for ``allocation=sensitivity`` (else computed).
         on_trial: Called with each plan tried by the target search and its measured stats.
+        plan: Apply exactly this channel plan (per-group ratios keyed by group root name) and skip
+            the target search; ``config.target`` and ``config.allocation`` are then not used.
 
     Returns:
         A :class:`PruneResult`.
@@ -118,17 +121,21 @@ def prune(
     work = copy_arch(model, copy.deepcopy(model))  # the copy rebuilds on load like the original
     work.eval()
     before = measure(work, example_inputs)
-    plan = Plan(ratio=0.0)
+    given, plan = plan, Plan(ratio=0.0)
     table = sensitivity_table
     if config.method is not Method.UNSTRUCTURED:
         imp = make(config.criterion)
         allocator = None
-        if config.allocation is Allocation.SENSITIVITY and config.target.kind is not TargetKind.RATIO:
+        searched = given is None and config.target.kind is not TargetKind.RATIO
+        if config.allocation is Allocation.SENSITIVITY and searched:
             table = table or sensitivity(work, example_inputs, batches, config, loss_fn=loss_fn)
             allocator = table.allocator()
         if needs_data(imp):
             imp.collect(work, batches, loss_fn)
-        plan, _ = search_plan(work, example_inputs, config, imp, before, allocator=allocator, on_trial=on_trial)
+        if given is not None:
+            plan = given
+        else:
+            plan, _ = search_plan(work, example_inputs, config, imp, before, allocator=allocator, on_trial=on_trial)
         if plan.ratio > 0 or plan.group_ratios:
             try:
                 prune_structured(work, example_inputs, config, imp, plan, batches, loss_fn)
