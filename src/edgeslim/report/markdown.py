@@ -1,6 +1,6 @@
 """The Markdown report: the same tables as the HTML report (GitHub-flavoured), without plots.
 
-Cell text is escaped for Markdown (``|``, emphasis and link characters, line breaks) and for the
+Cell text is escaped for Markdown (``|``, emphasis, link and math characters, line breaks) and for the
 HTML a Markdown viewer passes through (``<``, ``>``, ``&`` become entities), so a name such as
 ``<script>`` is shown, never run.
 """
@@ -25,7 +25,7 @@ from edgeslim.report.tables import (
     variants_table,
 )
 
-_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
+_SPECIAL = re.compile(r"([\\`*_\[\]|#$])")
 _ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 
