@@ -63,7 +63,7 @@ def megabytes(value: Any) -> str:
 
 
 def count(value: Any) -> str:
-    """A large count with a metric prefix (``1_820_000_000`` → ``"1.82 G"``, ``11_690_000`` → ``"11.69 M"``).
+    """A large count with a metric prefix (``1_820_000_000`` → ``"1.82 G"``, ``520_400_000`` → ``"520 M"``).
 
     Args:
         value: A count (parameters, MACs; or ``None``).
@@ -76,7 +76,8 @@ def count(value: Any) -> str:
         return _fallback(value)
     for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(x) >= scale:
-            return f"{x / scale:.2f} {prefix}"
+            scaled = x / scale
+            return f"{scaled:.0f} {prefix}" if abs(scaled) >= 100 else f"{scaled:.2f} {prefix}"
     return f"{x:.0f}"
 
 

@@ -36,7 +36,7 @@ max-width:76rem;padding:0 1rem;color:#1d2330;background:#fff}
 h1{margin-bottom:.2rem}h2{border-bottom:1px solid #d0d5dd;padding-bottom:.2rem;margin-top:2rem}
 table{border-collapse:collapse;margin:.6rem 0 1rem;font-size:.9rem}
 th,td{border:1px solid #d0d5dd;padding:.25rem .5rem;text-align:left;vertical-align:top}
-th{background:#eef1f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#eef1f6}td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 tr.hl td{background:#fff4cc;font-weight:600}.missing{color:#8a93a3;font-style:italic}
 figure{margin:1rem 0}figcaption{font-size:.85rem;color:#4a5263}img{max-width:100%;height:auto}
 pre{background:#f5f7fa;border:1px solid #d0d5dd;padding:.6rem;overflow-x:auto;white-space:pre-wrap}

@@ -110,6 +110,7 @@ def variants_plot(results: Mapping[str, Any]) -> Plot | None:
         return None
     accs = [a for _, pts in series for _, _, r in pts if (a := _top1_pct(r)) is not None]
     lo, hi = (min(accs), max(accs)) if accs else (0.0, 1.0)
+    labelled: set[int] = set()
     with _figure(7.5, 4.2) as (fig, (ax,)):
         scatter = None
         for k, (key, pts) in enumerate(series):
@@ -125,7 +126,10 @@ def variants_plot(results: Mapping[str, Any]) -> Plot | None:
                 ax.scatter([p[0] for p in unknown], [p[1] for p in unknown], marker=marker, s=60,
                            facecolors="none", edgecolors="gray", label=f"{key} (top-1 not measured)")
             for x, y, r in pts:
-                ax.annotate(str(r.get("variant", "")), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+                if id(r) not in labelled:  # one label per variant, next to its first marker
+                    labelled.add(id(r))
+                    ax.annotate(str(r.get("variant", "")), (x, y), textcoords="offset points", xytext=(5, 4),
+                                fontsize=8)
         if scatter is not None:
             fig.colorbar(scatter, ax=ax, label="top-1 (%)")
         ax.set_xlabel("size (MB)")
@@ -160,13 +164,17 @@ def pareto_plot(results: Mapping[str, Any]) -> Plot | None:
             ax.scatter([t[0] for t in trace], [t[1] for t in trace], s=12, color="lightgray",
                        label="explored (trace)", zorder=1)
         if front:
-            ax.plot([p[0] for p in front], [p[1] for p in front], color="black", lw=1, alpha=0.6,
-                    drawstyle="steps-post", zorder=2, label="front")
+            ax.plot([p[0] for p in front], [p[1] for p in front], color="black", lw=1, alpha=0.6, ls="--",
+                    zorder=2, label="front (by size)")
             coloured = [(x, y, c) for x, y, p in front if (c := metric(p)) is not None]
             if coloured:
                 sc = ax.scatter([c[0] for c in coloured], [c[1] for c in coloured], c=[c[2] for c in coloured],
                                 cmap="viridis", s=50, edgecolors="black", zorder=3)
                 fig.colorbar(sc, ax=ax, label="top-1 (%)" if use_top1 else "proxy")
+            blank = [(x, y) for x, y, p in front if metric(p) is None]
+            if blank:
+                ax.scatter([b[0] for b in blank], [b[1] for b in blank], s=50, facecolors="none", edgecolors="gray",
+                           zorder=3, label="top-1 not measured" if use_top1 else "proxy not measured")
             for x, y, p in front:
                 pred = number(p.get("predicted_ms"))
                 if number(p.get("measured_ms")) is not None and pred is not None:
