@@ -1,0 +1,240 @@
+"""The case study: pruning AND quantization aimed at a CPU, edgeslim against its peers, side by side.
+
+For the reference ResNet-18 and MobileNetV2 (Fashion-MNIST), every variant is built from the same
+float model, the same 512 calibration images (``calibration_subset("train", 512)``) and the same
+fine-tune budget (``--epochs``), exported, and evaluated **in its runtime** on the full 10k test set
+(ONNX Runtime / LiteRT at 32x32, the models' input); latency at 224x224 (batch 1, 2 threads,
+median) of all variants of a model timed round-robin in one loop (ONNX Runtime without thread
+spinning, LiteRT with XNNPACK).
+
+Variants (``model`` x ``variant``):
+- ``fp32``; ``int8`` (``edgeslim.quantize``, PT2E); ``pruned-50`` (``edgeslim.pipelines.joint``:
+  latency-in-the-loop search at the torch-pruning peer's parameter count and a latency below its
+  own, then edgeslim's distilled fine-tune); ``pruned-50+int8``; ``pruned-50+w8a16`` (the seed's
+  recipe: 50 % structured + int8 weights / int16 activations + fine-tune); ``edgeslim-joint+int8``
+  (search under ``--joint-speedup`` x fp32 in ONNX Runtime and ``--joint-bytes``, fine-tune, int8).
+- peers: ``torch-pruning-uniform-sgd`` (torch-pruning alone + a plain SGD fine-tune),
+  ``torch-pruning-uniform-edgeslim-ft`` (the same pruned model with edgeslim's fine-tune recipe),
+  ``ort-quantize_static`` (fp32 ONNX, defaults), ``ort-quantize_static+torch-pruning``,
+  ``nncf-quantize`` (ONNX backend).
+
+Resumable: every source model and artefact is cached in ``--work``; rows are saved after each
+variant. Writes ``benchmarks/results/case_study.{json,md}``.
+
+    .venv/bin/python benchmarks/case_study.py                      # both models (about an hour on 2 cores)
+    .venv/bin/python benchmarks/case_study.py --smoke              # minutes: 500 images, tiny fine-tune
+    .venv/bin/python benchmarks/case_study.py --parts latency report   # re-time the saved artefacts
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from case_study_build import Builder
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ("resnet18-fmnist", "mobilenet_v2-fmnist")
+THREADS = 2
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], check=False, capture_output=True, text=True,
+                               cwd=Path(__file__).parent).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def open_runner(fmt: str, path: Path) -> Any:
+    from edgeslim.exporters.onnx import OrtRunner
+    from edgeslim.exporters.tflite import LiteRTRunner
+
+    return OrtRunner(path, threads=THREADS, spinning=False) if fmt == "onnx" else LiteRTRunner(path, threads=THREADS)
+
+
+def interleaved_latency(rows: list[dict[str, Any]], reps: int, size: int) -> None:
+    """Median batch-1 latency at ``size`` of every row's 224 artefacts, timed round-robin in one loop."""
+    x = torch.randn(1, 3, size, size).numpy()
+    timers = []
+    for row in rows:
+        for fmt, key in (("onnx", "ort_ms"), ("tflite", "litert_ms")):
+            path = row.get(f"{fmt}_latency_file")
+            if path and Path(path).is_file():
+                slow = row.get("slow_" + fmt, False)
+                timers.append((row, key, open_runner(fmt, Path(path)), max(3, reps // 10) if slow else reps))
+    for _, _, runner, _ in timers:
+        for _ in range(2):
+            runner(x)
+    times: list[list[float]] = [[] for _ in timers]
+    for rep in range(max((t[3] for t in timers), default=0)):
+        for i, (_, _, runner, n) in enumerate(timers):
+            if rep < n:
+                t = time.perf_counter()
+                runner(x)
+                times[i].append((time.perf_counter() - t) * 1e3)
+    for row in rows:
+        row.setdefault("ort_ms", None)
+        row.setdefault("litert_ms", None)
+    for (row, key, _, n), ts in zip(timers, times, strict=True):
+        row[key] = statistics.median(ts)
+        row[key + "_reps"] = n
+        _log(f"  {row['model']} {row['variant']} {key}: {row[key]:.2f} ms")
+
+
+def time_cli_chain(work: Path) -> dict[str, Any]:
+    """Wall time of ``edgeslim prune`` (params=0.5, no fine-tune) + ``quantize int8`` + ``export onnx`` (ResNet-18)."""
+    exe = str(Path(sys.executable).with_name("edgeslim"))
+    d = work / "cli_chain"
+    d.mkdir(parents=True, exist_ok=True)
+    cmds = [
+        [exe, "prune", "--model", "resnet18-fmnist", "--target", "params=0.5", "--allocation", "uniform", "--criterion", "l1",
+         "--round-to", "16", "--finetune-epochs", "0", "--no-eval", "--out", str(d / "p.pt"), "--force"],
+        [exe, "quantize", "--model", str(d / "p.pt"), "--scheme", "int8", "--calib", "256", "--eval-samples", "500",
+         "--out", str(d / "q.pt"), "--force"],
+        [exe, "export", "--model", str(d / "q.pt"), "--format", "onnx", "--eval-samples", "500", "--out", str(d / "q.onnx"),
+         "--force"],
+    ]
+    out: dict[str, Any] = {"commands": [" ".join(c[1:]) for c in cmds], "seconds": []}
+    t_all = time.perf_counter()
+    for c in cmds:
+        t0 = time.perf_counter()
+        proc = subprocess.run(c, check=False, capture_output=True, text=True)
+        out["seconds"].append(round(time.perf_counter() - t0, 1))
+        if proc.returncode != 0:
+            out["error"] = proc.stderr[-800:] + proc.stdout[-400:]
+            break
+    out["total_s"] = round(time.perf_counter() - t_all, 1)
+    return out
+
+
+def write(data: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "case_study.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    (RESULTS / "case_study.md").write_text(markdown(data))
+
+
+def _f(v: Any, fmt: str) -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    lines = [
+        "# Case study: pruning + quantization for a CPU (edgeslim vs peers)", "",
+        f"Commit `{data['commit']}`, command `{data['command']}`; {data['machine']}; numbers from this CPU (no GPU used).",
+        f"Top-1: {data['settings']['eval_images']} Fashion-MNIST test images in the runtime (ONNX Runtime / LiteRT, 32x32); "
+        f"latency: batch 1, {data['settings']['latency_size']}x{data['settings']['latency_size']}, {THREADS} threads, median, "
+        "all variants of a model timed round-robin in one loop. Fine-tune budget for every pruned variant: "
+        f"{data['settings']['epochs']} epoch; calibration: the same {data['settings']['calibration']} training images.", "",
+    ]
+    for model in data["settings"]["models"]:
+        rows = [r for r in data["rows"] if r["model"] == model]
+        if not rows:
+            continue
+        base = next((r for r in rows if r["variant"] == "fp32"), None)
+        lines += [f"## {model}", "",
+                  "| variant | params | MB (ONNX) | MB (TFLite) | top-1 ORT | top-1 LiteRT | Δ pt | ORT ms | × | LiteRT ms | × |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            d = None if base is None or r["top1"] is None else 100 * (r["top1"] - base["top1"])
+            sx = None if base is None or not r.get("ort_ms") or not base.get("ort_ms") else base["ort_ms"] / r["ort_ms"]
+            lx = None if base is None or not r.get("litert_ms") or not base.get("litert_ms") else base["litert_ms"] / r["litert_ms"]
+            lines.append(
+                f"| {r['variant']} | {_f(r.get('params'), ',')} | {_f(r['bytes'] and r['bytes'] / 1e6, '.2f')} | "
+                f"{_f(r.get('bytes_tflite') and r['bytes_tflite'] / 1e6, '.2f')} | {_f(r['top1'] and 100 * r['top1'], '.2f')} | "
+                f"{_f(r.get('top1_litert') and 100 * r['top1_litert'], '.2f')} | {_f(d, '+.2f')} | {_f(r.get('ort_ms'), '.2f')} | "
+                f"{_f(sx, '.2f')} | {_f(r.get('litert_ms'), '.2f')} | {_f(lx, '.2f')} |")
+        lines += [""] + [f"- **{r['variant']}**: {r['how']}" for r in rows] + [""]
+    if data.get("cli_chain"):
+        c = data["cli_chain"]
+        lines += ["## Time: prune + PTQ + export (ResNet-18, no fine-tune, CLI)", "",
+                  f"{c.get('total_s')} s in all ({' + '.join(str(s) for s in c.get('seconds', []))} s): "
+                  + "; ".join(f"`edgeslim {x}`" for x in c.get("commands", [])), ""]
+    lines += [f"- {n}" for n in data.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument("--parts", nargs="+", default=["build", "latency", "cli", "report"],
+                    choices=["build", "latency", "cli", "report"])
+    ap.add_argument("--epochs", type=float, default=0.5, help="fine-tune budget of every pruned variant")
+    ap.add_argument("--calibration", type=int, default=512)
+    ap.add_argument("--eval-images", type=int, default=10_000)
+    ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--latency-size", type=int, default=224)
+    ap.add_argument("--joint-speedup", type=float, default=5.3, help="joint search: int8 ONNX Runtime speed-up over fp32")
+    ap.add_argument("--joint-bytes", type=float, default=2.9e6, help="joint search: int8 weight bytes")
+    ap.add_argument("--only", nargs="+", default=None, help="variants to (re)build")
+    ap.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / ".case_study")
+    ap.add_argument("--smoke", action="store_true", help="500 images, 0.02 epoch, 5 reps, 64x64 latency")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.eval_images, args.epochs, args.reps, args.latency_size = 500, 0.02, 5, 64
+        args.work = args.work.with_name(args.work.name + "_smoke")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    out_json = RESULTS / ("case_study_smoke.json" if args.smoke else "case_study.json")
+    data: dict[str, Any] = json.loads(out_json.read_text()) if out_json.is_file() else {"rows": []}
+    data.update({
+        "commit": commit(), "command": "python benchmarks/case_study.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+        "settings": {"models": args.models, "epochs": args.epochs, "calibration": args.calibration,
+                     "eval_images": args.eval_images, "latency_size": args.latency_size, "reps": args.reps,
+                     "joint_speedup": args.joint_speedup, "joint_bytes": args.joint_bytes},
+    })
+
+    def save() -> None:
+        if args.smoke:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            out_json.write_text(json.dumps(data, indent=1, default=str) + "\n")
+        else:
+            write(data)
+
+    for model in args.models:
+        if "build" in args.parts:
+            args.existing_rows = data["rows"]
+            builder = Builder(model, args, _log)
+            for row in builder.rows():
+                data["rows"] = [r for r in data["rows"] if (r["model"], r["variant"]) != (model, row["variant"])] + [row]
+                save()
+        if "latency" in args.parts:
+            rows = [r for r in data["rows"] if r["model"] == model]
+            _log(f"{model}: timing {len(rows)} variants interleaved at {args.latency_size}, {args.reps} reps")
+            interleaved_latency(rows, args.reps, args.latency_size)
+            save()
+    if "cli" in args.parts:
+        _log("timing the CLI chain prune + quantize + export (no fine-tune)")
+        data["cli_chain"] = time_cli_chain(args.work)
+        save()
+    data["notes"] = Builder.NOTES
+    save()
+    _log(f"wrote {out_json}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
