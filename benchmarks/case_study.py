@@ -21,6 +21,7 @@ Variants (``model`` x ``variant``):
 Resumable: every source model and artefact is cached in ``--work``; rows are saved after each
 variant. Writes ``benchmarks/results/case_study.{json,md}``.
 
+    .venv/bin/pip install -c constraints.txt -e ".[all,bench]"     # the NNCF peer
     .venv/bin/python benchmarks/case_study.py                      # both models (about an hour on 2 cores)
     .venv/bin/python benchmarks/case_study.py --smoke              # minutes: 500 images, tiny fine-tune
     .venv/bin/python benchmarks/case_study.py --parts latency report   # re-time the saved artefacts
