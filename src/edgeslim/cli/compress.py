@@ -1,0 +1,113 @@
+"""``edgeslim compress``: run a whole recipe (prune, fine-tune, quantize, export, bench, report) into a folder."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from edgeslim.cli.common import ForceOpt, JsonOpt, console, emit_json, progress
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command to ``app``."""
+    app.command("compress")(compress_cmd)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Point file descriptor 1 at stderr (converters print from C++ too), so stdout ends in JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+class _Progress:
+    """Shows the run's events: one line per step, a bar for the work inside a step."""
+
+    def __init__(self, bar: Any) -> None:
+        self.bar, self.task, self.t0 = bar, None, time.perf_counter()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind, step = event.get("event"), event.get("step")
+        if kind == "step":
+            n = f"[{event['index'] + 1}/{event['total']}]"
+            status = event["status"]
+            if status == "start":
+                self.bar.console.print(f"{n} {step} …", highlight=False)
+            elif status == "resumed":
+                self.bar.console.print(f"{n} {step}: [cyan]resumed[/] (finished earlier in {event['seconds']:.1f} s)")
+            elif status == "done":
+                self.bar.console.print(f"{n} {step}: [green]done[/] in {event['seconds']:.1f} s")
+            else:
+                self.bar.console.print(f"{n} {step}: [red]failed[/] after {event['seconds']:.1f} s")
+            self._drop()
+        elif kind == "progress":
+            what = f"{step}: {event['what']}"
+            if self.task is None:
+                self.task = self.bar.add_task(what, total=max(1, int(event["total"])))
+            self.bar.update(self.task, description=what, completed=int(event["completed"]), total=max(1, int(event["total"])))
+        elif kind == "info":
+            self.bar.console.print(f"    {event['message']}", highlight=False)
+
+    def _drop(self) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+            self.task = None
+
+
+def compress_cmd(
+    recipe: Annotated[Path, typer.Argument(help="Recipe file (YAML): model, data, prune, finetune, quantize, export, bench")],
+    out: Annotated[Path, typer.Option(help="Output folder: every artefact, report.html, report.md, results.json")],
+    force: ForceOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Run RECIPE into OUT: prune, fine-tune, quantize, export, bench and report; rerun to resume."""
+    from edgeslim.pipelines.recipe import load_recipe
+    from edgeslim.pipelines.runner import RESULTS_FILE, compress
+
+    rec = load_recipe(recipe)  # every key and value checked before any work
+    command = " ".join(["edgeslim", "compress", str(recipe), "--out", str(out)] + (["--force"] if force else []))
+    console.print(f"compress {recipe} → {out} ({rec.pipeline.value}, model {rec.model})", highlight=False)
+    t0 = time.perf_counter()
+    with progress() as bar, _stdout_to_stderr():
+        results = compress(rec, out, force=force, on_event=_Progress(bar), command=command)
+    _print_table(results)
+    report_html = out / "report.html"
+    console.print(f"[green]wrote[/] {report_html}, {out / 'report.md'}, {out / RESULTS_FILE} "
+                  f"in {time.perf_counter() - t0:.0f} s", highlight=False)
+    if json_:
+        emit_json({"out": str(out), "report_html": str(report_html), "report_md": str(out / "report.md"),
+                   "results_json": str(out / RESULTS_FILE), "rows": results["rows"], "steps": results["steps"]})
+
+
+def _fmt(value: Any, spec: str, scale: float = 1.0, unit: str = "") -> str:
+    return "—" if value is None else f"{value * scale:{spec}}{unit}"
+
+
+def _print_table(results: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    rows = results["rows"]
+    keys = list(dict.fromkeys(k for r in rows for k in (r.get("latency_ms") or {})))
+    t = Table(title=results.get("title", "edgeslim compress"))
+    for name in ("variant", "top-1", "MB", "params (M)", "MMACs", *[f"{k} ms" for k in keys]):
+        t.add_column(name, justify="left" if name == "variant" else "right")
+    for r in rows:
+        lat = r.get("latency_ms") or {}
+        t.add_row(r["variant"], _fmt(r.get("top1"), ".2f", 100, " %"), _fmt(r.get("bytes"), ".2f", 1e-6),
+                  _fmt(r.get("params"), ".2f", 1e-6), _fmt(r.get("macs"), ".1f", 1e-6),
+                  *[_fmt(lat.get(k), ".3f") for k in keys])
+    console.print(t)
