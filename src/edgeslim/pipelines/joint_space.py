@@ -124,7 +124,7 @@ class ModelSpace:
                 total += 4 * self.shape(layer, widths)[1]
         for numel, channels, group in self.other:
             total += 4 * (numel if group is None else numel // channels * widths.get(group, channels))
-        return int(round(total))
+        return round(total)
 
     def macs(self, widths: Widths) -> int:
         """Multiply-accumulates of the conv/linear layers for one example input."""
@@ -174,6 +174,23 @@ def _spatial(model: nn.Module, x: torch.Tensor, names: dict[nn.Module, str]) -> 
     return seen
 
 
+def _layer(name: str, mod: nn.Module, shape_in: tuple[int, ...], shape_out: tuple[int, ...], in_group: str | None,
+           out_group: str | None) -> Layer:
+    """The :class:`Layer` of a Conv2d/Linear module seen with input/output shapes."""
+    if isinstance(mod, nn.Linear):
+        return Layer(name, "linear", mod.in_features, mod.out_features, (1, 1), (1, 1), (0, 0), 1, in_group,
+                     out_group, (1, 1), 1, mod.bias is not None)
+    if not isinstance(mod, nn.Conv2d):
+        raise ConfigError(f"joint search: layer {name!r} ({type(mod).__name__}) is not Conv2d or Linear; latency "
+                          "tables cover those only: list it in ignored_layers or use another search")
+    kernel = _pair(mod.kernel_size)
+    pad = mod.padding
+    padding = _pair(pad) if not isinstance(pad, str) else (kernel[0] // 2, kernel[1] // 2) if pad == "same" else (0, 0)
+    return Layer(name, "conv", mod.in_channels, mod.out_channels, kernel, _pair(mod.stride), padding, mod.groups,
+                 in_group, out_group, (int(shape_in[2]), int(shape_in[3])), int(shape_out[2] * shape_out[3]),
+                 mod.bias is not None)
+
+
 def analyse(model: nn.Module, example_inputs: Inputs, input_size: tuple[int, int], keep_ratios: Sequence[float],
             round_to: Sequence[int], fixed_bits: int = 8) -> ModelSpace:
     """Trace ``model`` into its groups, layers and ladders (the classifier head is never pruned)."""
@@ -196,32 +213,15 @@ def analyse(model: nn.Module, example_inputs: Inputs, input_size: tuple[int, int
                 out_group.setdefault(name, root)
             elif dg.is_in_channel_pruning_fn(dep.handler):
                 in_group.setdefault(name, root)
-    layer_mods = {m: n for m, n in names.items() if isinstance(m, PRUNABLE)}
+    layer_mods: dict[nn.Module, str] = {m: n for m, n in names.items() if isinstance(m, PRUNABLE)}
     big = _spatial(work, torch.randn(1, x.shape[1], *input_size), layer_mods)
     small = _spatial(work, x[:1], layer_mods)
     layers: list[Layer] = []
     other: list[tuple[int, int, str | None]] = []
     for mod, name in names.items():
         own = list(mod.parameters(recurse=False))
-        if isinstance(mod, PRUNABLE):
-            if name not in big:
-                continue  # never runs in forward
-            conv = isinstance(mod, nn.Conv2d)
-            if not conv and not isinstance(mod, nn.Linear):
-                raise ConfigError(f"joint search: layer {name!r} ({type(mod).__name__}) is not Conv2d or Linear; "
-                                  "latency tables cover those only: list it in ignored layers or use another search")
-            shape_in, shape_out = big[name]
-            out_px = small[name][1]
-            layers.append(Layer(
-                name, "conv" if conv else "linear",
-                int(mod.in_channels if conv else mod.in_features), int(mod.out_channels if conv else mod.out_features),
-                _pair(mod.kernel_size) if conv else (1, 1), _pair(mod.stride) if conv else (1, 1),
-                _pair(mod.padding) if conv else (0, 0), int(mod.groups) if conv else 1,  # type: ignore[arg-type]
-                in_group.get(name), out_group.get(name),
-                (int(shape_in[2]), int(shape_in[3])) if conv else (1, 1),
-                int(out_px[2] * out_px[3]) if conv else 1,
-                mod.bias is not None,
-            ))
+        if isinstance(mod, PRUNABLE) and name in big:  # (a layer that never runs is skipped)
+            layers.append(_layer(name, mod, big[name][0], small[name][1], in_group.get(name), out_group.get(name)))
             own = [p for p in own if p is not getattr(mod, "weight", None) and p is not getattr(mod, "bias", None)]
         for p in own:
             g = out_group.get(name)

@@ -10,6 +10,7 @@ same key measures nothing new.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -129,6 +130,14 @@ class _Flat(nn.Module):
         return self.body(x.reshape(-1, *self.shape))
 
 
+def fingerprint(model: nn.Module, channels: int = 3) -> str:
+    """A hash of ``model``'s structure: modules and their settings, tensor shapes, input channels (not values)."""
+    parts = [str(channels)]
+    parts += [f"{n}:{type(m).__name__}({m.extra_repr()})" for n, m in model.named_modules()]
+    parts += [f"{n}:{tuple(t.shape)}" for n, t in model.state_dict().items()]
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Where tables live: ``cache_dir``, else ``$EDGESLIM_CACHE/latency``, else ``~/.cache/edgeslim/latency``."""
     if cache_dir is not None:
@@ -199,16 +208,23 @@ class LatencyMeter:
     def models(self, models: Sequence[nn.Module], channels: int = 3) -> list[float]:
         """Median ms of each whole model at the key's input size (exported at the key's precision).
 
-        int8 exports are calibrated on a few real Fashion-MNIST images (the exporter's default
-        data, cut to 16 images): latency does not depend on the calibration, accuracy would.
+        Entries are cached under the model's :func:`fingerprint` (architecture and tensor
+        shapes; latency does not depend on the values). int8 exports are calibrated on a few
+        real Fashion-MNIST images (the exporter's default data, cut to 16 images): enough for
+        latency, not for accuracy.
         """
-        h, w = self.key.input_size
-        x = torch.randn(1, channels, h, w)
-        with tempfile.TemporaryDirectory(prefix="edgeslim-latency-") as tmp:
-            npz = Path(tmp) / "inputs.npz"
-            np.savez(npz, x=x.numpy())
-            paths = [self._export(m, x, Path(tmp) / f"model{i}", None) for i, m in enumerate(models)]
-            return self._bench(paths, npz)
+        keys = [f"model:{fingerprint(m, channels)}" for m in models]
+        todo = {k: m for k, m in zip(keys, models, strict=True) if k not in self.table}
+        if todo:
+            h, w = self.key.input_size
+            x = torch.randn(1, channels, h, w)
+            with tempfile.TemporaryDirectory(prefix="edgeslim-latency-") as tmp:
+                npz = Path(tmp) / "inputs.npz"
+                np.savez(npz, x=x.numpy())
+                paths = [self._export(m, x, Path(tmp) / f"model{i}", None) for i, m in enumerate(todo.values())]
+                self.table.update(zip(todo, self._bench(paths, npz), strict=True))
+            self._save()
+        return [self.table[k] for k in keys]
 
     def _export(self, model: nn.Module, x: torch.Tensor, stem: Path, calibration: list[torch.Tensor] | None) -> Path:
         dest = stem.with_suffix(f".{self.key.format}")

@@ -1,0 +1,86 @@
+"""Latency tables measured with the real exporter and ONNX Runtime on this machine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edgeslim.errors import ConfigError
+from edgeslim.models import load
+from edgeslim.pipelines.latency import (
+    LatencyKey,
+    LatencyMeasurementError,
+    LatencyMeter,
+    LayerGeometry,
+    cache_root,
+    fingerprint,
+    measure_model,
+)
+
+KEY = LatencyKey("local", "onnxruntime", 2, (32, 32), "int8")
+SMALL = LayerGeometry("conv", 16, 16, (3, 3), (1, 1), (1, 1), 1, 32, 32)
+BIG = LayerGeometry("conv", 64, 64, (3, 3), (1, 1), (1, 1), 1, 32, 32)
+HEAD = LayerGeometry("linear", 512, 10)
+
+
+def test_key_validation_and_file_name() -> None:
+    with pytest.raises(ConfigError, match="quant"):
+        LatencyKey("local", "onnxruntime", 2, (32, 32), "int4")
+    with pytest.raises(ConfigError, match="unknown runtime"):
+        LatencyKey("local", "tensorflow", 2, (32, 32), "int8")
+    name = LatencyKey("ssh://pi@10.0.0.2:22", "ai-edge-litert", 4, (224, 224), "fp32").file_name()
+    assert "/" not in name and ":" not in name and name.endswith(".json")
+    assert LatencyKey("ssh://pi@10.0.0.2:22", "ai-edge-litert", 4, (224, 224), "fp32").format == "tflite"
+    assert KEY.format == "onnx"
+    assert KEY.file_name() != LatencyKey("local", "onnxruntime", 1, (32, 32), "int8").file_name()
+
+
+def test_cache_root_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("EDGESLIM_CACHE", str(tmp_path))
+    assert cache_root() == tmp_path / "latency"
+    assert cache_root(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.delenv("EDGESLIM_CACHE")
+    assert cache_root().parts[-3:] == (".cache", "edgeslim", "latency")
+
+
+def test_layer_table_is_measured_once_and_cached(tmp_path) -> None:
+    meter = LatencyMeter(KEY, tmp_path, runs=30)
+    first = meter.layers([SMALL, BIG, HEAD, BIG])
+    assert meter.measurements == 3  # BIG twice: measured once
+    assert set(first) == {SMALL.key(), BIG.key(), HEAD.key()}
+    assert all(v > 0 for v in first.values())
+    assert first[BIG.key()] > first[SMALL.key()]  # 16x the MACs
+    saved = json.loads((tmp_path / KEY.file_name()).read_text())
+    assert saved["key"]["threads"] == 2 and saved["entries"] == first
+
+    again = LatencyMeter(KEY, tmp_path)
+    assert again.layers([BIG, SMALL, HEAD]) == first
+    assert again.measurements == 0
+    assert again.missing([SMALL, LayerGeometry("conv", 32, 16, (3, 3), (1, 1), (1, 1), 1, 32, 32)]) != []
+
+
+def test_table_of_another_key_is_refused(tmp_path) -> None:
+    other = LatencyKey("local", "onnxruntime", 1, (32, 32), "int8")
+    (tmp_path / KEY.file_name()).write_text(json.dumps({"key": other.to_dict(), "entries": {}}))
+    with pytest.raises(LatencyMeasurementError, match="belongs to"):
+        LatencyMeter(KEY, tmp_path)
+
+
+@pytest.mark.slow
+def test_measure_model_whole_and_cached(tmp_path) -> None:
+    model = load("resnet18-fmnist")
+    x = torch.randn(1, 3, 32, 32)
+    meter = LatencyMeter(KEY, tmp_path, runs=20)
+    ms = measure_model(model, x, device="local", runtime="onnxruntime", threads=2, quant="int8", input_size=(32, 32),
+                       meter=meter)
+    assert 0.01 < ms < 1000
+    assert meter.measurements == 1
+    assert meter.models([load("resnet18-fmnist")]) == [ms]  # same architecture: cached, weights do not matter
+    assert meter.measurements == 1
+    with pytest.raises(ConfigError, match="meter measures"):
+        measure_model(model, x, quant="fp32", input_size=(32, 32), meter=meter)
+    wider = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3))
+    assert fingerprint(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))) != fingerprint(wider)
+    assert fingerprint(wider) == fingerprint(torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3)))
