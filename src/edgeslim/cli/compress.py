@@ -103,8 +103,9 @@ def _print_table(results: dict[str, Any]) -> None:
     rows = results["rows"]
     keys = list(dict.fromkeys(k for r in rows for k in (r.get("latency_ms") or {})))
     t = Table(title=results.get("title", "edgeslim compress"))
-    for name in ("variant", "top-1", "MB", "params (M)", "MMACs", *[f"{k} ms" for k in keys]):
-        t.add_column(name, justify="left" if name == "variant" else "right")
+    t.add_column("variant", no_wrap=True)
+    for name in ("top-1", "MB", "params M", "MMACs", *[f"{k.replace('@', ' @')} ms" for k in keys]):
+        t.add_column(name, justify="right", overflow="fold")
     for r in rows:
         lat = r.get("latency_ms") or {}
         t.add_row(r["variant"], _fmt(r.get("top1"), ".2f", 100, " %"), _fmt(r.get("bytes"), ".2f", 1e-6),

@@ -193,7 +193,6 @@ def compress(
     command = command or f"edgeslim compress {source or '<recipe>'} --out {out}"
     report: list[dict[str, Any]] = []
     resuming = bool(state["steps"])
-    started = time.perf_counter()
     from edgeslim.pipelines.steps import atomic_write_text
 
     for index, name in enumerate(names):
@@ -216,7 +215,7 @@ def compress(
         ctx.outputs = []
         t0 = time.perf_counter()
         try:
-            data = _report(ctx, report, command, started) if name == "report" else _run_step(name, ctx)
+            data = _report(ctx, report, command, t0) if name == "report" else _run_step(name, ctx)
         except BaseException as exc:
             seconds = round(time.perf_counter() - t0, 2)
             state["steps"][name] = {"status": "failed", "seconds": seconds, "error": f"{type(exc).__name__}: {exc}"}
