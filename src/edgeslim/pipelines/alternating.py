@@ -307,9 +307,9 @@ class AlternatingSchedule:
         data: Iterable[Batch] | None = None,
         loss_fn: LossFn | None = None,
     ) -> None:
+        check_prune_config(prune_config)
         self.config = AlternatingConfig(total_steps, qat_from, prune_steps, prune_every, prune_start, kind,
                                         freeze_bn_at, freeze_observers_at)
-        check_prune_config(prune_config)
         self.quant_config = QuantConfig.from_spec(quant_config) if isinstance(quant_config, str) else quant_config
         held = {id(p) for g in optimizer.param_groups for p in g["params"]}
         if not held or not held <= {id(p) for p in model.parameters()}:
