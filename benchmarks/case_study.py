@@ -108,10 +108,10 @@ def time_cli_chain(work: Path) -> dict[str, Any]:
     d.mkdir(parents=True, exist_ok=True)
     cmds = [
         [exe, "prune", "--model", "resnet18-fmnist", "--target", "params=0.5", "--allocation", "uniform", "--criterion", "l1",
-         "--round-to", "16", "--finetune-epochs", "0", "--no-eval", "--out", str(d / "p.pt"), "--force"],
-        [exe, "quantize", "--model", str(d / "p.pt"), "--scheme", "int8", "--calib", "256", "--eval-samples", "500",
-         "--out", str(d / "q.pt"), "--force"],
-        [exe, "export", "--model", str(d / "q.pt"), "--format", "onnx", "--eval-samples", "500", "--out", str(d / "q.onnx"),
+         "--round-to", "16", "--finetune-epochs", "0", "--out", str(d / "pruned"), "--force"],
+        [exe, "quantize", "--model", str(d / "pruned" / "model.pt"), "--scheme", "int8", "--calib", "256", "--eval-samples", "500",
+         "--out", str(d / "quantized"), "--force"],
+        [exe, "export", "--model", str(d / "quantized" / "model.pt"), "--format", "onnx", "--eval-samples", "500", "--out", str(d / "q.onnx"),
          "--force"],
     ]
     out: dict[str, Any] = {"commands": [" ".join(c[1:]) for c in cmds], "seconds": []}
