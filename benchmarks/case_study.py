@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
             args.existing_rows = data["rows"]
             builder = Builder(model, args, _log)
             for row in builder.rows():
+                row.setdefault("commit", data["commit"])
                 data["rows"] = [r for r in data["rows"] if (r["model"], r["variant"]) != (model, row["variant"])] + [row]
                 save()
         if "latency" in args.parts:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -92,14 +93,17 @@ class Builder:
         return model.eval()
 
     def _search(self, budget: Any, tag: str) -> dict[str, Any]:
+        from edgeslim.data import evaluate
         from edgeslim.pipelines.joint import joint_search
 
         data = fashion_mnist_loader("train", batch_size=128, seed=1)
+        held = calibration_subset("train", 1000, batch_size=250, seed=7)  # selection on training images, never test
         size = self.args.latency_size
         res = joint_search(self.base, self.x, data=data, budget=budget, device="local", runtime="onnxruntime",
-                           threads=2, input_size=(size, size), quant="int8", cache_dir=self.args.work / "latency")
+                           threads=2, input_size=(size, size), quant="int8", cache_dir=str(self.args.work / "latency"),
+                           eval_fn=lambda m: evaluate(m, held))
         summary = res.to_dict()
-        (self.dir / f"search_{tag}.json").write_text(__import__("json").dumps(summary, indent=1, default=str))
+        (self.dir / f"search_{tag}.json").write_text(json.dumps(summary, indent=1, default=str))
         return {"result": res, "summary": summary}
 
     def es50(self) -> nn.Module:
@@ -113,7 +117,7 @@ class Builder:
                                   input_size=(size, size))
             params = measure(tp, self.x).params
             self.log(f"{self.name}: torch-pruning uniform int8 {tp_ms:.2f} ms at {params:,} params; searching below both")
-            found = self._search(Budget(bytes=params, latency_ms=0.93 * tp_ms), "pruned50")
+            found = self._search(Budget(bytes=float(params), latency_ms=0.93 * tp_ms), "pruned50")
             model = found["result"].apply(self.base, self.x).model
             return self._ft(model, plain=False)
 
@@ -123,7 +127,7 @@ class Builder:
         def build() -> nn.Module:
             from edgeslim.pipelines.joint import Budget
 
-            found = self._search(Budget(speedup=self.args.joint_speedup, bytes=int(self.args.joint_bytes)), "joint")
+            found = self._search(Budget(speedup=self.args.joint_speedup, bytes=float(self.args.joint_bytes)), "joint")
             model = found["result"].apply(self.base, self.x).model
             return self._ft(model, plain=False)
 
