@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -53,11 +54,14 @@ class SearchSpace:
 
     ``bits`` ⊂ {4, 8}: the bit-width of a group's weights, counted in bytes (4-bit weights
     shrink files, not time: latency tables are measured at the search's ``quant``).
+    ``groups``: root names (or full-match regexes) of the groups searched; the others keep
+    their width and the largest bit-width (``None``: every group).
     """
 
     keep_ratios: tuple[float, ...] = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
     round_to: tuple[int, ...] = (8, 16)
     bits: tuple[int, ...] = (8,)
+    groups: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keep_ratios", tuple(sorted({float(r) for r in self.keep_ratios} | {1.0})))
@@ -69,6 +73,28 @@ class SearchSpace:
             raise ConfigError(f"SearchSpace: round_to needs at least one value >= 1, got {self.round_to}")
         if not self.bits or not set(self.bits) <= {4, 8}:
             raise ConfigError(f"SearchSpace: bits must be a non-empty subset of (4, 8), got {self.bits}")
+        if self.groups is not None:
+            object.__setattr__(self, "groups", tuple(self.groups))
+            for pat in self.groups:
+                try:
+                    re.compile(pat)
+                except re.error as exc:
+                    raise ConfigError(f"SearchSpace: group pattern {pat!r} is not a valid regex: {exc}") from None
+
+    def restrict(self, mspace: ModelSpace) -> None:
+        """Freeze the groups of ``mspace`` that :attr:`groups` does not select (their ladder: full width only).
+
+        Raises:
+            ConfigError: A pattern selects no group (the message lists the groups).
+        """
+        if self.groups is None:
+            return
+        names = [g.name for g in mspace.groups]
+        for pat in self.groups:
+            if not any(n == pat or re.fullmatch(pat, n) for n in names):
+                raise ConfigError(f"SearchSpace: group {pat!r} matches no channel group; groups: {names}")
+        mspace.groups = [g if any(g.name == p or re.fullmatch(p, g.name) for p in self.groups)
+                         else replace(g, ladder=g.ladder[:1], searched=False) for g in mspace.groups]
 
 
 @dataclass(frozen=True)
@@ -237,6 +263,7 @@ def joint_search(
     work = copy.deepcopy(model).eval()
     mspace = analyse(work, example_inputs, key.input_size, space.keep_ratios, space.round_to,
                      fixed_bits=8 if quant == "int8" else 32)
+    space.restrict(mspace)
     if sensitivity_table is None:
         ratios = tuple(sorted({round(1 - r, 6) for r in space.keep_ratios if r < 1.0}))
         cfg = PruneConfig(sensitivity_ratios=ratios, data_batches=data_batches, max_layer_ratio=1.0)

@@ -49,7 +49,6 @@ class Candidate:
         return asdict(self)
 
 
-
 def apply_widths(model: nn.Module, example_inputs: Inputs, space: ModelSpace, candidate: Candidate) -> PruneResult:
     """Prune a copy of ``model`` to the candidate's per-group widths (L2 importance)."""
     ratios = {g: 1 - (w + 0.5) / space.group(g).channels for g, w in candidate.widths.items()
@@ -60,6 +59,7 @@ def apply_widths(model: nn.Module, example_inputs: Inputs, space: ModelSpace, ca
 
 
 def interp(curve: Sequence[tuple[float, float, float]], ratio: float) -> float:
+    """The damage of a sensitivity ``curve`` (``(ratio, damage, _)`` points) at ``ratio``, linearly interpolated."""
     for (r0, d0, _), (r1, d1, _) in itertools.pairwise(curve):
         if r0 <= ratio <= r1:
             return d0 if r1 == r0 else d0 + (ratio - r0) / (r1 - r0) * (d1 - d0)
@@ -81,10 +81,12 @@ class Search:
         self.trace_refs: list[Candidate] = []
 
     def event(self, kind: str, **data: Any) -> None:
+        """Report ``(kind, data)`` to the caller's ``on_event``."""
         if self.on_event is not None:
             self.on_event(kind, data)
 
     def candidate(self, widths: Widths, bits: Bits, step: int) -> Candidate:
+        """The candidate of ``widths``/``bits`` with its proxy, params, bytes, MACs (one object per plan)."""
         proxy = sum(interp(self.curves[g], 1 - w / self.space.group(g).channels) for g, w in widths.items())
         proxy += sum(self.bit_loss.get(b, {}).get(g, 0.0) for g, b in bits.items())
         c = Candidate(dict(widths), dict(bits), self.space.params(widths), self.space.nbytes(widths, bits),
@@ -126,12 +128,14 @@ class Search:
 
 
 def value(c: Candidate, what: str, measured: bool = False) -> float:
+    """The candidate's ``ms`` (measured if asked and known, else predicted), ``bytes`` or ``macs``."""
     if what == "ms":
         return c.measured_ms if measured and c.measured_ms is not None else c.predicted_ms
     return float(c.bytes if what == "bytes" else c.macs)
 
 
 def meets(c: Candidate, limits: dict[str, float], measured: bool) -> bool:
+    """Whether ``c`` is within every limit (by measured latency when ``measured``: unmeasured never is)."""
     if measured and "ms" in limits and c.measured_ms is None:
         return False
     return all(value(c, k, measured) <= v for k, v in limits.items())
@@ -163,6 +167,8 @@ def descend(s: Search, start: Candidate, limits: dict[str, float], bits_ladder: 
         step += 1
         moves: list[tuple[str, Candidate]] = []
         for g in s.space.groups:
+            if not g.searched:
+                continue
             rungs = [w.keep for w in g.ladder]
             i = rungs.index(cur.widths[g.name])
             if i + 1 < len(rungs):
@@ -223,6 +229,7 @@ def select_front(front: list[Candidate], limits: dict[str, float], max_front: in
 
 
 def describe(c: Candidate, limits: dict[str, float]) -> str:
+    """The candidate's values of the limited quantities, for messages (``0.512 ms, 1234 bytes``)."""
     parts = {"ms": f"{c.measured_ms if c.measured_ms is not None else c.predicted_ms:.3f} ms",
              "bytes": f"{c.bytes} bytes", "macs": f"{c.macs} MACs"}
     return ", ".join(parts[k] for k in limits)

@@ -38,11 +38,15 @@ class Width:
 
 @dataclass(frozen=True)
 class Group:
-    """A channel group (its root module's name), its channel count and its width ladder (widest first)."""
+    """A channel group (its root module's name), its channel count and its width ladder (widest first).
+
+    ``searched`` is False for a group the search leaves as it is.
+    """
 
     name: str
     channels: int
     ladder: tuple[Width, ...]
+    searched: bool = True
 
 
 @dataclass(frozen=True)
