@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from edgeslim.cli.common import ForceOpt, JsonOpt, console, emit_json, progress
+from edgeslim.errors import EdgeslimError
 
 
 def register(app: typer.Typer) -> None:
@@ -76,14 +77,20 @@ def compress_cmd(
 ) -> None:
     """Run RECIPE into OUT: prune, fine-tune, quantize, export, bench and report; rerun to resume."""
     from edgeslim.pipelines.recipe import load_recipe
-    from edgeslim.pipelines.runner import RESULTS_FILE, compress
+    from edgeslim.pipelines.runner import RESULTS_FILE, STATE_FILE, compress
+    from edgeslim.pipelines.steps import CompressError
 
     rec = load_recipe(recipe)  # every key and value checked before any work
     command = " ".join(["edgeslim", "compress", str(recipe), "--out", str(out)] + (["--force"] if force else []))
     console.print(f"compress {recipe} → {out} ({rec.pipeline.value}, model {rec.model})", highlight=False)
     t0 = time.perf_counter()
-    with progress() as bar, _stdout_to_stderr():
-        results = compress(rec, out, force=force, on_event=_Progress(bar), command=command)
+    try:
+        with progress() as bar, _stdout_to_stderr():
+            results = compress(rec, out, force=force, on_event=_Progress(bar), command=command)
+    except EdgeslimError as exc:
+        if not isinstance(exc, CompressError) and (out / STATE_FILE).is_file():
+            console.print(f"the finished steps are kept in {out}: fix the cause and rerun the same command to resume")
+        raise
     _print_table(results)
     report_html = out / "report.html"
     console.print(f"[green]wrote[/] {report_html}, {out / 'report.md'}, {out / RESULTS_FILE} "

@@ -29,7 +29,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from edgeslim.errors import ConfigError
+from edgeslim.errors import ConfigError, EdgeslimError
 from edgeslim.pipelines.recipe_sections import (
     BUDGET_KINDS,
     BenchSection,
@@ -235,6 +235,15 @@ def _model_check(model: Any) -> str:
     if path.suffix in {".pt", ".pth", ".edgeslim"} or "/" in model:
         if not path.is_file():
             raise RecipeError(f"model: file {model!r} does not exist (relative paths are read from the current folder)")
+        from edgeslim.io import read_header
+
+        try:
+            kind = read_header(path).get("kind")
+        except EdgeslimError as exc:
+            raise RecipeError(f"model: {exc}") from None
+        if kind == "quantized":
+            raise RecipeError(f"model: {model!r} is already quantized; give its float ancestor (the model before "
+                              "edgeslim quantize)")
         return model
     raise RecipeError(f"model: unknown model {model!r}{_suggest(model, REFERENCES)}; allowed: "
                       f"{', '.join(REFERENCES)} or an edgeslim-saved .pt file")

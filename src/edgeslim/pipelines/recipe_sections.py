@@ -124,6 +124,8 @@ class SearchSection:
         runs: Timed runs per measured model.
         max_front: Pareto-front members pruned, exported and measured whole.
         eval_samples: Test images the front members' top-1 (no fine-tune) is measured on.
+        groups: Channel groups searched (root names or full-match regexes, e.g. ``layer4.*``);
+            the others keep their width (default: every group).
     """
 
     budget: str = "speedup=2"
@@ -137,6 +139,7 @@ class SearchSection:
     runs: int = 20
     max_front: int = 6
     eval_samples: int = 500
+    groups: tuple[str, ...] | None = None
 
     def check(self) -> None:
         """Raise :class:`RecipeError` on out-of-range values."""
@@ -155,6 +158,11 @@ class SearchSection:
         _at_least("search.runs", self.runs, 1)
         _at_least("search.max_front", self.max_front, 1)
         _at_least("search.eval_samples", self.eval_samples, 1)
+        for i, pattern in enumerate(self.groups or ()):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise RecipeError(f"search.groups[{i}]: {pattern!r} is not a valid regular expression ({exc})") from None
 
 
 @dataclass(frozen=True)

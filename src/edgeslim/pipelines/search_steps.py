@@ -62,7 +62,7 @@ def run_search(ctx: Context) -> dict[str, Any]:
     ctx.emit({"event": "info", "message": f"joint search under {sec.budget} on {sec.target}/{sec.runtime} at {size}x{size}"})
     result = joint_search(
         net, ctx.example(), data=ctx.train_loader(64, augment=False, seed_offset=1), budget=_budget(Budget, kind, value),
-        space=SearchSpace(keep_ratios=sec.keep_ratios, round_to=sec.round_to, bits=sec.bits), device=sec.target,
+        space=SearchSpace(keep_ratios=sec.keep_ratios, round_to=sec.round_to, bits=sec.bits, groups=sec.groups), device=sec.target,
         runtime=sec.runtime, threads=sec.threads, input_size=(size, size),
         quant="int8" if ctx.recipe.quantize is not None else "fp32", eval_fn=eval_fn, max_front=sec.max_front,
         runs=sec.runs, on_event=on_event,

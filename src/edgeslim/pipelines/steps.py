@@ -173,11 +173,14 @@ class Context:
         """The pruned float model (after fine-tune when there is one), read from the output folder."""
         return self._load_model(float_file(self.recipe))
 
-    def pruned_raw(self) -> Any:
-        """The pruned model before fine-tune (``pruned.pt``), as a fresh copy to train."""
+    def pruned_raw(self) -> tuple[Any, dict[str, Any]]:
+        """A fresh copy of the pruned model before fine-tune (``pruned.pt``) and its unstructured masks."""
         import copy
 
-        return copy.deepcopy(self._load_model("pruned.pt"))
+        from edgeslim.plugin.pruning.unstructured import masks_of
+
+        model = self._load_model("pruned.pt")
+        return copy.deepcopy(model), masks_of(model)
 
     @staticmethod
     def float_model_name(variant: Variant) -> str:
@@ -262,6 +265,7 @@ def run_load(ctx: Context) -> dict[str, Any]:
 
 
 def layer_rows(before: Any, after: Any) -> list[dict[str, Any]]:
+    """The conv and linear rows of :func:`~edgeslim.plugin.pruning.metrics.layer_report` (widths before/after)."""
     from edgeslim.plugin.pruning.metrics import layer_report
 
     return [r for r in layer_report(before, after) if r["type"] in ("Conv2d", "Linear")]
@@ -271,15 +275,12 @@ def run_prune(ctx: Context) -> dict[str, Any]:
     """Prune the model to the recipe's target and save ``pruned.pt``."""
     from edgeslim import io as es_io
     from edgeslim.lineage import extend
-    from edgeslim.plugin.pruning import Allocation, prune
-    from edgeslim.plugin.pruning.importance import needs_data
+    from edgeslim.plugin.pruning import prune
 
     cfg = ctx.recipe.prune
     assert cfg is not None
     net = ctx.original()
-    data = None
-    if cfg.allocation is Allocation.SENSITIVITY or needs_data(cfg.criterion):
-        data = ctx.train_loader(128, augment=False, seed_offset=1)
+    data = ctx.train_loader(128, augment=False, seed_offset=1)  # read only by data-driven criteria / sensitivity
     ctx.emit({"event": "info", "message": f"pruning {ctx.recipe.model}: {cfg.criterion}, {cfg.target}, "
                                           f"{cfg.allocation.value} allocation"})
     result = prune(net, ctx.example(), cfg, data=data)
@@ -302,13 +303,12 @@ def run_finetune(ctx: Context) -> dict[str, Any]:
     from edgeslim import io as es_io
     from edgeslim.lineage import extend
     from edgeslim.plugin.pruning.finetune import finetune
-    from edgeslim.plugin.pruning.unstructured import Masks, masks_of
+    from edgeslim.plugin.pruning.unstructured import Masks
 
     sec = ctx.recipe.finetune
     torch.manual_seed(ctx.recipe.seed)
-    model = ctx.pruned_raw()
-    found = masks_of(model)
-    masks = Masks(model, found) if found else None
+    model, found = ctx.pruned_raw()
+    masks = Masks(model, dict(found)) if found else None
     train = ctx.train_loader(sec.batch_size)
     total = max(1, round(sec.epochs * len(train)))
     result = finetune(model, train, epochs=sec.epochs, lr=sec.lr, teacher=ctx.original() if sec.distill else None,
