@@ -173,3 +173,13 @@ def test_an_input_named_like_an_output_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CompressError, match="is an input of this run"):
         compress(recipe, out, force=True)
     assert json.loads(recipe.read_text()) == CHEAP
+
+
+def test_saved_model_file_as_input_is_read_not_modified(tmp_path: Path, resnet18_fmnist: Any) -> None:
+    import edgeslim
+
+    model_file = edgeslim.save(resnet18_fmnist, tmp_path / "mine.pt")
+    digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    results = compress(Recipe.from_dict({**CHEAP, "model": str(model_file)}), tmp_path / "out")
+    assert results["rows"][0]["top1"] > 0.85 and results["rows"][0]["file"] == "mine.pt"
+    assert hashlib.sha256(model_file.read_bytes()).hexdigest() == digest

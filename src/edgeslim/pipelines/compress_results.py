@@ -60,7 +60,10 @@ def _row(ctx: Context, variant: Variant) -> dict[str, Any]:
         top1 = pruned.get("top1")
         summary = pruned.get("summary", {})
         notes = f"{ctx.recipe.pipeline.value}"
-        if ctx.recipe.prune is not None:
+        if ctx.recipe.search is not None:
+            sec = ctx.recipe.search
+            notes += f", widths searched under {sec.budget} ({sec.runtime} on {sec.target} at {sec.input_size or ctx.recipe.input_size}px)"
+        elif ctx.recipe.prune is not None:
             notes += f", {ctx.recipe.prune.criterion} {ctx.recipe.prune.target}, {ctx.recipe.prune.allocation.value}"
         if "params_fraction" in summary:
             notes += f" ({100 * summary['params_fraction']:.1f} % of the parameters)"
