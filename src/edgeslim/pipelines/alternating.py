@@ -346,7 +346,6 @@ class AlternatingSchedule:
         if cfg.qat_from == 0:
             self._switch()
 
-    # -- hooks ---------------------------------------------------------------------------------
     def _after_optimizer_step(self, *_: Any) -> None:
         self._stepped += 1
         self._apply_masks()
@@ -380,14 +379,9 @@ class AlternatingSchedule:
             if guard is not None:
                 self._guard = self._eager.register_forward_pre_hook(self._stale)
 
-    # -- phases --------------------------------------------------------------------------------
-    def _prepare(self) -> GraphModule:
+    def _switch(self) -> None:
         with self._unguarded():
             gm = prepare_qat(self._eager, self._x, self.quant_config)
-        return gm
-
-    def _switch(self) -> None:
-        gm = self._prepare()
         _rebind(self.optimizer, self._eager, gm)
         self.model, self.phase = gm, "qat"
         self._guard = self._eager.register_forward_pre_hook(self._stale)
@@ -527,12 +521,8 @@ def alternating(
         steps: Optimizer steps in all.
         schedule: The step layout (default :meth:`AlternatingConfig.spread`).
         teacher: A float model to distil from (e.g. ``model`` itself), as in ``finetune``.
-        lr: Peak learning rate.
-        momentum: SGD momentum.
-        weight_decay: SGD weight decay.
-        label_smoothing: Of the cross-entropy.
-        kd_alpha: Weight of the distillation term.
-        kd_temperature: Distillation temperature.
+        lr, momentum, weight_decay, label_smoothing: SGD (Nesterov, peak LR) and cross-entropy settings.
+        kd_alpha, kd_temperature: Distillation weight and temperature (with ``teacher``).
         eval_fn: Called with the model just before QAT starts and with the converted model;
             the values land in ``result.evals``.
         on_step: Called with each :class:`StepRecord`.
