@@ -20,7 +20,7 @@ def _small_recipe(tmp_path: Path) -> Path:
         quick.pop(key)
     quick["eval_samples"] = 300
     quick["export"] = {"formats": ["onnx"], "variants": ["original"], "verify_samples": 32}
-    quick["bench"] = {"targets": ["local"], "runs": 3, "warmup": 1, "threads": 1}
+    quick["bench"] = {"targets": ["local"], "runs": 3, "warmup": 1, "threads": 1, "input_size": 48}
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(quick))
     return path
@@ -40,6 +40,11 @@ def test_compress_writes_report_and_results_and_json_summary(tmp_path: Path) -> 
     (row,) = results["rows"]
     assert row["variant"] == "original" and row["top1"] > 0.85 and row["latency_ms"]["onnxruntime@local"] > 0
     assert row["bytes"] == (out / "original.onnx").stat().st_size and row["top1_runtime"]["onnx"] > 0.85
+    # latency at bench.input_size comes from a clearly named latency-only copy at 48x48
+    copy = out / "original.latency-only-48x48.onnx"
+    assert copy.is_file() and "latency-only" in row["notes"] and "48x48" in row["notes"]
+    (bench,) = [json.loads(ln) for ln in (out / "bench.jsonl").read_text().splitlines()]
+    assert bench["artifact"] == str(copy) and bench["status"] == "ok"
     assert "load" in proc.stderr and "report" in proc.stderr  # progress on stderr, JSON alone on stdout
     assert len([ln for ln in proc.stdout.splitlines() if ln.strip()]) == 1
 
