@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import yaml
 
-from tests.cli.conftest import last_json, run_cli
+from tests.cli.conftest import EDGESLIM, last_json, run_cli
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -77,3 +81,33 @@ def test_bad_recipe_exits_with_the_key_and_allowed_values(tmp_path: Path) -> Non
 def test_help_lists_the_command() -> None:
     proc = run_cli("compress", "--help")
     assert "--out" in proc.stdout and "--force" in proc.stdout and "--json" in proc.stdout
+
+
+def test_killed_run_resumes_from_the_last_finished_step(tmp_path: Path) -> None:
+    """SIGKILL right after the ``load`` step (inside ``export``), then the same command again."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": "resnet18-fmnist", "eval_samples": 200,
+                                      "export": {"formats": ["onnx"], "verify_samples": 16}}))
+    out = tmp_path / "run"
+    env = {**os.environ, "COLUMNS": "120"}
+    proc = subprocess.Popen([*EDGESLIM, "compress", str(recipe), "--out", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            steps = json.loads((out / "state.json").read_text())["steps"]
+        except (OSError, ValueError, KeyError):
+            steps = {}
+        if steps.get("load", {}).get("status") == "done":
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert json.loads((out / "state.json").read_text())["steps"]["load"]["status"] == "done"  # never half-written
+    again = run_cli("compress", str(recipe), "--out", str(out), "--json")
+    steps = {s["name"]: s["status"] for s in last_json(again)["steps"]}
+    assert steps["load"] == "resumed" and steps["report"] in ("done", "resumed")
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".edgeslim-compress.lock"]
+    assert leftovers == []  # temporary files of the killed export were cleaned up
+    results = json.loads((out / "results.json").read_text())
+    assert results["rows"][0]["top1"] > 0.85 and results["rows"][0]["file"] == "original.onnx"

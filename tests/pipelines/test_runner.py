@@ -104,7 +104,7 @@ def test_results_hold_real_numbers(resumed_run: dict[str, Any]) -> None:
     assert pq["top1_runtime"]["onnx"] == pytest.approx(pq["top1"], abs=0.02)
     for row in (orig, pq):
         assert row["latency_ms"]["onnxruntime@local"] > 0
-    assert pq["latency_ms"]["onnxruntime@local"] < orig["latency_ms"]["onnxruntime@local"]
+    # (no latency ordering asserted: at 32x32 with 3 runs on shared cores both are ~0.4 ms of noise)
     assert rows["pruned"]["latency_ms"] == {}  # not exported (export.variants)
     layers = {layer["name"]: layer for layer in results["layers"]}
     assert layers["conv1"]["channels_before"] == 64 and layers["conv1"]["channels_after"] % 16 == 0

@@ -11,19 +11,28 @@ unless ``force``, which overwrites edgeslim's own files there and touches nothin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from edgeslim.pipelines import deploy_steps, search_steps, steps
 from edgeslim.pipelines.compress_results import build_results
 from edgeslim.pipelines.recipe import Pipeline, Recipe, load_recipe
-from edgeslim.pipelines.steps import CompressError, Context, EventHandler, sha256_file, write_json
+from edgeslim.pipelines.steps import (
+    CompressError,
+    Context,
+    EventHandler,
+    atomic_write_text,
+    sha256_file,
+    write_json,
+)
 
 STATE_FILE = "state.json"
+LOCK_FILE = ".edgeslim-compress.lock"
 RECIPE_COPY = "recipe.resolved.yaml"
 RESULTS_FILE = "results.json"
 STATE_VERSION = 1
@@ -106,6 +115,32 @@ def _prepare(recipe: Recipe, out: Path, rid: str, force: bool, inputs: list[Path
                         "(edgeslim overwrites only its own files and deletes nothing), or choose another --out")
 
 
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` for the run (a second run into the same folder is refused)."""
+    import fcntl
+
+    with (out / LOCK_FILE).open("a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CompressError(f"another edgeslim compress is running into {out}; wait for it or choose another "
+                                "--out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _remove_stale_temporaries(out: Path, own: set[str]) -> None:
+    """Remove the temporary files an interrupted run of edgeslim left (``.NAME.*`` of its own outputs)."""
+    for p in out.iterdir():
+        name = p.name
+        if p.is_file() and name.startswith(".") and name != LOCK_FILE and (
+                any(name.startswith(f".{n}.") for n in own) or ".latency-only-" in name):
+            p.unlink(missing_ok=True)
+
+
 def _intact(out: Path, record: dict[str, Any] | None) -> bool:
     """Whether a recorded step finished and all its outputs still have their recorded sha256."""
     if not record or record.get("status") != "done":
@@ -182,19 +217,23 @@ def compress(
     inputs = [p for p in (source, Path(rec.model)) if p is not None]
     state = _prepare(rec, out, rid, force, inputs)
     out.mkdir(parents=True, exist_ok=True)
+    with _locked(out):
+        _remove_stale_temporaries(out, _own_names(rec))
+        return _run_steps(rec, out, state, on_event or (lambda _e: None),
+                          command or f"edgeslim compress {source or '<recipe>'} --out {out}")
+
+
+def _run_steps(rec: Recipe, out: Path, state: dict[str, Any], handler: EventHandler, command: str) -> dict[str, Any]:
+    """Run (or resume) every step of ``rec`` into ``out``, recording each in ``state.json``."""
     names = plan(rec)
     current = {"step": names[0]}
-    handler = on_event or (lambda _e: None)
 
     def emit(event: dict[str, Any]) -> None:
         handler({"step": current["step"], **event})
 
     ctx = Context(rec, out, emit)
-    command = command or f"edgeslim compress {source or '<recipe>'} --out {out}"
     report: list[dict[str, Any]] = []
     resuming = bool(state["steps"])
-    from edgeslim.pipelines.steps import atomic_write_text
-
     for index, name in enumerate(names):
         current["step"] = name
         record = state["steps"].get(name)
