@@ -224,3 +224,25 @@ def test_config_round_trip_and_defaults() -> None:
     assert cfg.freeze_bn_at == 66 and cfg.freeze_observers_at == 83
     with pytest.raises(ConfigError, match="unknown config keys"):
         AlternatingConfig.from_dict({**cfg.to_dict(), "lr": 1})
+
+
+def test_qat_from_start_every_event_reprepares_and_adam_state_follows() -> None:
+    model = _tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    config = PruneConfig(method=Method.HYBRID, target=Target.parse("ratio=0.25"), sparsity=0.5)
+    sched = AlternatingSchedule(model, torch.randn(1, 3, 8, 8), config, "int8", optimizer=opt, total_steps=6,
+                                qat_from=0, prune_steps=2, prune_every=2)
+    assert isinstance(sched.model, GraphModule) and _fake_quants(sched.model) > 0
+    graphs = [sched.model]
+    for _ in range(6):
+        _train_step(sched.model, opt)
+        sched.step()
+        graphs.append(sched.model)
+        held = [p for g in opt.param_groups for p in g["params"]]
+        assert {id(p) for p in held} == {id(p) for p in sched.model.parameters()}
+        assert all(opt.state[p]["exp_avg"].shape == p.shape for p in held)
+    assert graphs[1] is not graphs[0] and graphs[2] is graphs[1]  # step 1 pruned during QAT: a new graph
+    assert dict(sched.model.named_parameters())["0.weight"].shape[0] == 12  # 16 channels, ratio 0.25
+    result = sched.finish()
+    assert result.prune.sparsity == pytest.approx(0.5, abs=0.01)
+    assert [r.events for r in result.history][:4] == [("prune",), (), ("prune", "freeze_bn"), ("freeze_observers",)]
