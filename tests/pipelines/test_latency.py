@@ -37,6 +37,13 @@ def test_key_validation_and_file_name() -> None:
     assert KEY.file_name() != LatencyKey("local", "onnxruntime", 1, (32, 32), "int8").file_name()
 
 
+def test_meter_validation(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="model_rounds"):
+        LatencyMeter(KEY, tmp_path, model_rounds=0)
+    with pytest.raises(ConfigError, match="runs"):
+        LatencyMeter(KEY, tmp_path, runs=0)
+
+
 def test_cache_root_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("EDGESLIM_CACHE", str(tmp_path))
     assert cache_root() == tmp_path / "latency"

@@ -34,6 +34,7 @@ from edgeslim.pipelines.joint_descent import (
     meets,
     pareto,
     select_front,
+    value,
 )
 from edgeslim.pipelines.joint_space import ModelSpace, analyse, bit_damage
 from edgeslim.pipelines.latency import LatencyKey, LatencyMeter
@@ -138,7 +139,9 @@ class SearchResult:
 
     Attributes:
         candidates: Every plan evaluated.
-        front: The Pareto front (proxy or top-1, bytes, predicted ms), all measured whole.
+        front: Up to ``max_front`` members of the predicted Pareto front (proxy, bytes, predicted ms),
+            all measured whole, and the chosen one, kept where non-dominated in (proxy or top-1,
+            bytes, measured ms).
         chosen: The most accurate measured candidate meeting the budget.
         trace: One row per evaluated move: step, change, bytes, macs, predicted_ms,
             measured_ms (or None), proxy, accepted.
@@ -310,7 +313,8 @@ def joint_search(
     for row, c in zip(s.trace, s.trace_refs, strict=True):
         row["measured_ms"] = c.measured_ms
     s.event("chosen", widths=chosen.widths, measured_ms=chosen.measured_ms, proxy=chosen.proxy)
-    front_out = sorted(pareto(front, accuracy), key=accuracy)
+    final = front if chosen in front else [*front, chosen]
+    front_out = sorted(pareto(final, accuracy, lambda c: value(c, "ms", measured=True)), key=accuracy)
     count = meter.measurements + (ref_meter.measurements if ref_meter is not None else 0)
     return SearchResult(list(s.seen.values()), front_out, chosen, s.trace, count, key, budget,
                         limits, mspace, s.fit, reference, time.monotonic() - t0)

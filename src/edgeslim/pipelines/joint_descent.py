@@ -200,12 +200,17 @@ def descend(s: Search, start: Candidate, limits: dict[str, float], bits_ladder: 
         cur = best[1]
 
 
-def pareto(cands: Iterable[Candidate], accuracy: Callable[[Candidate], float]) -> list[Candidate]:
-    """Candidates not dominated in (loss, bytes, predicted ms); ``accuracy`` gives the loss (lower is better)."""
+def pareto(cands: Iterable[Candidate], accuracy: Callable[[Candidate], float],
+           latency: Callable[[Candidate], float] | None = None) -> list[Candidate]:
+    """Candidates not dominated in (loss, bytes, latency).
+
+    ``accuracy`` gives the loss (lower is better); ``latency`` the ms (default: predicted).
+    """
     pool = list(cands)
+    ms = latency or (lambda c: c.predicted_ms)
 
     def key(c: Candidate) -> tuple[float, float, float]:
-        return (accuracy(c), float(c.bytes), c.predicted_ms)
+        return (accuracy(c), float(c.bytes), ms(c))
 
     def dominates(a: Candidate, b: Candidate) -> bool:
         ka, kb = key(a), key(b)

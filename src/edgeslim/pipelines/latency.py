@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import statistics
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -152,8 +153,11 @@ class LatencyMeter:
     Args:
         key: Target, runtime, threads, input size and precision.
         cache_dir: Folder of the tables (see :func:`cache_root`).
-        runs: Timed runs per artefact (the median is kept).
+        runs: Timed runs per artefact and round (the median is kept).
         warmup: Untimed runs per artefact.
+        model_rounds: Whole models are benchmarked in this many rounds over all the artefacts of
+            one call (interleaved: a load burst from other processes hits every model alike),
+            the median over all rounds' runs kept. Layers are benchmarked in one round.
 
     Attributes:
         measurements: Artefacts benchmarked on the device so far (layers and whole models).
@@ -161,9 +165,11 @@ class LatencyMeter:
     """
 
     def __init__(self, key: LatencyKey, cache_dir: str | os.PathLike[str] | None = None, *, runs: int = 20,
-                 warmup: int = 3) -> None:
-        if runs < 1 or warmup < 0:
-            raise ConfigError(f"latency: runs must be >= 1 and warmup >= 0 (got {runs}, {warmup})")
+                 warmup: int = 3, model_rounds: int = 3) -> None:
+        if runs < 1 or warmup < 0 or model_rounds < 1:
+            raise ConfigError(f"latency: runs and model_rounds must be >= 1, warmup >= 0 (got {runs}, "
+                              f"{model_rounds}, {warmup})")
+        self.model_rounds = model_rounds
         self.key = key
         self.runs = runs
         self.warmup = warmup
@@ -200,7 +206,7 @@ class LatencyMeter:
             with tempfile.TemporaryDirectory(prefix="edgeslim-latency-") as tmp:
                 paths = [self._export(g.module().eval(), g.example(), Path(tmp) / f"layer{i}", [g.example()])
                          for i, g in enumerate(todo)]
-                times = self._bench(paths, None)
+                times = self._bench(paths, None, rounds=1)
             self.table.update({g.key(): t for g, t in zip(todo, times, strict=True)})
             self._save()
         return {g.key(): self.table[g.key()] for g in layers}
@@ -222,7 +228,7 @@ class LatencyMeter:
                 npz = Path(tmp) / "inputs.npz"
                 np.savez(npz, x=x.numpy())
                 paths = [self._export(m, x, Path(tmp) / f"model{i}", None) for i, m in enumerate(todo.values())]
-                self.table.update(zip(todo, self._bench(paths, npz), strict=True))
+                self.table.update(zip(todo, self._bench(paths, npz, rounds=self.model_rounds), strict=True))
             self._save()
         return [self.table[k] for k in keys]
 
@@ -233,17 +239,18 @@ class LatencyMeter:
                overwrite=True, **extra)
         return dest
 
-    def _bench(self, paths: list[Path], inputs: Path | None) -> list[float]:
-        report = bench(paths, self.key.device, runs=self.runs, warmup=self.warmup, threads=self.key.threads,
-                       runtime=self.key.runtime, inputs=inputs)
+    def _bench(self, paths: list[Path], inputs: Path | None, rounds: int) -> list[float]:
+        runs: list[list[float]] = [[] for _ in paths]
+        for _ in range(rounds):
+            report = bench(paths, self.key.device, runs=self.runs, warmup=self.warmup, threads=self.key.threads,
+                           runtime=self.key.runtime, inputs=inputs)
+            for path, res, got in zip(paths, report.results, runs, strict=True):
+                if res.p50 is None:
+                    raise LatencyMeasurementError(f"latency: bench of {path.name} on {report.target} gave no median "
+                                                  f"({res.error}); check the target with `edgeslim bench`")
+                got.extend(float(v) for v in res.data.get("latencies_ms") or [res.p50])
         self.measurements += len(paths)
-        out: list[float] = []
-        for path, res in zip(paths, report.results, strict=True):
-            if res.p50 is None:
-                raise LatencyMeasurementError(f"latency: bench of {path.name} on {report.target} gave no median "
-                                              f"({res.error}); check the target with `edgeslim bench`")
-            out.append(res.p50)
-        return out
+        return [statistics.median(got) for got in runs]
 
 
 def measure_model(
