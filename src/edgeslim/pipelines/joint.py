@@ -5,7 +5,8 @@ Accuracy is predicted by the sensitivity analysis (loss increase per group, addi
 by per-layer tables measured on the target (:mod:`edgeslim.pipelines.latency`) calibrated by a
 linear fit against whole-model measurements. A NetAdapt-style greedy descent shrinks, at each
 step, the group whose next rung buys the most budget per unit of predicted loss; whenever the
-prediction says the budget is met, the whole model is measured and the fit refined. Every
+prediction says the budget is met (or fell 25 % since the last measurement), the whole model is
+measured and the fit refined. Every
 candidate on the final Pareto front is pruned, exported and measured whole; the most accurate
 measured candidate within the budget is chosen.
 """
