@@ -70,7 +70,8 @@ def test_layer_table_is_measured_once_and_cached(tmp_path) -> None:
 
 def test_table_of_another_key_is_refused(tmp_path) -> None:
     other = LatencyKey("local", "onnxruntime", 1, (32, 32), "int8")
-    (tmp_path / KEY.file_name()).write_text(json.dumps({"key": other.to_dict(), "entries": {}}))
+    LatencyMeter(other, tmp_path)._save()  # a valid table of another key, under this key's file name
+    (tmp_path / other.file_name()).rename(tmp_path / KEY.file_name())
     with pytest.raises(LatencyMeasurementError, match="belongs to"):
         LatencyMeter(KEY, tmp_path)
 
