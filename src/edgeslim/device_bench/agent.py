@@ -180,6 +180,10 @@ def make_feeds(np, runner, specs, inputs_path):
         if name in data or (len(specs) == 1 and "x" in data):
             arr = (data[name] if name in data else data["x"])[: shape[0]]
             feeds[name] = runner.adapt(arr) if len(specs) == 1 else arr.astype(dtype)
+        elif -1 in shape:
+            fail("bad_input", f"input {name!r} of the model has dynamic dimensions {shape} (-1: unknown) and the file "
+                 "records no example shape: pass inputs of the "
+                 "size to time (an .npz with x; CLI: edgeslim bench --inputs FILE.npz)")
         elif "int" in dtype:
             feeds[name] = rng.integers(0, 2, size=shape).astype(dtype)
         else:
@@ -226,7 +230,7 @@ def cmd_bench(args):
     specs = runner.input_specs()
     feeds, data = make_feeds(np, runner, specs, args.inputs)
     emit("loaded", runtime=name, runtime_version=version, load_ms=load_ms, runtime_settings=runner.settings,
-         inputs=[{"name": n, "shape": s, "dtype": d} for n, s, d in specs])
+         inputs=[{"name": n, "shape": list(np.shape(feeds[n])), "dtype": d} for n, _, d in specs])
     for _ in range(args.warmup):
         runner.run(feeds)
     latencies = []
@@ -243,7 +247,7 @@ def cmd_bench(args):
         "runs": args.runs, "warmup": args.warmup, "threads": args.threads, "latencies_ms": latencies,
         "p50": percentile(s, 50), "p90": percentile(s, 90), "p99": percentile(s, 99), "mean": mean,
         "std": (sum((v - mean) ** 2 for v in s) / len(s)) ** 0.5, "min": s[0], "max": s[-1], "load_ms": load_ms,
-        "inputs": [{"name": n, "shape": sh, "dtype": d} for n, sh, d in specs], "lock_wait_s": waited,
+        "inputs": [{"name": n, "shape": list(np.shape(feeds[n])), "dtype": d} for n, _, d in specs], "lock_wait_s": waited,
         "locked_at": locked_at, "runtime_settings": runner.settings,
         "artifact_metadata": {k: v for k, v in runner.metadata.items() if k.startswith("edgeslim.")}, **system_info(),
     }

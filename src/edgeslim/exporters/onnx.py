@@ -33,6 +33,7 @@ import torch
 
 from edgeslim.device_bench.runtimes.onnxruntime import (
     DEFAULT_GRAPH_OPTIMIZATION,
+    EXAMPLE_SHAPE_KEY,
     GRAPH_OPTIMIZATION_KEY,
     OnnxRuntimeRunner,
     read_onnx_metadata,
@@ -206,13 +207,14 @@ def uses_16bit_activations(path: Path) -> bool:
     return False
 
 
-def write_runtime_metadata(path: Path) -> dict[str, str]:
+def write_runtime_metadata(path: Path, example_shape: tuple[int, ...] | None = None) -> dict[str, str]:
     """Record in the file's ``metadata_props`` the ONNX Runtime settings it must run with, and edgeslim's version.
 
     ``edgeslim.ort.graph_optimization_level`` is ``disable_all`` for 16-bit activations (ONNX
     Runtime 1.32 computes them wrongly with its graph optimizations on), else ``enable_all``; every
     runner (:class:`~edgeslim.device_bench.runtimes.onnxruntime.OnnxRuntimeRunner`: host
-    verification and the bench agent) applies it.
+    verification and the bench agent) applies it. ``edgeslim.example_shape`` (``1,3,32,32``) is the
+    shape the file was exported for: a bench without inputs times the dynamic dimensions at it.
 
     Returns:
         The entries written.
@@ -223,6 +225,8 @@ def write_runtime_metadata(path: Path) -> dict[str, str]:
 
     level = "disable_all" if uses_16bit_activations(path) else DEFAULT_GRAPH_OPTIMIZATION
     entries = {GRAPH_OPTIMIZATION_KEY: level, "edgeslim.version": __version__}
+    if example_shape:
+        entries[EXAMPLE_SHAPE_KEY] = ",".join(str(int(d)) for d in example_shape)
     model = onnx.load(str(path), load_external_data=False)
     kept = [p for p in model.metadata_props if p.key not in entries]
     del model.metadata_props[:]
@@ -284,7 +288,7 @@ class OnnxExporter:
             onnx.checker.check_model(str(dest), full_check=True)
         except Exception as exc:
             raise ExportError(f"the ONNX file fails onnx.checker: {str(exc).splitlines()[0][:300]}") from exc
-        entries = write_runtime_metadata(dest)
+        entries = write_runtime_metadata(dest, tuple(job.example.shape))
         disabled = entries[GRAPH_OPTIMIZATION_KEY] == "disable_all"
         job.metadata["ort_graph_optimization"] = "disabled (16-bit activations)" if disabled else "enabled"
         job.metadata["onnx_metadata_props"] = entries

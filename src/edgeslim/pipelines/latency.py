@@ -30,6 +30,10 @@ from edgeslim.device_bench.runtimes.base import RUNTIMES
 from edgeslim.errors import ConfigError, EdgeslimError
 from edgeslim.exporters.api import export
 
+#: Format of the cached tables. 2: layers timed at their real input size (version 1 tables timed
+#: one-layer files with dynamic H/W at 1x1 — edgeslim's bench now uses the recorded export shape).
+TABLE_VERSION = 2
+
 #: Artefact suffix -> exporter format.
 _FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 #: Calibration images of a whole-model int8 export (latency does not depend on the values).
@@ -178,6 +182,8 @@ class LatencyMeter:
         self.table: dict[str, float] = {}
         if self.path.is_file():
             data = json.loads(self.path.read_text())
+            if data.get("version") != TABLE_VERSION:
+                data = {"key": key.to_dict(), "entries": {}}  # an older table format: measured again
             if data.get("key") != key.to_dict():
                 raise LatencyMeasurementError(f"latency table {self.path} belongs to {data.get('key')}, not "
                                               f"{key.to_dict()}: delete it or use another cache_dir")
@@ -185,7 +191,8 @@ class LatencyMeter:
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps({"key": self.key.to_dict(), "entries": self.table}, indent=1, sort_keys=True)
+        payload = json.dumps({"version": TABLE_VERSION, "key": self.key.to_dict(), "entries": self.table}, indent=1,
+                             sort_keys=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         with os.fdopen(fd, "w") as f:
             f.write(payload)

@@ -29,6 +29,8 @@ except ImportError:  # on a board without numpy the agent reports it (its probe 
 
 #: ``metadata_props`` key: the ONNX Runtime graph optimization level the artefact must run with.
 GRAPH_OPTIMIZATION_KEY = "edgeslim.ort.graph_optimization_level"
+#: ``metadata_props`` key: the input shape the artefact was exported for (``1,3,32,32``).
+EXAMPLE_SHAPE_KEY = "edgeslim.example_shape"
 #: The level used when neither the caller nor the model says (ONNX Runtime's own default).
 DEFAULT_GRAPH_OPTIMIZATION = "enable_all"
 _MODEL_METADATA_FIELD = 14  # ModelProto.metadata_props (repeated StringStringEntryProto {1: key, 2: value})
@@ -162,9 +164,25 @@ class OnnxRuntimeRunner:
                                          "intra_op_threads": threads or 0, "allow_spinning": spinning}
 
     def input_specs(self) -> list[tuple[str, list[int], str]]:
-        """``(name, shape, dtype)`` per input; dynamic dimensions read as 1."""
-        return [(i.name, [d if isinstance(d, int) and d > 0 else 1 for d in i.shape], _ORT_DTYPES.get(i.type, "float32"))
-                for i in self.session.get_inputs()]
+        """``(name, shape, dtype)`` per input.
+
+        A dynamic batch reads as 1; other dynamic dimensions (an image's height and width) take the
+        shape the file was exported for (:data:`EXAMPLE_SHAPE_KEY`), else -1: they cannot be guessed
+        (timing a 1x1 image would be meaningless), the inputs must come from the caller.
+        """
+        example = [int(d) for d in self.metadata.get(EXAMPLE_SHAPE_KEY, "").split(",") if d.strip().isdigit()]
+        specs = []
+        for k, i in enumerate(self.session.get_inputs()):
+            shape = []
+            for j, d in enumerate(i.shape):
+                if isinstance(d, int) and d > 0:
+                    shape.append(d)
+                elif j == 0:
+                    shape.append(1)
+                else:
+                    shape.append(example[j] if k == 0 and len(example) == len(i.shape) else -1)
+            specs.append((i.name, shape, _ORT_DTYPES.get(i.type, "float32")))
+        return specs
 
     def run(self, feeds: Mapping[str, Any]) -> list[Any]:
         """Run once; ``feeds`` maps input names to arrays of the input's shape and dtype."""
