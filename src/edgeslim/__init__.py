@@ -35,6 +35,8 @@ _LAZY = {
     "BenchReport": "edgeslim.device_bench.api:BenchReport",
     "DeviceOptions": "edgeslim.device_bench.targets.base:DeviceOptions",
     "export": "edgeslim.exporters.api:export",
+    "compress": "edgeslim.pipelines.runner:compress",
+    "joint_search": "edgeslim.pipelines.joint:joint_search",
     "ExportResult": "edgeslim.exporters.api:ExportResult",
 }
 
@@ -52,10 +54,12 @@ __all__ = [
     "QuantResult",
     "Target",
     "bench",
+    "compress",
     "convert",
     "evaluate",
     "export",
     "finetune",
+    "joint_search",
     "load",
     "load_model",
     "prepare_qat",
