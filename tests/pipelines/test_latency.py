@@ -18,6 +18,7 @@ from edgeslim.pipelines.latency import (
     fingerprint,
     measure_model,
 )
+from edgeslim.pipelines.latency_compare import Comparison, Timing
 
 KEY = LatencyKey("local", "onnxruntime", 2, (32, 32), "int8")
 SMALL = LayerGeometry("conv", 16, 16, (3, 3), (1, 1), (1, 1), 1, 32, 32)
@@ -92,3 +93,39 @@ def test_measure_model_whole_and_cached(tmp_path) -> None:
     wider = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3))
     assert fingerprint(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3))) != fingerprint(wider)
     assert fingerprint(wider) == fingerprint(torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3)))
+
+
+def test_layer_is_timed_at_its_real_input_size(tmp_path) -> None:
+    meter = LatencyMeter(LatencyKey("local", "onnxruntime", 2, (64, 64), "int8"), tmp_path, runs=40)
+    big = LayerGeometry("conv", 32, 32, (3, 3), (1, 1), (1, 1), 1, 64, 64)
+    small = LayerGeometry("conv", 32, 32, (3, 3), (1, 1), (1, 1), 1, 16, 16)
+    ms = meter.layers([big, small])
+    assert ms[big.key()] > 3 * ms[small.key()]  # 16x the pixels (a 1x1 timing would make them equal)
+
+
+def _tiny(width: int) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(width, 10)).eval()
+
+
+def test_comparison_times_models_with_the_references_in_one_session(tmp_path) -> None:
+    key = LatencyKey("local", "onnxruntime", 2, (48, 48), "int8")
+    meter = LatencyMeter(key, tmp_path, runs=15, warmup=2)
+    full, half = _tiny(96), _tiny(24)
+    with pytest.raises(ConfigError, match="precision"):
+        Comparison(meter, {"int4": (full, "int4")})
+    with Comparison(meter, {"int8": (full, "int8"), "fp32": (full, "fp32")}) as timer:
+        got = timer.time([half, full], rounds=3)
+        assert timer.sessions == 1 and meter.measurements == 3  # two references and the half model
+        t_half, t_full = got
+        assert t_half.references == t_full.references and set(t_half.references) == {"int8", "fp32"}
+        assert t_half.rounds == 3 and len(t_half.per_round) == 3
+        assert t_full.rounds == 4 and t_full.ms == t_full.references["int8"]  # the reference itself: its readings
+        assert t_full.speedup("int8") == 1.0
+        assert t_half.speedup("int8") > 1.5  # 1/16 of the MACs of the second conv
+        assert timer.time([full, half], rounds=3) == [t_full, t_half]  # cached with the session's references
+        assert timer.sessions == 1 and meter.measurements == 3
+    saved = json.loads((tmp_path / key.file_name()).read_text())["compared"]
+    assert len(saved) == 1 and all(set(v["references"]) == {"int8", "fp32"} for v in next(iter(saved.values())).values())
+    assert [Timing.from_dict(t.to_dict()) for t in got] == got

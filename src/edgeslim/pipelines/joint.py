@@ -6,9 +6,16 @@ by per-layer tables measured on the target (:mod:`edgeslim.pipelines.latency`) c
 linear fit against whole-model measurements. A NetAdapt-style greedy descent shrinks, at each
 step, the group whose next rung buys the most budget per unit of predicted loss; whenever the
 prediction says the budget is met (or fell 25 % since the last measurement), the whole model is
-measured and the fit refined. Every
-candidate on the final Pareto front is pruned, exported and measured whole; the most accurate
-measured candidate within the budget is chosen.
+measured and the fit refined. With an ``eval_fn`` every step is also evaluated for real: a step
+losing more than ``max_step_drop`` points of top-1 is rejected and its group penalised.
+
+Latency is never judged on one reading: a whole model is timed together with the unpruned
+reference model(s) in one bench session, in interleaved rounds
+(:class:`edgeslim.pipelines.latency_compare.Comparison`); a ``speedup`` budget is judged on the
+ratio of the medians of the same session, a ``latency_ms`` budget on the model's median there.
+Finally the whole front is re-timed with the references in one session (``final_rounds``), and
+among the members meeting the budget there the most accurate (real top-1 with ``eval_fn``, else
+the proxy) is chosen — the faster one when two are within :data:`TIE_POINTS` of top-1.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import copy
 import math
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -26,10 +33,11 @@ from torch import nn
 from edgeslim.errors import ConfigError, TargetUnreachableError
 from edgeslim.pipelines.joint_descent import (
     Candidate,
+    EvalFn,
     EventHandler,
+    Probe,
     Search,
     apply_widths,
-    cost,
     descend,
     describe,
     meets,
@@ -39,11 +47,17 @@ from edgeslim.pipelines.joint_descent import (
 )
 from edgeslim.pipelines.joint_space import ModelSpace, analyse, bit_damage
 from edgeslim.pipelines.latency import LatencyKey, LatencyMeter
+from edgeslim.pipelines.latency_compare import Comparison
 from edgeslim.plugin.pruning.api import PruneResult
 from edgeslim.plugin.pruning.config import PruneConfig
 from edgeslim.plugin.pruning.importance.base import Batch, LossFn
 from edgeslim.plugin.pruning.metrics import Inputs
 from edgeslim.plugin.pruning.sensitivity import SensitivityResult, sensitivity
+
+#: Two candidates whose real top-1 differ by at most this many points count as equally accurate (the faster wins).
+TIE_POINTS = 0.5
+#: When no front member meets the budget in the final session, the descent continues this many times.
+FINAL_RETRIES = 2
 
 
 class BudgetUnreachableError(TargetUnreachableError):
@@ -140,17 +154,21 @@ class SearchResult:
 
     Attributes:
         candidates: Every plan evaluated.
-        front: Up to ``max_front`` members of the predicted Pareto front (proxy, bytes, predicted ms),
-            all measured whole, and the chosen one, kept where non-dominated in (proxy or top-1,
-            bytes, measured ms).
-        chosen: The most accurate measured candidate meeting the budget.
+        front: Up to ``max_front`` members of the predicted Pareto front (proxy, bytes, predicted ms)
+            and the chosen one, all re-timed together with the references in one final session;
+            kept where non-dominated in (proxy or top-1, bytes, measured ms). Each carries
+            ``measured_ms``, ``speedup`` and ``reference_ms`` (of that session) and ``rounds``.
+        chosen: The most accurate front member meeting the budget in the final session.
         trace: One row per evaluated move: step, change, bytes, macs, predicted_ms,
-            measured_ms (or None), proxy, accepted.
-        measurements: Device measurements used (layer entries and whole models).
+            measured_ms (latest, or None), proxy, top1 (or None), rejected (top-1 collapsed), accepted.
+        measurements: Device measurements used (layer entries, whole models and references per session).
         table_key: The latency table's key.
-        budget: The budget; ``limits`` its absolute values (``ms``, ``bytes``, ``macs``).
+        budget: The budget; ``limits`` its values (``latency_ms``, ``speedup``, ``bytes``, ``macs``)
+            and ``ms``, the latency limit in ms against the chosen one's session references.
         space: The model's groups and layers.
         fit: ``(a, b)`` of ``measured ≈ a · Σ table + b``.
+        reference_ms: ``{precision: median ms}`` of the unpruned references in the chosen one's session.
+        seconds: Wall time of the search.
     """
 
     candidates: list[Candidate]
@@ -189,17 +207,26 @@ class SearchResult:
         return apply_widths(model, example_inputs, self.space, candidate or self.chosen)
 
 
-def _limits(budget: Budget, reference: dict[str, float]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    if budget.latency_ms is not None:
-        out["ms"] = budget.latency_ms
-    if budget.speedup is not None:
-        out["ms"] = min(out.get("ms", math.inf), reference[budget.speedup_reference] / budget.speedup)
-    if budget.bytes is not None:
-        out["bytes"] = budget.bytes
-    if budget.macs is not None:
-        out["macs"] = budget.macs
-    return out
+def _limits(budget: Budget) -> dict[str, float]:
+    """The budget as limits (``ms``, the predicted-latency limit, is added by the search's fit)."""
+    out = {"latency_ms": budget.latency_ms, "speedup": budget.speedup, "bytes": budget.bytes, "macs": budget.macs}
+    return {k: float(v) for k, v in out.items() if v is not None}
+
+
+def choose(front: Sequence[Candidate], limits: dict[str, float], timed: bool, by_top1: bool) -> Candidate | None:
+    """The most accurate member of ``front`` meeting ``limits`` (None when none does).
+
+    Accuracy is ``top1`` when ``by_top1`` (of members within :data:`TIE_POINTS` of the best, the
+    fastest by measured ms), else the lowest proxy (then the fastest).
+    """
+    ok = [c for c in front if meets(c, limits, measured=timed)]
+    if not ok:
+        return None
+    if by_top1:
+        best = max(c.top1 or 0.0 for c in ok)
+        near = [c for c in ok if 100 * (best - (c.top1 or 0.0)) <= TIE_POINTS]
+        return min(near, key=lambda c: (value(c, "ms", measured=True), -(c.top1 or 0.0)))
+    return min(ok, key=lambda c: (c.proxy, value(c, "ms", measured=True)))
 
 
 def joint_search(
@@ -214,7 +241,7 @@ def joint_search(
     threads: int = 2,
     input_size: tuple[int, int] = (224, 224),
     quant: str = "int8",
-    eval_fn: Callable[[nn.Module], float] | None = None,
+    eval_fn: EvalFn | None = None,
     max_front: int = 6,
     cache_dir: str | None = None,
     on_event: EventHandler | None = None,
@@ -222,6 +249,9 @@ def joint_search(
     data_batches: int = 4,
     loss_fn: LossFn | None = None,
     sensitivity_table: SensitivityResult | None = None,
+    rounds: int = 3,
+    final_rounds: int = 5,
+    max_step_drop: float = 5.0,
 ) -> SearchResult:
     """Search per-group widths (and weight bits) of ``model`` under ``budget``, latency measured on ``device``.
 
@@ -236,28 +266,36 @@ def joint_search(
         threads: Runtime threads.
         input_size: Height and width latency is measured at.
         quant: ``int8`` or ``fp32``: the precision the candidates are exported and timed at.
-        eval_fn: Top-1 of a pruned model on a small labelled subset (no fine-tuning): re-ranks
-            the measured front; without it the sensitivity proxy ranks.
+        eval_fn: Top-1, as a fraction in [0, 1], of a pruned model on the caller's small labelled
+            subset (no fine-tuning), e.g. ``edgeslim.exporters.accuracy.torch_top1``: evaluates
+            every descent step (see ``max_step_drop``) and every front member, and ranks the front;
+            without it the sensitivity proxy ranks.
         max_front: Front members pruned, exported and measured whole.
         cache_dir: Latency tables folder (default ``$EDGESLIM_CACHE/latency`` or ``~/.cache/edgeslim/latency``).
-        on_event: Called with ``(kind, data)``: ``fit``, ``step``, ``measured``, ``chosen``.
-        runs: Timed runs per benchmarked artefact.
+        on_event: Called with ``(kind, data)``: ``fit``, ``step``, ``measured``, ``evaluated``, ``chosen``.
+        runs: Timed runs per artefact and round.
         data_batches: Batches of ``data`` the sensitivity analysis (and the bit-width damage) use.
         loss_fn: Loss of the proxy (default cross-entropy).
         sensitivity_table: A sensitivity analysis of ``model`` computed before (at ratios
             ``1 - keep_ratios``); reused instead of computing one (searches with other budgets).
+        rounds: Interleaved rounds of a whole-model session during the descent.
+        final_rounds: Interleaved rounds of the final session (the whole front and the references).
+        max_step_drop: With ``eval_fn``: a descent step losing more top-1 than this (points) is rejected.
 
     Returns:
         A :class:`SearchResult`; ``result.apply(model, example_inputs)`` prunes to the chosen plan.
 
     Raises:
-        ConfigError: Invalid budget, space, runtime or precision (before any measurement).
+        ConfigError: Invalid budget, space, runtime, precision or rounds (before any measurement);
+            ``eval_fn`` returning no fraction in [0, 1].
         BudgetUnreachableError: No candidate meets the budget; names the nearest reachable one.
     """
     t0 = time.monotonic()
     space = space or SearchSpace()
-    if max_front < 1 or data_batches < 1:
-        raise ConfigError(f"joint_search: max_front and data_batches must be >= 1 (got {max_front}, {data_batches})")
+    if max_front < 1 or data_batches < 1 or rounds < 1 or final_rounds < rounds or max_step_drop <= 0:
+        raise ConfigError(f"joint_search: need max_front, data_batches, rounds >= 1, final_rounds >= rounds and "
+                          f"max_step_drop > 0 (got {max_front}, {data_batches}, {rounds}, {final_rounds}, "
+                          f"{max_step_drop})")
     if quant == "fp32" and space.bits != (8,):
         raise ConfigError("joint_search: bits apply to int8 searches only; use quant='int8' or space.bits=(8,)")
     key = LatencyKey(device, runtime, threads, input_size, quant)
@@ -273,49 +311,54 @@ def joint_search(
         cfg = PruneConfig(sensitivity_ratios=ratios, data_batches=data_batches, max_layer_ratio=1.0)
         sensitivity_table = sensitivity(work, example_inputs, batches, cfg, loss_fn=loss_fn)
     bit_loss = {b: bit_damage(work, mspace, b, batches, loss_fn) for b in space.bits if b < 8}
-    s = Search(mspace, meter, sensitivity_table, bit_loss, on_event)
-    top_bits = space.bits[0] if quant == "int8" else 32
-    start = s.candidate(mspace.full(), {g.name: top_bits for g in mspace.groups}, 0)
-    s.predict([start])
-    reference: dict[str, float] = {}
-    ref_meter = None
-    if budget.timed:
-        s.measure([start], work, example_inputs)
-        reference[quant] = float(start.measured_ms or 0.0)
-        if budget.speedup is not None and budget.speedup_reference != quant:
-            ref_meter = LatencyMeter(LatencyKey(device, runtime, threads, input_size, budget.speedup_reference),
-                                     cache_dir, runs=runs)
-            x = example_inputs[0] if isinstance(example_inputs, tuple) else example_inputs
-            reference[budget.speedup_reference] = ref_meter.models([work], channels=int(x.shape[1]))[0]
-    limits = _limits(budget, reference)
+    x = example_inputs[0] if isinstance(example_inputs, tuple) else example_inputs
+    label = budget.speedup_reference if budget.speedup is not None else quant
+    limits = _limits(budget)
+    ladder = space.bits if quant == "int8" else (32,)
+    with Comparison(meter, {quant: (work, quant), label: (work, label)}, channels=int(x.shape[1])) as timer:
+        probe = Probe(work, example_inputs, timer, quant, label, rounds, eval_fn, max_step_drop)
+        s = Search(mspace, meter, sensitivity_table, bit_loss, on_event, probe, limits)
+        start = s.candidate(mspace.full(), {g.name: ladder[0] for g in mspace.groups}, 0)
+        s.predict([start])
+        if budget.timed:
+            s.measure([start])
 
-    def unreachable(near: Candidate) -> BudgetUnreachableError:
-        want = ", ".join(f"{k} <= {v:.4g}" for k, v in limits.items())
-        return BudgetUnreachableError(
-            f"joint_search: no candidate meets the budget ({want}) on {device}/{runtime}/{threads} threads at "
-            f"{input_size[0]}x{input_size[1]} {quant}: the nearest reachable measures {describe(near, limits)} "
-            f"(keep ratios down to {min(space.keep_ratios)}); relax the budget or add smaller keep ratios")
+        def unreachable(near: Candidate) -> BudgetUnreachableError:
+            want = ", ".join(f"{k} {'>=' if k == 'speedup' else '<='} {v:.4g}" for k, v in limits.items() if k != "ms")
+            return BudgetUnreachableError(
+                f"joint_search: no candidate meets the budget ({want}) on {device}/{runtime}/{threads} threads at "
+                f"{input_size[0]}x{input_size[1]} {quant}: the nearest reachable measures {describe(near, limits)} "
+                f"(keep ratios down to {min(space.keep_ratios)}); relax the budget or add smaller keep ratios")
 
-    last = descend(s, start, limits, space.bits if quant == "int8" else (32,), work, example_inputs)
-    if not meets(last, limits, measured=budget.timed):
-        raise unreachable(last)
-    accuracy: Callable[[Candidate], float] = (
-        (lambda c: c.proxy) if eval_fn is None else (lambda c: -(c.top1 if c.top1 is not None else -1.0)))
-    front = select_front(pareto(s.seen.values(), lambda c: c.proxy), limits, max_front)
-    s.measure(front, work, example_inputs)
-    if eval_fn is not None:
-        for c in front:
-            c.top1 = float(eval_fn(apply_widths(work, example_inputs, mspace, c).model))
-    pool = [c for c in s.seen.values() if meets(c, limits, measured=budget.timed) and (eval_fn is None or c.top1 is not None)]
-    if not pool:
-        measured = [c for c in s.seen.values() if c.measured_ms is not None or not budget.timed]
-        raise unreachable(min(measured or [last], key=lambda c: cost(c, limits)))
-    chosen = min(pool, key=accuracy)
+        last = descend(s, start, ladder)
+        if not meets(last, limits, measured=budget.timed):
+            raise unreachable(last)
+        front = select_front(pareto(s.seen.values(), lambda c: c.proxy), limits, max_front)
+        chosen = None
+        for _ in range(FINAL_RETRIES + 1):
+            s.measure(front, final_rounds, again=True)  # one session: every member with the references
+            s.evaluate(front)
+            chosen = choose(front, limits, budget.timed, eval_fn is not None)
+            if chosen is not None or not budget.timed:
+                break
+            nearest = min(front, key=lambda c: value(c, "ms", measured=True) / (c.reference_ms or 1.0))
+            nxt = descend(s, nearest, ladder)  # the session disagreed with the descent: go on from the fastest
+            if any(c is nxt for c in front):
+                break
+            front = [*front, nxt]
+    if chosen is None:
+        raise unreachable(min(front, key=lambda c: value(c, "ms", measured=True) / (c.reference_ms or 1.0)))
     for row, c in zip(s.trace, s.trace_refs, strict=True):
-        row["measured_ms"] = c.measured_ms
-    s.event("chosen", widths=chosen.widths, measured_ms=chosen.measured_ms, proxy=chosen.proxy)
-    final = front if chosen in front else [*front, chosen]
-    front_out = sorted(pareto(final, accuracy, lambda c: value(c, "ms", measured=True)), key=accuracy)
-    count = meter.measurements + (ref_meter.measurements if ref_meter is not None else 0)
-    return SearchResult(list(s.seen.values()), front_out, chosen, s.trace, count, key, budget,
-                        limits, mspace, s.fit, reference, time.monotonic() - t0)
+        row.update(measured_ms=c.measured_ms, speedup=c.speedup, reference_ms=c.reference_ms, top1=c.top1)
+    s.event("chosen", widths=chosen.widths, measured_ms=chosen.measured_ms, speedup=chosen.speedup,
+            reference_ms=chosen.reference_ms, proxy=chosen.proxy, top1=chosen.top1)
+
+    def accuracy(c: Candidate) -> float:
+        return c.proxy if eval_fn is None else -(c.top1 if c.top1 is not None else -1.0)
+
+    front_out = sorted(pareto(front, accuracy, lambda c: value(c, "ms", measured=True)), key=accuracy)
+    front_out += [] if any(c is chosen for c in front_out) else [chosen]
+    if budget.speedup is not None and chosen.references:
+        limits["ms"] = min(limits.get("latency_ms", math.inf), chosen.references[label] / budget.speedup)
+    return SearchResult(list(s.seen.values()), front_out, chosen, s.trace, meter.measurements, key, budget,
+                        limits, mspace, s.fit, dict(chosen.references), time.monotonic() - t0)

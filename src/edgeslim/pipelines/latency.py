@@ -166,6 +166,9 @@ class LatencyMeter:
     Attributes:
         measurements: Artefacts benchmarked on the device so far (layers and whole models).
         table: ``{LayerGeometry.key(): median ms}`` for this key, loaded from and saved to disk.
+        compared: Whole models timed against references in one bench call
+            (:class:`edgeslim.pipelines.latency_compare.Comparison`), saved with the table: each
+            entry holds the models' medians together with the references' from the same call.
     """
 
     def __init__(self, key: LatencyKey, cache_dir: str | os.PathLike[str] | None = None, *, runs: int = 20,
@@ -180,6 +183,7 @@ class LatencyMeter:
         self.path = cache_root(cache_dir) / key.file_name()
         self.measurements = 0
         self.table: dict[str, float] = {}
+        self.compared: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
             data = json.loads(self.path.read_text())
             if data.get("version") != TABLE_VERSION:
@@ -188,11 +192,12 @@ class LatencyMeter:
                 raise LatencyMeasurementError(f"latency table {self.path} belongs to {data.get('key')}, not "
                                               f"{key.to_dict()}: delete it or use another cache_dir")
             self.table = {k: float(v) for k, v in data["entries"].items()}
+            self.compared = dict(data.get("compared", {}))
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        payload = json.dumps({"version": TABLE_VERSION, "key": self.key.to_dict(), "entries": self.table}, indent=1,
-                             sort_keys=True)
+        payload = json.dumps({"version": TABLE_VERSION, "key": self.key.to_dict(), "entries": self.table,
+                              "compared": self.compared}, indent=1, sort_keys=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         with os.fdopen(fd, "w") as f:
             f.write(payload)
@@ -239,23 +244,47 @@ class LatencyMeter:
             self._save()
         return [self.table[k] for k in keys]
 
-    def _export(self, model: nn.Module, x: torch.Tensor, stem: Path, calibration: list[torch.Tensor] | None) -> Path:
+    def save(self) -> None:
+        """Write the table (layer entries and :attr:`compared`) to :attr:`path`."""
+        self._save()
+
+    def export_model(self, model: nn.Module, x: torch.Tensor, stem: Path, quant: str | None = None) -> Path:
+        """Export a whole model for timing at ``x``'s shape (``quant``: default the key's precision).
+
+        int8 files are calibrated on 16 real images (the exporter's default data): enough for
+        latency, never for accuracy.
+        """
+        return self._export(model, x, stem, None, quant)
+
+    def _export(self, model: nn.Module, x: torch.Tensor, stem: Path, calibration: list[torch.Tensor] | None,
+                quant: str | None = None) -> Path:
         dest = stem.with_suffix(f".{self.key.format}")
         extra: dict[str, Any] = {"calibration_size": _CALIBRATION_IMAGES} if calibration is None else {}
-        export(model, self.key.format, dest, x, quant=self.key.quant, verify=False, calibration=calibration,
+        export(model, self.key.format, dest, x, quant=quant or self.key.quant, verify=False, calibration=calibration,
                overwrite=True, **extra)
         return dest
+
+    def bench_once(self, paths: Sequence[Path], inputs: Path | None) -> list[list[float]]:
+        """One bench session over ``paths`` in order (a path may repeat): each entry's timed runs (ms).
+
+        Raises:
+            LatencyMeasurementError: An entry gave no median (the message names the file).
+        """
+        report = bench(list(paths), self.key.device, runs=self.runs, warmup=self.warmup, threads=self.key.threads,
+                       runtime=self.key.runtime, inputs=inputs)
+        out = []
+        for path, res in zip(paths, report.results, strict=True):
+            if res.p50 is None:
+                raise LatencyMeasurementError(f"latency: bench of {path.name} on {report.target} gave no median "
+                                              f"({res.error}); check the target with `edgeslim bench`")
+            out.append([float(v) for v in res.data.get("latencies_ms") or [res.p50]])
+        return out
 
     def _bench(self, paths: list[Path], inputs: Path | None, rounds: int) -> list[float]:
         runs: list[list[float]] = [[] for _ in paths]
         for _ in range(rounds):
-            report = bench(paths, self.key.device, runs=self.runs, warmup=self.warmup, threads=self.key.threads,
-                           runtime=self.key.runtime, inputs=inputs)
-            for path, res, got in zip(paths, report.results, runs, strict=True):
-                if res.p50 is None:
-                    raise LatencyMeasurementError(f"latency: bench of {path.name} on {report.target} gave no median "
-                                                  f"({res.error}); check the target with `edgeslim bench`")
-                got.extend(float(v) for v in res.data.get("latencies_ms") or [res.p50])
+            for got, times in zip(runs, self.bench_once(paths, inputs), strict=True):
+                got.extend(times)
         self.measurements += len(paths)
         return [statistics.median(got) for got in runs]
 
