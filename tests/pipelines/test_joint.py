@@ -15,6 +15,7 @@ from torch import nn
 
 from edgeslim.data import fashion_mnist_loader
 from edgeslim.errors import ConfigError
+from edgeslim.exporters.accuracy import labelled_batches, torch_top1
 from edgeslim.models import load
 from edgeslim.pipelines.joint import Budget, BudgetUnreachableError, SearchResult, SearchSpace, joint_search
 from edgeslim.pipelines.joint_descent import Candidate
@@ -27,6 +28,10 @@ from edgeslim.plugin.pruning.structured import Plan
 SPACE = SearchSpace(keep_ratios=(0.5, 1.0), round_to=(16,), groups=("conv1", r"layer[12]\..*"))  # 6 of 12 groups
 SIZE = (64, 64)
 X = torch.randn(1, 3, 32, 32)
+#: Met by shrinking a few of the six groups; the most shrunk plan reaches ~1.2-1.5x on a loaded machine.
+SPEEDUP = 1.1
+#: Points of real top-1 a descent step may lose (strict: most 50 % shrinks of this space lose more).
+DROP = 1.0
 
 
 def test_budget_and_space_validation() -> None:
@@ -87,7 +92,7 @@ def _search(model: nn.Module, table: SensitivityResult, cache: str, budget: Budg
 @pytest.fixture(scope="module")
 def tight(model: nn.Module, table: SensitivityResult, cache: str) -> SearchResult:
     events: list[str] = []
-    res = _search(model, table, cache, Budget(speedup=1.2, speedup_reference="int8"),
+    res = _search(model, table, cache, Budget(speedup=SPEEDUP, speedup_reference="int8"),
                   on_event=lambda kind, _: events.append(kind))
     assert "measured" in events and "chosen" in events
     return res
@@ -109,7 +114,7 @@ def test_unknown_group_is_refused_before_measuring(model: nn.Module, table: Sens
 @pytest.mark.slow
 def test_tight_latency_budget_is_met_by_measurement(tight: SearchResult) -> None:
     unpruned = tight.reference_ms["int8"]
-    assert tight.limits["ms"] == pytest.approx(unpruned / 1.2)
+    assert tight.limits["ms"] == pytest.approx(unpruned / SPEEDUP)
     assert tight.chosen.measured_ms is not None
     assert tight.chosen.measured_ms <= tight.limits["ms"] < unpruned
     assert tight.chosen.params < 11_181_642
@@ -119,16 +124,29 @@ def test_tight_latency_budget_is_met_by_measurement(tight: SearchResult) -> None
     for a in tight.front:  # non-dominated in (proxy, bytes, measured ms)
         for b in tight.front:
             assert not (all(x <= y for x, y in zip(_key(b), _key(a), strict=True)) and _key(a) != _key(b))
-    # the most accurate (lowest proxy) measured candidate within the budget
-    ok = [c for c in tight.candidates if c.measured_ms is not None and c.measured_ms <= tight.limits["ms"]]
+    # the most accurate (lowest proxy) front member within the budget, judged in the final session
+    ok = [c for c in tight.front if c.speedup is not None and c.speedup >= SPEEDUP]
     assert tight.chosen.proxy == min(c.proxy for c in ok)
+
+
+@pytest.mark.slow
+def test_front_is_timed_with_the_reference_in_one_session(tight: SearchResult) -> None:
+    ref = tight.reference_ms["int8"]
+    for c in tight.front:  # every member re-timed in one final session, interleaved with the reference
+        assert c.measured_ms is not None and c.speedup is not None and c.reference_ms is not None
+        assert c.rounds >= 5
+        assert c.reference_ms == ref and c.references == {"int8": ref}
+        assert c.speedup == pytest.approx(ref / c.measured_ms)
+    assert tight.chosen.speedup is not None and tight.chosen.speedup >= SPEEDUP  # the budget, on the joint medians
+    d = json.loads(json.dumps(tight.to_dict()))
+    assert {"measured_ms", "speedup", "reference_ms", "rounds"} <= set(d["front"][0])
 
 
 @pytest.mark.slow
 def test_result_dict_trace_and_layers(tight: SearchResult) -> None:
     d = json.loads(json.dumps(tight.to_dict()))
     assert {"front", "trace", "measurements", "budget", "chosen", "layers"} <= set(d)
-    assert d["budget"]["speedup"] == 1.2
+    assert d["budget"]["speedup"] == SPEEDUP
     assert sum(row["accepted"] for row in d["trace"]) == max(row["step"] for row in d["trace"])
     assert {"step", "change", "bytes", "macs", "predicted_ms", "measured_ms", "proxy", "accepted"} <= set(d["trace"][0])
     assert any(row["measured_ms"] is not None for row in d["trace"])
@@ -157,7 +175,7 @@ def test_apply_gives_the_candidates_model(tight: SearchResult, model: nn.Module)
 @pytest.mark.slow
 def test_second_search_measures_nothing_new(tight: SearchResult, model: nn.Module, table: SensitivityResult,
                                             cache: str) -> None:
-    again = _search(model, table, cache, Budget(speedup=1.2, speedup_reference="int8"))
+    again = _search(model, table, cache, Budget(speedup=SPEEDUP, speedup_reference="int8"))
     assert again.measurements == 0
     assert again.chosen.widths == tight.chosen.widths
     assert again.chosen.measured_ms == tight.chosen.measured_ms
@@ -179,8 +197,48 @@ def test_bytes_budget_with_four_bit_weights(tight: SearchResult, model: nn.Modul
     space = SearchSpace(keep_ratios=(1.0,), round_to=(16,), bits=(4, 8))
     res = joint_search(model, X, data=data, budget=Budget(bytes=0.8 * full), space=space, input_size=SIZE,
                        cache_dir=cache, sensitivity_table=table, max_front=1, runs=10, data_batches=1)
-    assert res.measurements == 0  # same layers and same architecture as the unpruned model: all cached
+    # layers cached; every front member has the unpruned architecture: one session, the reference alone
+    assert res.measurements == 1
     assert res.chosen.bytes <= 0.8 * full
     assert any(b == 4 for b in res.chosen.bits.values())
     assert res.chosen.params == full  # no channel removed: the space has no keep ratio < 1
     assert res.front[0].measured_ms is not None
+
+
+@pytest.fixture(scope="module")
+def judged(tight: SearchResult, model: nn.Module, table: SensitivityResult, cache: str) -> SearchResult:
+    subset = labelled_batches(fashion_mnist_loader("test", batch_size=128, limit=256), (1, 3, 32, 32), 256)
+
+    def top1(m: nn.Module) -> float:
+        with torch.no_grad():
+            return torch_top1(m, subset)
+
+    return _search(model, table, cache, Budget(speedup=SPEEDUP, speedup_reference="int8"), eval_fn=top1,
+                   max_step_drop=DROP)
+
+
+@pytest.mark.slow
+def test_real_top1_rejects_collapsing_steps_and_ranks_the_front(judged: SearchResult) -> None:
+    assert all(c.top1 is not None and 0 <= c.top1 <= 1 for c in judged.front)
+    assert judged.chosen.speedup is not None and judged.chosen.speedup >= SPEEDUP
+    chosen_top1 = judged.chosen.top1
+    assert chosen_top1 is not None
+    for c in judged.front:  # the most accurate within the budget (ties of 0.5 pt go to the faster)
+        if c.speedup is not None and c.speedup >= SPEEDUP and c.top1 is not None:
+            assert chosen_top1 >= c.top1 - 0.005
+    steps: dict[int, list[dict[str, Any]]] = {}
+    for row in judged.trace:
+        steps.setdefault(row["step"], []).append(row)
+    assert any(row["rejected"] for row in judged.trace)  # the coarse space has collapsing shrinks (93 % -> 43 %)
+    prev = next(c.top1 for c in judged.candidates if c.params == 11_181_642)  # the unpruned start
+    assert prev is not None and prev > 0.85
+    for step in sorted(steps):
+        rows = steps[step]
+        taken = next(r for r in rows if r["accepted"])
+        for r in rows:
+            if r["rejected"]:  # rejected: lost more than max_step_drop points from the current plan
+                assert 100 * (prev - r["top1"]) > DROP
+        if 100 * (prev - taken["top1"]) > DROP:  # only when every try collapsed: the one keeping the most top-1
+            assert all(r["rejected"] or r["top1"] is None for r in rows if r is not taken)
+            assert taken["top1"] == max(r["top1"] for r in rows if r["top1"] is not None)
+        prev = taken["top1"]

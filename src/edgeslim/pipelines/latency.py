@@ -5,7 +5,8 @@ A layer is measured by exporting a one-layer model (conv+bn+relu, or linear) wit
 on the target, several layers per bench call. Tables are JSON files, one per
 :class:`LatencyKey` (device, runtime, threads, input size, quantization), under
 ``$EDGESLIM_CACHE/latency`` (default ``~/.cache/edgeslim/latency``): a second search with the
-same key measures nothing new.
+same key measures nothing new. Whole models compared with references in one session (what the
+joint search judges budgets on) are in :mod:`edgeslim.pipelines.latency_compare`.
 """
 
 from __future__ import annotations
