@@ -8,10 +8,10 @@ median) of all variants of a model timed round-robin in one loop (ONNX Runtime w
 spinning, LiteRT with XNNPACK).
 
 Variants (``model`` x ``variant``):
-- ``fp32``; ``int8`` (``edgeslim.quantize``, PT2E); ``pruned-50`` (``edgeslim.pipelines.joint``:
-  latency-in-the-loop search at the torch-pruning peer's parameter count and a latency below its
-  own, then edgeslim's distilled fine-tune); ``pruned-50+int8``; ``pruned-50+w8a16`` (the seed's
-  recipe: 50 % structured + int8 weights / int16 activations + fine-tune); ``edgeslim-joint+int8``
+- ``fp32``; ``int8`` (``edgeslim.quantize``, PT2E); ``pruned`` (``edgeslim.pipelines.joint``:
+  latency-in-the-loop search under the torch-pruning peer's parameter count (48.7 %) and 0.93x its
+  measured int8 latency, then edgeslim's distilled fine-tune); ``pruned+int8``; ``pruned+w8a16`` (the
+  seed's recipe: structured pruning + int8 weights / int16 activations + fine-tune); ``edgeslim-joint+int8``
   (search under ``--joint-speedup`` x fp32 in ONNX Runtime and ``--joint-bytes``, fine-tune, int8).
 - peers: ``torch-pruning-uniform-sgd`` (torch-pruning alone + a plain SGD fine-tune),
   ``torch-pruning-uniform-edgeslim-ft`` (the same pruned model with edgeslim's fine-tune recipe),
@@ -169,8 +169,65 @@ def markdown(data: dict[str, Any]) -> str:
         lines += ["## Time: prune + PTQ + export (ResNet-18, no fine-tune, CLI)", "",
                   f"{c.get('total_s')} s in all ({' + '.join(str(s) for s in c.get('seconds', []))} s): "
                   + "; ".join(f"`edgeslim {x}`" for x in c.get("commands", [])), ""]
+    if data.get("goals"):
+        lines += ["## The issue's goals, checked", "", "| model | goal | measured | met |", "|---|---|---|---|"]
+        lines += [f"| {g['model']} | {g['goal']} | {g['value'] if not isinstance(g['value'], float) else round(g['value'], 3)} | "
+                  f"{'yes' if g['met'] else '**no**'} |" for g in data["goals"]]
+        lines.append("")
     lines += [f"- {n}" for n in data.get("notes", [])]
     return "\n".join(lines) + "\n"
+
+
+def goals(rows: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
+    """The issue's goals for ``model`` checked against the measured rows (a missing number: not met)."""
+    r = {x["variant"]: x for x in rows if x["model"] == model and not x.get("error")}
+    base = r.get("fp32", {})
+
+    def drop(v: str) -> float | None:
+        t, b = r.get(v, {}).get("top1"), base.get("top1")
+        return None if t is None or b is None else 100 * (b - t)
+
+    def speed(v: str, key: str) -> float | None:
+        a, b = base.get(key), r.get(v, {}).get(key)
+        return None if not a or not b else a / b
+
+    def check(goal: str, value: Any, ok: bool | None) -> dict[str, Any]:
+        return {"model": model, "goal": goal, "value": value, "met": bool(ok)}
+
+    out = []
+    if "pruned" in r:
+        p, tp = r["pruned"], r.get("torch-pruning-uniform-edgeslim-ft", {})
+        out.append(check("structured: <= 22.4 MB (fp32)", p.get("bytes"), (p.get("bytes") or 1e18) <= 22.4e6))
+        d = drop("pruned")
+        out.append(check("structured: <= 0.3 pt lost", d, d is not None and d <= 0.3))
+        for key in ("ort_ms", "litert_ms"):
+            out.append(check(f"structured: faster than torch-pruning's uniform model ({key}), params <= its",
+                             [p.get(key), tp.get(key), p.get("params"), tp.get("params")],
+                             bool(p.get(key) and tp.get(key) and p[key] < tp[key] and p["params"] <= tp["params"])))
+    d = drop("int8")
+    out.append(check("int8: <= 0.1 pt lost", d, d is not None and d <= 0.1))
+    if "pruned+int8" in r:
+        p = r["pruned+int8"]
+        out.append(check("pruned + int8: <= 5.6 MB", p.get("bytes"), (p.get("bytes") or 1e18) <= 5.6e6))
+        for key in ("ort_ms", "litert_ms"):
+            sp = speed("pruned+int8", key)
+            out.append(check(f"pruned + int8: >= 4x faster ({key})", sp, sp is not None and sp >= 4))
+        d = drop("pruned+int8")
+        out.append(check("pruned + int8: <= 0.5 pt lost", d, d is not None and d <= 0.5))
+    if "edgeslim-joint+int8" in r:
+        p = r["edgeslim-joint+int8"]
+        out.append(check("joint: <= 3.0 MB", p.get("bytes"), (p.get("bytes") or 1e18) <= 3.0e6))
+        sp = speed("edgeslim-joint+int8", "ort_ms")
+        out.append(check("joint: >= 5x faster in ONNX Runtime", sp, sp is not None and sp >= 5))
+        d = drop("edgeslim-joint+int8")
+        out.append(check("joint: <= 1.0 pt lost", d, d is not None and d <= 1.0))
+    mine = [v for v in r if not v.startswith(("torch-pruning", "ort-", "nncf-", "fp32"))]
+    for peer in [v for v in r if v.startswith(("torch-pruning", "ort-", "nncf-"))]:
+        q = r[peer]
+        beats = [v for v in mine if r[v].get("bytes") and q.get("bytes") and r[v]["bytes"] <= q["bytes"]
+                 and (r[v].get("top1") or 0) > (q.get("top1") or 0)]
+        out.append(check(f"an edgeslim variant more accurate than {peer} at equal or smaller size", beats, bool(beats)))
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -232,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         _log("timing the CLI chain prune + quantize + export (no fine-tune)")
         data["cli_chain"] = time_cli_chain(args.work)
         save()
+    data["goals"] = [g for m in args.models for g in goals(data["rows"], m)]
     data["notes"] = Builder.NOTES
     save()
     _log(f"wrote {out_json}")

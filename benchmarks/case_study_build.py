@@ -230,15 +230,15 @@ class Builder:
             ("torch-pruning-uniform-edgeslim-ft", lambda: self.artefacts(
                 "torch-pruning-uniform-edgeslim-ft", self.tp_es(), "fp32", both, self.tp_es(),
                 f"the same torch-pruning model, fine-tuned with edgeslim's recipe {ep}")),
-            ("pruned-50", lambda: self.artefacts(
-                "pruned-50", self.es50(), "fp32", both, self.es50(),
+            ("pruned", lambda: self.artefacts(
+                "pruned", self.es50(), "fp32", both, self.es50(),
                 "edgeslim joint search (latency measured in ONNX Runtime int8 at the latency size) under the torch-pruning "
                 f"peer's parameter count and 0.93x its int8 latency; edgeslim fine-tune {ep}")),
-            ("pruned-50+int8", lambda: self.artefacts("pruned-50+int8", self.ptq(self.es50()), "int8", both, self.es50(),
-                                                      "pruned-50, then edgeslim.quantize int8")),
-            ("pruned-50+w8a16", lambda: self.artefacts(
-                "pruned-50+w8a16", self.es50(), "w8a16", both, self.es50(),
-                "the seed's recipe: pruned-50 (fine-tuned) + int8 weights / int16 activations (exporter's w8a16)")),
+            ("pruned+int8", lambda: self.artefacts("pruned+int8", self.ptq(self.es50()), "int8", both, self.es50(),
+                                                      "pruned, then edgeslim.quantize int8")),
+            ("pruned+w8a16", lambda: self.artefacts(
+                "pruned+w8a16", self.es50(), "w8a16", both, self.es50(),
+                "the seed's recipe: pruned (fine-tuned) + int8 weights / int16 activations (exporter's w8a16)")),
             ("edgeslim-joint+int8", lambda: self.artefacts(
                 "edgeslim-joint+int8", self.ptq(self.joint()), "int8", both, self.joint(),
                 f"edgeslim joint search: >= {self.args.joint_speedup}x fp32 in ONNX Runtime (int8, measured) and <= "
