@@ -97,10 +97,10 @@ def test_measure_model_whole_and_cached(tmp_path) -> None:
 
 def test_layer_is_timed_at_its_real_input_size(tmp_path) -> None:
     meter = LatencyMeter(LatencyKey("local", "onnxruntime", 2, (64, 64), "int8"), tmp_path, runs=40)
-    big = LayerGeometry("conv", 32, 32, (3, 3), (1, 1), (1, 1), 1, 64, 64)
-    small = LayerGeometry("conv", 32, 32, (3, 3), (1, 1), (1, 1), 1, 16, 16)
+    big = LayerGeometry("conv", 64, 64, (3, 3), (1, 1), (1, 1), 1, 64, 64)
+    small = LayerGeometry("conv", 64, 64, (3, 3), (1, 1), (1, 1), 1, 16, 16)
     ms = meter.layers([big, small])
-    assert ms[big.key()] > 3 * ms[small.key()]  # 16x the pixels (a 1x1 timing would make them equal)
+    assert ms[big.key()] > 2.5 * ms[small.key()]  # 16x the pixels (a 1x1 timing would make them equal)
 
 
 def _tiny(width: int) -> torch.nn.Module:
