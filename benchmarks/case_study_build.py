@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 import edgeslim
-from case_study_peers import nncf_quantize, ort_quantize_static, plain_sgd, torch_pruning_uniform
+from case_study_peers import nncf_quantize, ort_quantize_static, torch_pruning_uniform
 from edgeslim.data import calibration_subset, fashion_mnist_loader
 from edgeslim.exporters import export
 from edgeslim.plugin.pruning.finetune import finetune
 from edgeslim.plugin.pruning.metrics import measure
+from pruning import plain_sgd  # the pruning benchmark's plain-SGD peer loop
 
 
 def _resize(loader: Any, size: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch.nn import functional as F
 
 
 def _params(model: nn.Module) -> int:
@@ -56,26 +55,6 @@ def torch_pruning_uniform(model: nn.Module, x: torch.Tensor, params_goal: int, s
     if best is None:
         raise RuntimeError(f"torch-pruning could not reach {params_goal} params")
     return best
-
-
-def plain_sgd(model: nn.Module, loader: Any, epochs: float, lr: float = 0.01) -> float:
-    """A plain user's fine-tune: SGD (momentum 0.9, wd 5e-4), constant LR, cross-entropy. Returns seconds."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    total = max(1, round(epochs * len(loader)))
-    step = 0
-    t0 = time.perf_counter()
-    model.train()
-    while step < total:
-        for xb, yb in loader:
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            if step >= total:
-                break
-    model.eval()
-    return time.perf_counter() - t0
 
 
 def _arrays(calibration: Iterable[Any]) -> list[np.ndarray]:

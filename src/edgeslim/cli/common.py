@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -152,3 +154,17 @@ def resolve_model(model: str) -> ModelArg:
         step = {"step": "float", "source": model, "sha256": es_io.state_sha256(net.state_dict()), "dataset": ref.dataset}
         return ModelArg(net, model, [step], ref.dataset, "reference")
     return ModelArg(net, model, [], None, "torchvision")
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Point file descriptor 1 at stderr (converters print from C++ too), so stdout ends in JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

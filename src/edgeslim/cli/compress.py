@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from edgeslim.cli.common import ForceOpt, JsonOpt, console, emit_json, progress
+from edgeslim.cli.common import ForceOpt, JsonOpt, console, emit_json, progress, stdout_to_stderr
 from edgeslim.errors import EdgeslimError
 
 
@@ -21,21 +17,7 @@ def register(app: typer.Typer) -> None:
     app.command("compress")(compress_cmd)
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Point file descriptor 1 at stderr (converters print from C++ too), so stdout ends in JSON."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-class _Progress:
+class Progress:
     """Shows the run's events: one line per step, a bar for the work inside a step."""
 
     def __init__(self, bar: Any) -> None:
@@ -85,13 +67,13 @@ def compress_cmd(
     console.print(f"compress {recipe} → {out} ({rec.pipeline.value}, model {rec.model})", highlight=False)
     t0 = time.perf_counter()
     try:
-        with progress() as bar, _stdout_to_stderr():
-            results = compress(rec, out, force=force, on_event=_Progress(bar), command=command)
+        with progress() as bar, stdout_to_stderr():
+            results = compress(rec, out, force=force, on_event=Progress(bar), command=command)
     except EdgeslimError as exc:
         if not isinstance(exc, CompressError) and (out / STATE_FILE).is_file():
             console.print(f"the finished steps are kept in {out}: fix the cause and rerun the same command to resume")
         raise
-    _print_table(results)
+    print_table(results)
     report_html = out / "report.html"
     console.print(f"[green]wrote[/] {report_html}, {out / 'report.md'}, {out / RESULTS_FILE} "
                   f"in {time.perf_counter() - t0:.0f} s", highlight=False)
@@ -104,7 +86,7 @@ def _fmt(value: Any, spec: str, scale: float = 1.0, unit: str = "") -> str:
     return "—" if value is None else f"{value * scale:{spec}}{unit}"
 
 
-def _print_table(results: dict[str, Any]) -> None:
+def print_table(results: dict[str, Any]) -> None:
     from rich.table import Table
 
     rows = results["rows"]

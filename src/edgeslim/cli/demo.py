@@ -57,7 +57,8 @@ def demo_cmd(
     json_: JsonOpt = False,
 ) -> None:
     """The short case study: prune ResNet-18 to half, fine-tune, int8, ONNX + TFLite, time them, report."""
-    from edgeslim.cli.compress import _print_table, _Progress, _stdout_to_stderr
+    from edgeslim.cli.common import stdout_to_stderr
+    from edgeslim.cli.compress import Progress, print_table
     from edgeslim.data import check_root
     from edgeslim.pipelines.runner import RESULTS_FILE, compress
 
@@ -70,9 +71,9 @@ def demo_cmd(
     t0 = time.perf_counter()
     command = (f"edgeslim demo --out {out} --finetune-epochs {finetune_epochs:g} --test-limit {test_limit} "
                f"--bench-size {bench_size}")
-    with progress() as bar, _stdout_to_stderr():
-        results = compress(rec, out, force=force, on_event=_Progress(bar), command=command)
-    _print_table(results)
+    with progress() as bar, stdout_to_stderr():
+        results = compress(rec, out, force=force, on_event=Progress(bar), command=command)
+    print_table(results)
     rows = {r["variant"]: r for r in results["rows"]}
     orig, final = rows.get("original", {}), rows.get("pruned+quantized", {})
     summary: dict[str, Any] = {"out": str(out), "report_html": str(out / "report.html"),

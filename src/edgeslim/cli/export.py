@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from edgeslim.cli.common import ModelArg, console, emit_json, refuse_existing_outputs, resolve_model
+from edgeslim.cli.common import ModelArg, console, emit_json, refuse_existing_outputs, resolve_model, stdout_to_stderr
 
 
 def register(app: typer.Typer) -> None:
     """Add the command to ``app``."""
     app.command("export")(export_cmd)
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Point file descriptor 1 at stderr (converters print from C++ too), so stdout ends in JSON."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def export_cmd(
@@ -70,7 +52,7 @@ def export_cmd(
     accuracy_kwargs = _accuracy_inputs(arg, tuple(x.shape), eval_samples)
     label = quant or ("its own quantization" if arg.kind == "quantized" else "fp32")
     console.print(f"exporting {arg.source} to {format} ({label}) → {out}")
-    with _stdout_to_stderr():
+    with stdout_to_stderr():
         result = export(
             arg.obj, format, out, x, quant=quant, verify=verify, overwrite=force, layout=layout, activations=activations,
             io_dtype=io_dtype, method=method, calibration_size=calibration_size, verify_samples=verify_samples,
