@@ -80,3 +80,18 @@ def test_entropy_is_not_pulled_down_by_the_zeros_of_a_relu() -> None:
     lo, hi = obs.choose_range(x)
     assert lo == 0.0
     assert 3.5 < hi <= float(x.max())
+
+
+@pytest.mark.parametrize("name", ["mse", "percentile", "entropy"])
+def test_sampled_ranges_are_asked_twice_and_answer_the_same(name: str) -> None:
+    # An observer shared by two edges (max-pool input and output) is asked once per edge; with more values than the
+    # MSE sub-sample the old code drew a new random sub-sample per call and gave the two edges different scales.
+    obs = _observer(name)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        obs(torch.randn(64, 4096, generator=g).relu())
+    first = obs.calculate_qparams()
+    again = {(float(s), int(z)) for s, z in (obs.calculate_qparams() for _ in range(6))}
+    assert again == {(float(first[0]), int(first[1]))}
+    obs(torch.randn(64, 4096, generator=g).relu() * 3)  # new data: the range is chosen again
+    assert float(obs.calculate_qparams()[0]) > float(first[0])

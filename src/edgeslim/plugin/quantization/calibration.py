@@ -84,11 +84,13 @@ class SampleObserver(MinMaxObserver):
         self._samples: list[torch.Tensor] = []
         self._n = 0
         self._gen = torch.Generator().manual_seed(0)  # the same calibration data gives the same ranges
+        self._qparams: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
         """Check, record min/max, and keep up to ``_PER_BATCH`` random values of this batch."""
         _check_finite(self, x_orig)
         out = super().forward(x_orig)
+        self._qparams = None
         flat = x_orig.detach().reshape(-1).to(torch.float32)
         if flat.numel() > _PER_BATCH:
             flat = flat[torch.randint(flat.numel(), (_PER_BATCH,), generator=self._gen)]
@@ -106,13 +108,20 @@ class SampleObserver(MinMaxObserver):
 
     @torch.jit.export
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scale and zero point from the chosen range (falls back to min/max without samples)."""
+        """Scale and zero point from the chosen range (falls back to min/max without samples).
+
+        Computed once per calibration state: one observer shared by several edges (max-pool input
+        and output) is asked once per edge, and every edge must get the same scale, or runtimes
+        cannot fold the Q/DQ pair (ONNX Runtime then runs that op in float, with layout transposes).
+        """
         if not self._samples:
             return super().calculate_qparams()
-        x = torch.cat(self._samples)
-        lo, hi = self.choose_range(x)
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-        return self._calculate_qparams(torch.tensor(lo), torch.tensor(hi))
+        if self._qparams is None:
+            x = torch.cat(self._samples)
+            lo, hi = self.choose_range(x)
+            lo, hi = min(lo, 0.0), max(hi, 0.0)
+            self._qparams = self._calculate_qparams(torch.tensor(lo), torch.tensor(hi))
+        return self._qparams
 
     def _levels(self) -> int:
         return int(self.quant_max) - int(self.quant_min)
