@@ -61,8 +61,15 @@ def bench_cmd(
     idle_timeout: IdleTimeoutOpt = None,
     devices: DevicesOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line")] = False,
+    energy: Annotated[bool, typer.Option(
+        "--energy", help="Also measure energy per inference (J) and average watts above the idle baseline, read on "
+                         "the device (RAPL, hwmon, Jetson INA3221, Raspberry Pi 5 PMIC, NVML / nvidia-smi)")] = False,
+    energy_sensor: Annotated[str, typer.Option(
+        "--energy-sensor", help="auto | rapl | hwmon | jetson-ina3221 | pmic | nvml | nvidia-smi")] = "auto",
+    energy_seconds: Annotated[float, typer.Option(
+        "--energy-seconds", help="Seconds of idle baseline, then at least as long of inference")] = 3.0,
 ) -> None:
-    """Benchmark ARTIFACTS on TARGET: latency percentiles, load time, peak memory, runtime, machine."""
+    """Benchmark ARTIFACTS on TARGET: latency percentiles, load time, peak memory, runtime, machine (and energy)."""
     from edgeslim.device_bench import bench
 
     opts = device_options(identity=identity, known_hosts=known_hosts, python=python, workdir=workdir,
@@ -75,13 +82,20 @@ def bench_cmd(
                 tasks[artifact] = bar.add_task(Path(artifact).name, total=runs)
             if event["event"] == "run":
                 bar.update(tasks[artifact], completed=event["i"] + 1)
+            elif event["event"] == "energy" and event.get("phase") == "idle":
+                console.print(f"{Path(artifact).name}: measuring energy with {event['sensor']} (idle baseline, then "
+                              "inference)", highlight=False)
             elif event["event"] == "lock_wait":
                 console.print(f"device busy ({event.get('holder', '')}); waiting for its lock")
 
         report = bench(artifacts, target, runs=runs, warmup=warmup, threads=threads, runtime=runtime, inputs=inputs,
-                       results_file=results, options=opts, on_event=on_event)
+                       results_file=results, options=opts, on_event=on_event,
+                       energy=energy_sensor if energy else None, energy_seconds=energy_seconds)
     summary = report.summary()
     console.print(_table(summary))
+    for r in summary["results"]:
+        if r.get("energy_unavailable_reason"):
+            console.print(f"energy of {Path(r['artifact']).name}: {r['energy_unavailable_reason']}", highlight=False)
     console.print(f"results appended to {results}")
     if json_:
         emit_json(summary)
@@ -92,7 +106,9 @@ def _table(summary: dict[str, Any]) -> Any:
 
     machines = sorted({str(r["machine"]) for r in summary["results"]})
     table = Table(title=f"bench on {summary['target']} ({', '.join(machines)})")
-    for col in ("artefact", "runtime", "p50 ms", "p90 ms", "p99 ms", "load ms", "RSS MiB", "top-1", "ratio"):
+    energy = any("energy_unavailable_reason" in r for r in summary["results"])
+    columns = ("artefact", "runtime", "p50 ms", "p90 ms", "p99 ms", "load ms", "RSS MiB", "top-1", "ratio")
+    for col in columns + (("mJ/inf", "W") if energy else ()):
         table.add_column(col, justify="left" if col in ("artefact", "runtime") else "right", overflow="fold")
     for r in summary["results"]:
         def f(key: str, fmt: str = "{:.3f}", row: dict[str, Any] = r) -> str:
@@ -100,5 +116,7 @@ def _table(summary: dict[str, Any]) -> Any:
 
         table.add_row(Path(r["artifact"]).name, f"{r['runtime']} {r['runtime_version']}",
                       f("p50"), f("p90"), f("p99"), f("load_ms", "{:.1f}"), f("peak_rss_mb", "{:.1f}"),
-                      f("top1", "{:.2%}"), f("ratio_p50", "{:.2f}x"))
+                      f("top1", "{:.2%}"), f("ratio_p50", "{:.2f}x"),
+                      *(("-" if r.get("joules_per_inference") is None else f"{r['joules_per_inference'] * 1e3:.3f}",
+                         f("avg_watts", "{:.2f}")) if energy else ()))
     return table

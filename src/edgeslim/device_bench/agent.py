@@ -5,7 +5,9 @@ What is uploaded is built from this file by :func:`edgeslim.device_bench.agent_b
 each import marked ``# edgeslim:inline`` is replaced by the source of the runner module it names
 (``runtimes/litert.py``, ``runtimes/onnxruntime.py``), the same runners the host verifies
 artefacts with. The built script needs only the standard library, numpy and an inference
-runtime (onnxruntime, ai-edge-litert or tflite-runtime); it never imports edgeslim or torch. It talks to the host through JSON lines
+runtime (onnxruntime, ai-edge-litert or tflite-runtime); it never imports edgeslim or torch.
+With ``--energy`` it also measures energy per inference after the timed runs, with the sensor
+readers of ``energy/`` (pasted in the same way; ``energy`` events mark the idle and active phases). It talks to the host through JSON lines
 on stdout, each prefixed with ``@@edgeslim``: ``lock_wait``, ``locked``, ``loaded``, ``run``
 (one per timed run), then ``result`` or ``error``.
 
@@ -13,6 +15,7 @@ Usage (run by the host; each argument is shell-quoted there)::
 
     python3 agent.py bench --model M.onnx --runs 50 --warmup 5 --threads 4 [--runtime NAME]
                            [--inputs X.npz] [--return-outputs] [--lock FILE]
+                           [--energy auto|SENSOR] [--energy-seconds S]
     python3 agent.py probe [--workdir DIR]
     python3 agent.py install-wheels --into DIR WHEEL...
 """
@@ -32,6 +35,13 @@ import sys
 import time
 import zipfile
 
+from edgeslim.device_bench.energy.base import SENSORS, SensorUnavailable  # edgeslim:inline
+from edgeslim.device_bench.energy.hwmon import HwmonSensor  # edgeslim:inline
+from edgeslim.device_bench.energy.jetson import JetsonIioSensor  # edgeslim:inline
+from edgeslim.device_bench.energy.measure import detect_sensor, measure_energy  # edgeslim:inline
+from edgeslim.device_bench.energy.nvidia import NvidiaSmiSensor, NvmlSensor  # edgeslim:inline
+from edgeslim.device_bench.energy.pmic import PmicSensor  # edgeslim:inline
+from edgeslim.device_bench.energy.rapl import RaplSensor  # edgeslim:inline
 from edgeslim.device_bench.runtimes.litert import LiteRtRunner, TfliteRuntimeRunner  # edgeslim:inline
 from edgeslim.device_bench.runtimes.onnxruntime import OnnxRuntimeRunner  # edgeslim:inline
 
@@ -43,6 +53,8 @@ EXIT_ERROR = 4
 EVAL_BATCH = 32
 #: runtime name -> runner class (in order of preference per file suffix)
 RUNTIMES = {cls.name: cls for cls in (OnnxRuntimeRunner, LiteRtRunner, TfliteRuntimeRunner)}
+#: The energy readers (each registered in SENSORS by its own module).
+ENERGY_SENSORS = (RaplSensor, HwmonSensor, JetsonIioSensor, PmicSensor, NvmlSensor, NvidiaSmiSensor)
 
 
 def emit(event, **data):
@@ -251,6 +263,8 @@ def cmd_bench(args):
         "locked_at": locked_at, "runtime_settings": runner.settings,
         "artifact_metadata": {k: v for k, v in runner.metadata.items() if k.startswith("edgeslim.")}, **system_info(),
     }
+    if args.energy:
+        result.update(bench_energy(args, runner, feeds))
     if args.return_outputs:
         result["outputs"] = [np.asarray(o).tolist() for o in outs]
     if data and "y" in data:
@@ -260,6 +274,26 @@ def cmd_bench(args):
     emit("result", **result)
     if lock is not None:
         lock.close()
+
+
+def bench_energy(args, runner, feeds):
+    """Energy per inference of ``runner.run(feeds)`` (keys all None, with the reason, when no sensor can be read)."""
+    name = args.energy
+    prefer = tuple(getattr(runner, "energy_sensors", ())) if name == "auto" else (name,)
+    if name != "auto" and name not in SENSORS:
+        fail("bad_energy_sensor", f"unknown energy sensor {name!r}; known: auto, {', '.join(SENSORS)}")
+    sensor, reason = detect_sensor(args.energy_root, prefer=prefer, only=name != "auto")
+    if sensor is not None:
+        emit("energy", phase="idle", sensor=sensor.description, seconds=args.energy_seconds)
+        try:
+            out = measure_energy(sensor, lambda: runner.run(feeds), idle_s=args.energy_seconds,
+                                 active_s=args.energy_seconds, min_runs=min(args.runs, 10),
+                                 on_phase=lambda phase: emit("energy", phase=phase, sensor=sensor.description))
+            out["energy_unavailable_reason"] = None
+            return out
+        except SensorUnavailable as exc:
+            reason = f"not available: {sensor.description} stopped answering during the measurement: {exc.reason}"
+    return {"joules_per_inference": None, "avg_watts": None, "energy_sensor": None, "energy_unavailable_reason": reason}
 
 
 def cmd_probe(args):
@@ -309,6 +343,9 @@ def main(argv=None):
     b.add_argument("--lock")
     b.add_argument("--lock-timeout", type=float, default=3600.0)
     b.add_argument("--site", help="a folder of wheels unpacked by `edgeslim device setup` (used if it exists)")
+    b.add_argument("--energy", help="measure energy per inference with this sensor (auto: the device's first)")
+    b.add_argument("--energy-seconds", type=float, default=3.0, help="seconds of idle baseline and of inference")
+    b.add_argument("--energy-root", default="/", help=argparse.SUPPRESS)  # a captured sysfs tree (tests)
     p = sub.add_parser("probe")
     p.add_argument("--workdir", default="~/.cache/edgeslim-bench")
     p.add_argument("--site")

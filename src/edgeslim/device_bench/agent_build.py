@@ -6,7 +6,9 @@ line: the agent has its own at the top). The runner modules are the ones the hos
 artefacts with, so a board runs the same session settings, layouts and (de)quantization.
 
 The build checks what makes the pasted script work on a board: each pasted module imports only
-the standard library and numpy (runtimes are imported by name at run time), defines the names
+the standard library, numpy and modules pasted before it (those ``from MODULE import NAMES``
+statements are dropped: the names are already defined; runtimes are imported by name at run
+time), defines the names
 the agent imports from it, and no two pieces define the same top-level name. The output depends
 only on those source files (no time stamps, paths or versions): the same checkout always
 uploads the same bytes.
@@ -56,15 +58,27 @@ def _imported_modules(tree: ast.Module) -> set[str]:
                    if isinstance(n, ast.ImportFrom) and n.module and not n.level}
 
 
-def _module_source(module: str, names: list[str]) -> tuple[str, Path, set[str]]:
-    """The source of ``module`` ready to paste, its path and the names it defines."""
+def _module_source(module: str, names: list[str], pasted: dict[str, set[str]]) -> tuple[str, Path, set[str]]:
+    """The source of ``module`` ready to paste, its path and the names it defines.
+
+    ``pasted`` maps each module pasted before it to the names it defines: imports from those are dropped.
+    """
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
         raise AgentBuildError(f"agent build: cannot find module {module}")
     path = Path(spec.origin)
     text = path.read_text(encoding="utf-8")
     tree = ast.parse(text, str(path))
-    bad = _imported_modules(tree) - set(sys.stdlib_module_names) - {"numpy", "__future__"}
+    dropped: set[int] = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module in pasted and not node.level:
+            absent = [a.name for a in node.names if a.name not in pasted[node.module] or a.asname]
+            if absent:
+                raise AgentBuildError(f"agent build: {path} imports {absent} from {node.module}, which does not define "
+                                      "them (or renames them: `as` is not supported in pasted modules)")
+            dropped |= set(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    kept = ast.Module(body=[n for n in tree.body if n.lineno not in dropped], type_ignores=[])
+    bad = _imported_modules(kept) - set(sys.stdlib_module_names) - {"numpy", "__future__"}
     if bad:
         raise AgentBuildError(f"agent build: {path} imports {sorted(bad)}; a module built into the agent may import "
                               "only the standard library and numpy (import runtimes by name at run time)")
@@ -72,7 +86,7 @@ def _module_source(module: str, names: list[str]) -> tuple[str, Path, set[str]]:
     missing = [n for n in names if n not in defined]
     if missing:
         raise AgentBuildError(f"agent build: the agent imports {missing} from {module}, which does not define them")
-    lines = [line for line in text.splitlines() if line.strip() != _FUTURE]
+    lines = [line for i, line in enumerate(text.splitlines(), 1) if line.strip() != _FUTURE and i not in dropped]
     return "\n".join(lines).strip("\n"), path, defined
 
 
@@ -89,13 +103,15 @@ def build_agent() -> str:
     out: list[str] = []
     owners: dict[str, str] = {}
     parts: list[str] = []
+    pasted: dict[str, set[str]] = {}
     agent_text = AGENT_SOURCE.read_text(encoding="utf-8")
     for line in agent_text.splitlines():
         m = _MARKED.match(line)
         if m is None:
             out.append(line)
             continue
-        source, path, defined = _module_source(m.group(1), [n.strip() for n in m.group(2).split(",")])
+        source, path, defined = _module_source(m.group(1), [n.strip() for n in m.group(2).split(",")], pasted)
+        pasted[m.group(1)] = defined
         resolved = path.resolve()
         rel = resolved.relative_to(_PACKAGE_ROOT.parent).as_posix() if resolved.is_relative_to(_PACKAGE_ROOT) else path.name
         for name in defined:

@@ -96,6 +96,8 @@ def bench(
     return_outputs: bool = False,
     lock_timeout: float = 3600.0,
     on_event: EventHandler | None = None,
+    energy: str | None = None,
+    energy_seconds: float = 3.0,
 ) -> BenchReport:
     """Benchmark each artefact (``.onnx``, ``.tflite``) on ``target``, one after the other.
 
@@ -116,10 +118,16 @@ def bench(
         return_outputs: Include the model outputs for the timed input in each result.
         lock_timeout: Seconds to wait for another bench holding the device's lock.
         on_event: Called with every agent event (progress).
+        energy: Also measure energy per inference on the device with this sensor (``"auto"``: the
+            device's own, see :mod:`edgeslim.device_bench.energy`; or ``rapl``, ``hwmon``,
+            ``jetson-ina3221``, ``pmic``, ``nvml``, ``nvidia-smi``); None: no energy.
+        energy_seconds: Seconds of idle baseline, then at least as long of inference, for ``energy``.
 
     Returns:
         The report; each result's ``data`` holds latencies, p50/p90/p99, mean, std (ms),
-        load time, peak RSS, runtime and version, ``machine`` (uname -m), CPU facts.
+        load time, peak RSS, runtime and version, ``machine`` (uname -m), CPU facts; with
+        ``energy``: ``joules_per_inference`` and ``avg_watts`` (above the idle baseline),
+        ``energy_sensor``, or both None and ``energy_unavailable_reason`` ("not available: ...").
 
     Raises:
         DeviceError: Connecting, uploading or running failed (subclasses say which, e.g.
@@ -131,6 +139,8 @@ def bench(
         raise DeviceConfigError("bench: no artefacts given")
     if runs < 1 or warmup < 0 or threads < 0:
         raise DeviceConfigError(f"bench: runs must be >= 1, warmup and threads >= 0 (got {runs}, {warmup}, {threads})")
+    if energy is not None and not energy_seconds > 0:
+        raise DeviceConfigError(f"bench: energy_seconds must be > 0 (got {energy_seconds})")
     for p in [*paths, *([Path(inputs)] if inputs else [])]:
         if not p.is_file():
             raise DeviceConfigError(f"bench: {p} is not a file")
@@ -142,7 +152,8 @@ def bench(
         for path in paths:
             result = _bench_one(conn, path, writer, runs=runs, warmup=warmup, threads=threads, runtime=runtime,
                                 inputs=Path(inputs) if inputs else None, return_outputs=return_outputs,
-                                lock_timeout=lock_timeout, on_event=on_event, done=len(results))
+                                lock_timeout=lock_timeout, on_event=on_event, done=len(results),
+                                energy=(energy, energy_seconds))
             results.append(result)
     finally:
         conn.close()
@@ -151,7 +162,7 @@ def bench(
 
 def _bench_one(conn: Connection, path: Path, writer: JsonlWriter | None, *, runs: int, warmup: int, threads: int,
                runtime: str, inputs: Path | None, return_outputs: bool, lock_timeout: float,
-               on_event: EventHandler | None, done: int) -> BenchResult:
+               on_event: EventHandler | None, done: int, energy: tuple[str | None, float] = (None, 0.0)) -> BenchResult:
     collector = _Collector(str(path), on_event, lock_timeout)
     try:
         run_dir = f"run-{uuid.uuid4().hex[:12]}"
@@ -173,6 +184,8 @@ def _bench_one(conn: Connection, path: Path, writer: JsonlWriter | None, *, runs
             argv += ["--inputs", staged[2]]
         if return_outputs:
             argv.append("--return-outputs")
+        if energy[0] is not None:
+            argv += ["--energy", energy[0], "--energy-seconds", str(energy[1])]
         rc = conn.run(argv, collector, waiting=collector.waiting)  # on a lost connection the uploads stay
         conn.remove(run_path)
         result = _interpret(conn, path, rc, collector)

@@ -14,6 +14,8 @@ from edgeslim.device_bench.stats import ratio
 #: Keys of a result record that the comparison table and the ``--json`` summary show.
 SUMMARY_KEYS = ("artifact", "status", "p50", "p90", "p99", "mean", "std", "load_ms", "peak_rss_mb", "runtime",
                 "runtime_version", "machine", "threads", "runs", "top1")
+#: Keys added to the summary when energy was asked for (``bench(..., energy=...)``).
+ENERGY_KEYS = ("joules_per_inference", "avg_watts", "energy_sensor", "energy_unavailable_reason")
 
 
 @dataclass
@@ -53,6 +55,8 @@ class BenchResult:
         """The short dict for the ``--json`` summary; ``ratio_p50`` is relative to ``reference``."""
         rec = self.record()
         out = {k: rec.get(k) for k in SUMMARY_KEYS}
+        if "energy_unavailable_reason" in rec:
+            out.update({k: rec.get(k) for k in ENERGY_KEYS})
         out["target"] = self.target
         if self.error:
             out["error"] = self.error
