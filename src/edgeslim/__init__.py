@@ -38,6 +38,10 @@ _LAZY = {
     "compress": "edgeslim.pipelines.runner:compress",
     "joint_search": "edgeslim.pipelines.joint:joint_search",
     "ExportResult": "edgeslim.exporters.api:ExportResult",
+    "pack": "edgeslim.deep_compression.api:pack",
+    "unpack": "edgeslim.deep_compression.api:unpack",
+    "PackConfig": "edgeslim.deep_compression.config:PackConfig",
+    "PackResult": "edgeslim.deep_compression.api:PackResult",
 }
 
 __all__ = [
@@ -46,6 +50,8 @@ __all__ = [
     "DeviceOptions",
     "EdgeslimError",
     "ExportResult",
+    "PackConfig",
+    "PackResult",
     "PruneConfig",
     "PruneResult",
     "PruningSchedule",
@@ -62,11 +68,13 @@ __all__ = [
     "joint_search",
     "load",
     "load_model",
+    "pack",
     "prepare_qat",
     "prune",
     "quantize",
     "save",
     "sensitivity",
+    "unpack",
 ]
 
 

@@ -11,7 +11,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ("demo", "prune", "sensitivity", "bench", "device", "export", "quantize", "compress")
+COMMAND_MODULES = ("demo", "prune", "sensitivity", "bench", "device", "export", "quantize", "compress", "pack")
 
 app = typer.Typer(
     name="edgeslim",

@@ -1,0 +1,126 @@
+"""Trained quantization: fine-tune each layer's centroids by the summed gradient of its weights.
+
+While training, a layer's weight is computed as ``table[index]`` where ``table`` is its
+centroids plus a zero (the pruned positions) and ``index`` the fixed assignment of every
+position. Autograd then gives each centroid the sum of the gradients of the weights that share
+it — the update of Han et al. — and pruned weights stay exactly zero. When training ends the
+weights are baked back as plain parameters holding exactly ``table[index]``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sized
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils import parametrize
+
+from edgeslim.deep_compression.codebook import Codebook
+from edgeslim.plugin.pruning.finetune import distillation_loss
+
+
+class SharedWeights(nn.Module):
+    """A parametrization: ``weight = cat(centroids, 0)[index]``."""
+
+    def __init__(self, shape: torch.Size, positions: torch.Tensor, book: Codebook) -> None:
+        super().__init__()
+        self.shape = shape
+        self.centroids = nn.Parameter(book.centroids.clone().to(torch.float32))
+        index = torch.full((shape.numel(),), book.centroids.numel(), dtype=torch.long)
+        index[positions] = book.codes
+        self.index: torch.Tensor
+        self.register_buffer("index", index)
+
+    def forward(self, original: torch.Tensor) -> torch.Tensor:
+        """The shared-weight tensor (``original`` is ignored)."""
+        del original
+        table = torch.cat([self.centroids, self.centroids.new_zeros(1)])
+        return table[self.index].view(self.shape)
+
+
+def _module(model: nn.Module, param_name: str) -> nn.Module:
+    return model.get_submodule(param_name.rsplit(".", 1)[0]) if "." in param_name else model
+
+
+def train_centroids(
+    model: nn.Module,
+    layers: dict[str, tuple[torch.Tensor, Codebook]],
+    train_loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    epochs: float,
+    lr: float,
+    teacher: nn.Module | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> dict[str, Codebook]:
+    """Fine-tune the centroids of ``layers`` (and the model's other float parameters) in place.
+
+    Args:
+        model: The pruned model; each layer's weight is replaced by its codebook values.
+        layers: Weight name -> (flat positions of the stored weights, their codebook).
+        train_loader: Training batches (a DataLoader: its length sets the step count).
+        epochs: Passes over the data (fractions allowed; 0: just bake the codebooks in).
+        lr: Adam learning rate.
+        teacher: Float model for knowledge distillation (eval mode), or ``None`` for plain CE.
+        on_step: Called with ``(step, total)``.
+
+    Returns:
+        The codebooks after training (same codes, trained centroids).
+    """
+    shared: dict[str, SharedWeights] = {}
+    for name, (positions, book) in layers.items():
+        mod = _module(model, name)
+        p = SharedWeights(mod.get_parameter("weight").shape, positions, book)
+        parametrize.register_parametrization(mod, "weight", p, unsafe=True)
+        mod.get_parameter("parametrizations.weight.original").requires_grad_(False)
+        shared[name] = p
+    try:
+        steps = round(epochs * len(train_loader)) if isinstance(train_loader, Sized) else 0
+        if steps > 0:
+            _train(model, shared, train_loader, steps, lr, teacher, on_step)
+    finally:
+        with torch.no_grad():
+            for name in shared:
+                mod = _module(model, name)
+                parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
+                mod.get_parameter("weight").requires_grad_(True)
+    model.eval()
+    return {n: Codebook(p.centroids.detach().clone(), layers[n][1].codes, layers[n][1].bits) for n, p in shared.items()}
+
+
+def _train(
+    model: nn.Module,
+    shared: dict[str, SharedWeights],
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    lr: float,
+    teacher: nn.Module | None,
+    on_step: Callable[[int, int], None] | None,
+) -> None:
+    params = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith(".original")]
+    opt = torch.optim.Adam(params, lr=lr)
+    model.train()
+    for m in model.modules():  # keep batch-norm statistics as they were measured
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    if teacher is not None:
+        teacher.eval()
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))
+    for step, (x, y) in zip(range(1, steps + 1), batches, strict=False):
+        out = model(x)
+        if teacher is not None:
+            with torch.no_grad():
+                t_out = teacher(x)
+            loss = distillation_loss(out, t_out, y, alpha=0.7, temperature=4.0)
+        else:
+            loss = F.cross_entropy(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if on_step is not None:
+            on_step(step, steps)
+    model.eval()
+
+
+__all__ = ["SharedWeights", "train_centroids"]
