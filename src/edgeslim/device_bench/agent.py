@@ -5,7 +5,7 @@ What is uploaded is built from this file by :func:`edgeslim.device_bench.agent_b
 each import marked ``# edgeslim:inline`` is replaced by the source of the runner module it names
 (``runtimes/litert.py``, ``runtimes/onnxruntime.py``), the same runners the host verifies
 artefacts with. The built script needs only the standard library, numpy and an inference
-runtime (onnxruntime, ai-edge-litert or tflite-runtime); it never imports edgeslim or torch.
+runtime (onnxruntime, ai-edge-litert, tflite-runtime or tensorrt); it never imports edgeslim or torch.
 With ``--energy`` it also measures energy per inference after the timed runs, with the sensor
 readers of ``energy/`` (pasted in the same way; ``energy`` events mark the idle and active phases). It talks to the host through JSON lines
 on stdout, each prefixed with ``@@edgeslim``: ``lock_wait``, ``locked``, ``loaded``, ``run``
@@ -44,6 +44,7 @@ from edgeslim.device_bench.energy.pmic import PmicSensor  # edgeslim:inline
 from edgeslim.device_bench.energy.rapl import RaplSensor  # edgeslim:inline
 from edgeslim.device_bench.runtimes.litert import LiteRtRunner, TfliteRuntimeRunner  # edgeslim:inline
 from edgeslim.device_bench.runtimes.onnxruntime import OnnxRuntimeRunner  # edgeslim:inline
+from edgeslim.device_bench.runtimes.tensorrt import TensorRtRunner  # edgeslim:inline
 
 PREFIX = "@@edgeslim "
 AGENT_VERSION = 2
@@ -52,7 +53,7 @@ EXIT_ERROR = 4
 #: Images per runtime call when the agent computes top-1 (models with a fixed batch use theirs).
 EVAL_BATCH = 32
 #: runtime name -> runner class (in order of preference per file suffix)
-RUNTIMES = {cls.name: cls for cls in (OnnxRuntimeRunner, LiteRtRunner, TfliteRuntimeRunner)}
+RUNTIMES = {cls.name: cls for cls in (OnnxRuntimeRunner, LiteRtRunner, TfliteRuntimeRunner, TensorRtRunner)}
 #: The energy readers (each registered in SENSORS by its own module).
 ENERGY_SENSORS = (RaplSensor, HwmonSensor, JetsonIioSensor, PmicSensor, NvmlSensor, NvidiaSmiSensor)
 

@@ -1,4 +1,4 @@
-"""Exporters: verified ONNX and TFLite (LiteRT) artefacts from edgeslim models.
+"""Exporters: verified ONNX, TFLite (LiteRT) and TensorRT artefacts from edgeslim models.
 
 ``edgeslim.export(model, "onnx", "model.onnx", x, quant="int8")`` writes the artefact
 atomically, runs it in its own runtime on real images and compares it with PyTorch.
@@ -6,7 +6,7 @@ Exporters are registered in :data:`~edgeslim.exporters.base.EXPORTERS` (one file
 package imports the built-in ones so that they are registered before any lookup.
 """
 
-from edgeslim.exporters import onnx, tflite  # noqa: F401  (registration of the built-in exporters)
+from edgeslim.exporters import onnx, tensorrt, tflite  # noqa: F401  (registration of the built-in exporters)
 from edgeslim.exporters.api import ExportResult, export
 from edgeslim.exporters.base import EXPORTERS, Exporter, Runner, get_exporter
 from edgeslim.exporters.config import (

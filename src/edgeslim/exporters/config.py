@@ -31,6 +31,7 @@ class Format(str, Enum):
 
     ONNX = "onnx"
     TFLITE = "tflite"
+    TENSORRT = "tensorrt"
 
 
 class Precision(str, Enum):

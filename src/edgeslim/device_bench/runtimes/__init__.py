@@ -13,12 +13,14 @@ from __future__ import annotations
 from edgeslim.device_bench.runtimes.base import RUNTIMES, RuntimeSpec, register_runtime, runtimes_for
 from edgeslim.device_bench.runtimes.litert import LiteRtRunner, TfliteRuntimeRunner
 from edgeslim.device_bench.runtimes.onnxruntime import OnnxRuntimeRunner
+from edgeslim.device_bench.runtimes.tensorrt import TensorRtRunner
 
 #: The runner classes, in the agent's order of preference per suffix.
-RUNNERS = (OnnxRuntimeRunner, LiteRtRunner, TfliteRuntimeRunner)
+RUNNERS = (OnnxRuntimeRunner, LiteRtRunner, TfliteRuntimeRunner, TensorRtRunner)
 ONNXRUNTIME = register_runtime(RuntimeSpec.of(OnnxRuntimeRunner))
 AI_EDGE_LITERT = register_runtime(RuntimeSpec.of(LiteRtRunner))
 TFLITE_RUNTIME = register_runtime(RuntimeSpec.of(TfliteRuntimeRunner))
+TENSORRT = register_runtime(RuntimeSpec.of(TensorRtRunner))
 
-__all__ = ["AI_EDGE_LITERT", "ONNXRUNTIME", "RUNNERS", "RUNTIMES", "TFLITE_RUNTIME", "LiteRtRunner",
-           "OnnxRuntimeRunner", "RuntimeSpec", "TfliteRuntimeRunner", "register_runtime", "runtimes_for"]
+__all__ = ["AI_EDGE_LITERT", "ONNXRUNTIME", "RUNNERS", "RUNTIMES", "TENSORRT", "TFLITE_RUNTIME", "LiteRtRunner",
+           "OnnxRuntimeRunner", "RuntimeSpec", "TensorRtRunner", "TfliteRuntimeRunner", "register_runtime", "runtimes_for"]
