@@ -80,7 +80,13 @@ def test_api_names_only_what_is_missing(
 ) -> None:
     with pytest.raises(MissingBackendError, match=r"missing on this machine: .*a CUDA GPU"):
         export(tiny_model, "tensorrt", tmp_path / "m.engine", example, verify=False)
-    monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))  # the package, but still no GPU
+    fake = types.ModuleType("tensorrt")
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)  # a module that is not TensorRT (a shadowing tensorrt.py)
+    with pytest.raises(
+        MissingBackendError, match=r"which is not NVIDIA's TensorRT: a file named tensorrt.py shadows it"
+    ):
+        export(tiny_model, "tensorrt", tmp_path / "m.engine", example, verify=False)
+    fake.Builder = object  # type: ignore[attr-defined]  # the package, but still no GPU
     with pytest.raises(MissingBackendError) as info:
         export(tiny_model, "tensorrt", tmp_path / "m.engine", example, verify=False)
     message = str(info.value)
@@ -112,6 +118,22 @@ def test_registered_as_exporter_and_bench_runtime() -> None:
     assert "tensorrt" in EXPORTERS.names() and EXPORTERS.get("tensorrt").suffix == ".engine"
     spec = RUNTIMES.get("tensorrt")
     assert spec.suffixes == (".engine", ".plan") and [r.name for r in runtimes_for(".engine")] == ["tensorrt"]
+
+
+@needs_no_gpu
+def test_benchmark_refuses_without_gpu_and_writes_nothing(tmp_path: Path) -> None:
+    script = Path(__file__).parents[2] / "benchmarks" / "tensorrt.py"
+    results = script.parent / "results"
+    before = sorted(p.name for p in results.iterdir())
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=script.parent, timeout=300, check=False
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "benchmarks/tensorrt.py needs an NVIDIA GPU; missing on this machine: " in proc.stderr
+    assert "Nothing was measured and nothing was written." in proc.stderr
+    if "tensorrt" not in sys.modules:  # run from its own folder, the script must not import itself as `tensorrt`
+        assert "the `tensorrt` Python package (import failed: No module named 'tensorrt')" in proc.stderr
+    assert sorted(p.name for p in results.iterdir()) == before and not (results / "tensorrt.json").exists()
 
 
 @pytest.mark.skipif("tensorrt" in sys.modules or not MISSING, reason="tensorrt importable here")

@@ -45,7 +45,12 @@ def missing_backend() -> list[str]:
     """What this machine lacks to build and run TensorRT engines (empty when nothing)."""
     missing = []
     try:
-        importlib.import_module("tensorrt")
+        trt = importlib.import_module("tensorrt")
+        if not hasattr(trt, "Builder"):
+            missing.append(
+                f"the `tensorrt` Python package (`import tensorrt` found {getattr(trt, '__file__', trt)!r}, "
+                "which is not NVIDIA's TensorRT: a file named tensorrt.py shadows it)"
+            )
     except ImportError as exc:
         missing.append(f"the `tensorrt` Python package (import failed: {exc})")
     driver = os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is not None
@@ -68,7 +73,7 @@ def require_backend() -> None:
         )
 
 
-class _Fp16(torch.nn.Module):
+class Fp16Model(torch.nn.Module):
     """The model in fp16 with a float32 input and output (the precision travels in the ONNX graph)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -87,7 +92,7 @@ def _write_onnx(job: ExportJob, dest: Path) -> None:
 
     precision = job.options.quant.precision
     if precision is Precision.FP16:
-        model = _Fp16(copy.deepcopy(job.model).eval())
+        model = Fp16Model(copy.deepcopy(job.model).eval())
         job.metadata["dynamic_axes"] = torch_to_onnx(model, job.example, dest)
         return
     opts = job.options
