@@ -47,7 +47,7 @@ class _TorchBuffers:
         self.torch = importlib.import_module("torch")
         if not self.torch.cuda.is_available():
             raise RuntimeError("torch sees no CUDA GPU")
-        self.stream = self.torch.cuda.Stream()
+        self.stream = self.torch.cuda.current_stream()  # the copies run on it too: no cross-stream race
 
     def to_device(self, arr: Any) -> tuple[int, Any]:
         t = self.torch.from_numpy(np.ascontiguousarray(arr)).cuda()
