@@ -49,8 +49,8 @@ class PackConfig:
     """
 
     sparsity: float = 0.9
-    sensitivity_sparsities: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
-    sensitivity_batches: int = 4
+    sensitivity_sparsities: tuple[float, ...] = (0.7, 0.85, 0.9, 0.95, 0.98)
+    sensitivity_batches: int = 1
     prune_steps: int = 3
     prune_epochs: float = 0.3
     prune_lr: float = 0.01

@@ -2,7 +2,7 @@
 
 A stream of symbols ``0 <= s < n_symbols`` is written as one code-length byte per symbol of
 the alphabet (the canonical code is rebuilt from the lengths alone), the number of symbols, a
-sync table (the bit offset of every :data:`BLOCK`-th symbol) and the packed bits. The sync
+sync table (the 32-bit offset of every :data:`BLOCK`-th symbol) and the packed bits. The sync
 table lets the decoder walk all blocks at once: each numpy step advances every block by one
 symbol, so decoding a million symbols takes a few thousand array operations, not a million
 Python iterations. Code lengths are limited to :data:`MAX_LEN` bits.
@@ -20,7 +20,7 @@ from edgeslim.errors import EdgeslimError
 #: Longest code (bits); the decoder's lookup table has ``2**MAX_LEN`` entries.
 MAX_LEN = 16
 #: Symbols between two sync points of the decoder.
-BLOCK = 4096
+BLOCK = 2048
 _HEAD = struct.Struct("<IQ")  # alphabet size, number of symbols
 
 
@@ -91,7 +91,9 @@ def encode(symbols: np.ndarray, n_symbols: int) -> bytes:
     ends = np.cumsum(lens)
     starts = ends - lens
     total = int(ends[-1]) if sym.size else 0
-    sync = starts[::BLOCK].astype(np.uint64)
+    if total >= 1 << 32:
+        raise HuffmanError(f"stream of {total} bits is over the 4 Gbit a sync offset can address")
+    sync = starts[::BLOCK].astype(np.uint32)
     # one row per bit: the symbol's code shifted so that its j-th bit (MSB first) is the lowest
     owner = np.repeat(np.arange(sym.size), lens)
     j = np.arange(total) - np.repeat(starts, lens)
@@ -121,10 +123,10 @@ def decode(data: bytes) -> np.ndarray:
         raise HuffmanError("Huffman stream truncated inside its code lengths")
     pos += n_symbols
     n_sync = (count + BLOCK - 1) // BLOCK
-    if len(data) < pos + 8 * n_sync:
+    if len(data) < pos + 4 * n_sync:
         raise HuffmanError("Huffman stream truncated inside its sync table")
-    sync = np.frombuffer(data, dtype=np.uint64, count=n_sync, offset=pos).astype(np.int64)
-    pos += 8 * n_sync
+    sync = np.frombuffer(data, dtype=np.uint32, count=n_sync, offset=pos).astype(np.int64)
+    pos += 4 * n_sync
     if count == 0:
         return np.zeros(0, dtype=np.int64)
     if lengths.max() > MAX_LEN or lengths.max() == 0:

@@ -63,19 +63,27 @@ def encode_layer(positions: torch.Tensor, book: Codebook, index_bits: Sequence[i
     return best
 
 
-def decode_layer(data: bytes, shape: Sequence[int], centroids: torch.Tensor, bits: int) -> torch.Tensor:
-    """The float weight of a layer: ``centroids[code]`` at the stored positions, zero elsewhere.
+def layer_streams(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The decoded ``(codes, gaps)`` symbol streams of a layer payload (padding entries included).
 
     Raises:
-        huffman.HuffmanError, sparse.SparseIndexError: The bytes are inconsistent.
+        huffman.HuffmanError: The bytes are inconsistent.
     """
     if len(data) < _LEN.size:
         raise huffman.HuffmanError("layer payload shorter than its header")
     (n_codes,) = _LEN.unpack_from(data)
     if _LEN.size + n_codes > len(data):
         raise huffman.HuffmanError("layer payload truncated inside its codes")
-    codes = huffman.decode(data[_LEN.size : _LEN.size + n_codes])
-    gaps = huffman.decode(data[_LEN.size + n_codes :])
+    return huffman.decode(data[_LEN.size : _LEN.size + n_codes]), huffman.decode(data[_LEN.size + n_codes :])
+
+
+def decode_layer(data: bytes, shape: Sequence[int], centroids: torch.Tensor, bits: int) -> torch.Tensor:
+    """The float weight of a layer: ``centroids[code]`` at the stored positions, zero elsewhere.
+
+    Raises:
+        huffman.HuffmanError, sparse.SparseIndexError: The bytes are inconsistent.
+    """
+    codes, gaps = layer_streams(data)
     numel = int(np.prod(shape)) if len(shape) else 1
     pad = 1 << bits
     pos, real = sparse.decode(sparse.SparseStreams(gaps, codes), numel, pad)
@@ -86,4 +94,4 @@ def decode_layer(data: bytes, shape: Sequence[int], centroids: torch.Tensor, bit
     return flat.view(*shape)
 
 
-__all__ = ["EncodedLayer", "decode_layer", "encode_layer", "stored_positions"]
+__all__ = ["EncodedLayer", "decode_layer", "encode_layer", "layer_streams", "stored_positions"]
