@@ -45,12 +45,12 @@ def device_options(*, identity: Path | None = None, known_hosts: Path | None = N
 
 
 def bench_cmd(
-    artifacts: Annotated[list[Path], typer.Argument(help="Artefacts (.onnx, .tflite); ratios are to the first")],
+    artifacts: Annotated[list[Path], typer.Argument(help="Artefacts (.onnx, .tflite, .engine); ratios are to the first")],
     target: Annotated[str, typer.Option(help="local | ssh://user@host:port | a name from the devices file")] = "local",
     runs: Annotated[int, typer.Option(help="Timed runs per artefact")] = 50,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up runs")] = 5,
     threads: Annotated[int, typer.Option(help="Runtime threads (0: runtime default)")] = 0,
-    runtime: Annotated[str, typer.Option(help="auto | onnxruntime | ai-edge-litert | tflite-runtime")] = "auto",
+    runtime: Annotated[str, typer.Option(help="auto | onnxruntime | ai-edge-litert | tflite-runtime | tensorrt")] = "auto",
     inputs: Annotated[Path | None, typer.Option(help=".npz with x (inputs) and optional y (labels: top-1)")] = None,
     results: Annotated[Path, typer.Option(help="JSON-lines file each result is appended to")] = Path("edgeslim-bench.jsonl"),
     identity: IdentityOpt = None,

@@ -277,6 +277,19 @@ def cmd_bench(args):
         lock.close()
 
 
+def _energy_infer(runner, feeds, sensor):
+    """One inference for the energy loop; an ``energy`` event every 10 s keeps the host's idle timeout at bay."""
+    last = [time.monotonic()]
+
+    def infer():
+        runner.run(feeds)
+        if time.monotonic() - last[0] > 10.0:
+            emit("energy", phase="active", sensor=sensor)
+            last[0] = time.monotonic()
+
+    return infer
+
+
 def bench_energy(args, runner, feeds):
     """Energy per inference of ``runner.run(feeds)`` (keys all None, with the reason, when no sensor can be read)."""
     name = args.energy
@@ -287,7 +300,7 @@ def bench_energy(args, runner, feeds):
     if sensor is not None:
         emit("energy", phase="idle", sensor=sensor.description, seconds=args.energy_seconds)
         try:
-            out = measure_energy(sensor, lambda: runner.run(feeds), idle_s=args.energy_seconds,
+            out = measure_energy(sensor, _energy_infer(runner, feeds, sensor.description), idle_s=args.energy_seconds,
                                  active_s=args.energy_seconds, min_runs=min(args.runs, 10),
                                  on_phase=lambda phase: emit("energy", phase=phase, sensor=sensor.description))
             out["energy_unavailable_reason"] = None

@@ -99,7 +99,7 @@ def bench(
     energy: str | None = None,
     energy_seconds: float = 3.0,
 ) -> BenchReport:
-    """Benchmark each artefact (``.onnx``, ``.tflite``) on ``target``, one after the other.
+    """Benchmark each artefact (``.onnx``, ``.tflite``, ``.engine``) on ``target``, one after the other.
 
     Args:
         artifacts: One path or several; ratios in the summary are relative to the first.
