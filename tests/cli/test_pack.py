@@ -1,0 +1,137 @@
+"""``edgeslim pack`` / ``edgeslim unpack``: refusals, clear errors, and unpacked artefacts that run.
+
+The .esz used here is a SqueezeNet 1.1 (a torchvision architecture, so unpack can rebuild it)
+with random weights, packed without fine-tuning: enough for the format, bit-exactness and the
+runtimes, never for accuracy (the benchmark measures that on the trained references).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from ai_edge_litert.interpreter import Interpreter
+from torch.utils.data import DataLoader, TensorDataset
+from typer.testing import CliRunner
+
+import edgeslim
+from edgeslim import models
+from edgeslim.cli import app
+from edgeslim.data import fashion_mnist_loader
+from edgeslim.deep_compression import PackConfig, pack, unpack
+from tests.cli.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def esz_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    net = models.load("squeezenet1_1", num_classes=10)
+    g = torch.Generator().manual_seed(0)
+    data = DataLoader(
+        TensorDataset(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)), batch_size=8
+    )
+    cfg = PackConfig(
+        sparsity=0.8,
+        sensitivity_sparsities=(0.9,),
+        prune_steps=1,
+        prune_epochs=0,
+        quant_epochs=0,
+        bits=(3, 4, 5),
+        kmeans_iterations=10,
+    )
+    path = tmp_path_factory.mktemp("esz") / "sq.esz"
+    pack(net, cfg, path=path, train_data=data, heldout=data, meta={"input_size": 32})
+    return path
+
+
+def _images(n: int) -> np.ndarray:
+    return next(iter(fashion_mnist_loader("test", limit=n, batch_size=n)))[0].numpy()
+
+
+_LAST: dict[str, str] = {}
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    """Exit code and output, with rich's error box and line wrapping flattened to single spaces."""
+    res = CliRunner().invoke(app, list(args))
+    _LAST["stdout"] = res.stdout
+    return res.exit_code, re.sub(r"[│╭╮╰╯─\s]+", " ", res.output)
+
+
+def test_pack_refuses_an_existing_output_and_a_wrong_suffix(tmp_path: Path) -> None:
+    (tmp_path / "R.esz").write_bytes(b"mine")
+    code, out = _invoke("pack", "--model", "resnet18-fmnist", "--out", str(tmp_path / "R.esz"))
+    assert code == 2 and "already holds R.esz; pass --force" in out
+    assert (tmp_path / "R.esz").read_bytes() == b"mine"
+    code, out = _invoke("pack", "--model", "resnet18-fmnist", "--out", str(tmp_path / "R.pt"))
+    assert code == 2 and "does not end in .esz" in out
+
+
+def test_pack_unknown_init_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run_cli(
+        "pack", "--model", "resnet18-fmnist", "--out", str(tmp_path / "R.esz"), "--init", "fancy", check=False
+    )
+    assert proc.returncode == 2
+    assert "--init 'fancy' is not a centroid initialisation: use linear or density" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "R.esz").exists()
+
+
+def test_unpack_to_onnx_runs_in_onnxruntime(esz_file: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "m.onnx"
+    code, out = _invoke("unpack", str(esz_file), "--to", str(dest), "--json")
+    assert code == 0, out
+    summary = json.loads(_LAST["stdout"].strip().splitlines()[-1])
+    assert summary["path"] == str(dest) and summary["bytes"] == dest.stat().st_size
+    assert summary["verification"]["passed"] is True
+    x = _images(8)
+    sess = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    want = unpack(esz_file)(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_unpack_to_tflite_runs_in_litert(esz_file: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "m.tflite"
+    code, out = _invoke("unpack", str(esz_file), "--to", str(dest), "--eval-samples", "0")
+    assert code == 0, out
+    it = Interpreter(model_path=str(dest))
+    it.allocate_tensors()
+    inp, outp = it.get_input_details()[0], it.get_output_details()[0]
+    x = _images(2)
+    want = unpack(esz_file)(torch.from_numpy(x)).detach().numpy()
+    for i in range(2):
+        it.set_tensor(inp["index"], x[i : i + 1])
+        it.invoke()
+        np.testing.assert_allclose(it.get_tensor(outp["index"])[0], want[i], atol=1e-4, rtol=1e-4)
+
+
+def test_unpack_to_pt_is_bit_exact_and_refuses_to_overwrite(esz_file: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "m.pt"
+    code, out = _invoke("unpack", str(esz_file), "--to", str(dest))
+    assert code == 0, out
+    back, want = edgeslim.load(dest).state_dict(), unpack(esz_file).state_dict()
+    assert set(back) == set(want) and all(torch.equal(back[k], want[k]) for k in want)
+    before = dest.read_bytes()
+    code, out = _invoke("unpack", str(esz_file), "--to", str(dest))
+    assert code == 2 and "already holds m.pt; pass --force" in out
+    assert dest.read_bytes() == before
+    code, out = _invoke("unpack", str(esz_file), "--to", str(tmp_path / "m.h5"))
+    assert code == 2 and "must end in .pt, .onnx or .tflite" in out
+
+
+def test_truncated_file_is_a_one_line_error_and_writes_nothing(esz_file: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.esz"
+    bad.write_bytes(esz_file.read_bytes()[:-100])
+    proc = run_cli("unpack", str(bad), "--to", str(tmp_path / "m.onnx"), check=False)
+    assert proc.returncode == 2
+    err = " ".join(proc.stderr.split())
+    assert (
+        f"{bad} is not a usable .esz file: truncated" in err
+        and "copy it again, or re-create it with `edgeslim pack`" in err
+    )
+    assert "Traceback" not in proc.stderr and not (tmp_path / "m.onnx").exists()
