@@ -1,16 +1,18 @@
 """Reference models and torchvision architectures by name.
 
-``load("resnet18-fmnist")`` and ``load("mobilenet_v2-fmnist")`` return the trained
-Fashion-MNIST checkpoints shipped in this package (sha256-checked, loaded with
+``load("resnet18-fmnist")``, ``load("mobilenet_v2-fmnist")`` and ``load("vit-fmnist")`` return the
+trained Fashion-MNIST checkpoints shipped in this package (sha256-checked, loaded with
 ``weights_only=True``). Any torchvision classification model name (``"resnet50"``,
 ``"densenet121"`` ...) returns that architecture with random weights — for size and latency
-only, never for accuracy.
+only, never for accuracy. ``load("path/to/file.py:build", weights="w.pt")`` (or
+``"package.module:build"``) calls your own factory (:mod:`edgeslim.models.user`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ class Reference:
     num_classes: int
     top1_fp32: float
     dataset: str = "fashion-mnist"
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 REFERENCES: dict[str, Reference] = {
@@ -44,7 +47,23 @@ REFERENCES: dict[str, Reference] = {
         "mobilenet_v2", "mobilenet_v2_fmnist.pt",
         "bb604f429f15162d6776b215150e64b2d2e5fdf05a29d56cb740a39e70020016", 10, 0.9235,
     ),
+    # torchvision's VisionTransformer at 32x32 (patch 4: 64 tokens + class token; fixed input size)
+    "vit-fmnist": Reference(
+        "VisionTransformer", "vit_fmnist.pt",
+        "dd96aa4ab8bc638994cfc52ae8b6582295fa7f77c5862b230a47aa13f3a55c66", 10, 0.8880,
+        kwargs={"image_size": 32, "patch_size": 4, "num_layers": 6, "num_heads": 6, "hidden_dim": 192, "mlp_dim": 384},
+    ),
 }
+
+
+def _vision_transformer(**kwargs: Any) -> nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(**kwargs)
+
+
+#: Architectures built from a torchvision class with explicit sizes (not a registered model name).
+CLASS_BUILDERS: dict[str, Callable[..., nn.Module]] = {"VisionTransformer": _vision_transformer}
 
 
 @dataclass(frozen=True)
@@ -108,18 +127,27 @@ def torchvision_names() -> list[str]:
 
 
 def build_arch(arch: str, **kwargs: Any) -> nn.Module:
-    """Build a torchvision classification architecture with random weights.
+    """Build an architecture with random weights: a torchvision classification model name, a
+    torchvision class of :data:`CLASS_BUILDERS` (with its sizes in ``kwargs``), or a user factory
+    ``/abs/file.py:build`` / ``package.module:build`` (called again; see :mod:`edgeslim.models.user`).
 
     Raises:
-        ModelLoadError: ``arch`` is not a torchvision classification model.
+        ModelLoadError: ``arch`` is none of these, or the user factory cannot be called.
     """
     import torchvision
 
+    from edgeslim.models.user import is_user_spec, rebuild
+
+    if arch in CLASS_BUILDERS:
+        return CLASS_BUILDERS[arch](**kwargs)
+    if is_user_spec(arch):
+        return rebuild(arch)
     names = torchvision_names()
     if arch not in names:
         raise ModelLoadError(
             f"unknown model {arch!r}: use one of {', '.join(REFERENCES)} (trained) or a "
-            f"torchvision classification model such as resnet18, mobilenet_v2, densenet121"
+            f"torchvision classification model such as resnet18, mobilenet_v2, densenet121, or your own "
+            "factory as path/to/file.py:function or package.module:function"
         )
     return torchvision.models.get_model(arch, weights=None, **kwargs)
 
@@ -128,22 +156,36 @@ def arch_of(name: str) -> tuple[str, dict[str, Any]]:
     """The ``(torchvision arch, kwargs)`` that :func:`load` builds for ``name``."""
     if name in REFERENCES:
         ref = REFERENCES[name]
-        return ref.arch, {"num_classes": ref.num_classes}
+        return ref.arch, {**ref.kwargs, "num_classes": ref.num_classes}
     return name, {}
 
 
-def load(name: str, *, num_classes: int | None = None, verify: bool = True) -> nn.Module:
+def load(
+    name: str, *, num_classes: int | None = None, verify: bool = True, weights: str | Path | None = None
+) -> nn.Module:
     """Return a model by name, in eval mode.
 
     Args:
-        name: ``"resnet18-fmnist"``, ``"mobilenet_v2-fmnist"`` (trained), or a torchvision
-            classification model name (random init).
+        name: ``"resnet18-fmnist"``, ``"mobilenet_v2-fmnist"``, ``"vit-fmnist"`` (trained), a
+            torchvision classification model name (random init), or your factory
+            ``path/to/file.py:build`` / ``package.module:build``.
         num_classes: Classes of a random-init torchvision model (default: torchvision's).
         verify: Check the sha256 of a reference checkpoint before loading it.
+        weights: A ``state_dict`` file loaded (``weights_only=True``, strictly) into a torchvision
+            architecture or your factory's model.
 
     Raises:
-        ModelLoadError: Unknown name, missing or corrupt checkpoint.
+        ModelLoadError: Unknown name, missing or corrupt checkpoint, weights that do not match.
     """
+    from edgeslim.models.user import is_user_spec, load_user, load_weights
+
+    if name in REFERENCES and weights is not None:
+        raise ModelLoadError(f"{name} is a trained reference model: --weights applies to a torchvision architecture "
+                             "or your own factory (path/to/file.py:build)")
+    if is_user_spec(name):
+        model, origin = load_user(name, weights)
+        remember_arch(model, ArchInfo(str(origin["source"])))
+        return model
     if name in REFERENCES:
         ref = REFERENCES[name]
         path = CHECKPOINT_DIR / ref.file
@@ -154,18 +196,22 @@ def load(name: str, *, num_classes: int | None = None, verify: bool = True) -> n
                 f"reference checkpoint {path} is corrupt: sha256 {digest}, expected {ref.sha256}; "
                 "restore it with `git checkout -- " + str(path) + "`"
             )
-        model = build_arch(ref.arch, num_classes=ref.num_classes)
+        arch, arch_kwargs = arch_of(name)
+        model = build_arch(arch, **arch_kwargs)
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-        remember_arch(model, ArchInfo(ref.arch, {"num_classes": ref.num_classes}))
+        remember_arch(model, ArchInfo(arch, arch_kwargs))
         return model.eval()
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     model = build_arch(name, **kwargs)
+    if weights is not None:
+        load_weights(model, weights, source=f"torchvision's {name}({', '.join(f'{k}={v}' for k, v in kwargs.items())})")
     remember_arch(model, ArchInfo(name, kwargs))
     return model.eval()
 
 
 __all__ = [
+    "CLASS_BUILDERS",
     "REFERENCES",
     "ArchInfo",
     "Reference",
