@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,23 @@ def export_row(model: nn.Module, fmt: str, dest: Path, test: Any, top1_torch: fl
     }
 
 
-def run_model(name: str, config: PackConfig, tmp: Path, tflite: bool, cmd: str) -> dict[str, Any]:
+def write_results(out: Path, threads: int, entry: dict[str, Any]) -> None:
+    """Put one model's entry into the JSON (re-read first: a parallel run may have added another) and the Markdown."""
+    data: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    data.update({"name": "deep_compression", "machine": f"{platform.machine()}, {threads} threads, shared CPU"})
+    models_done = {m["model"]: m for m in data.get("models", [])}
+    models_done[entry["model"]] = entry
+    data["models"] = list(models_done.values())
+    data["rows"] = [r for m in data["models"] for r in m["rows"]]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1, default=str))
+    out.with_suffix(".md").write_text(markdown(data))
+
+
+def run_model(
+    name: str, config: PackConfig, tmp: Path, tflite: bool, cmd: str, save: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """Pack one model, measure every stage, the baselines and the unpacked artefacts; ``save`` partial results."""
     torch.manual_seed(0)
     model = models.load(name)
     train = fashion_mnist_loader("train", batch_size=config.batch_size, seed=0)
@@ -203,24 +220,8 @@ def run_model(name: str, config: PackConfig, tmp: Path, tflite: bool, cmd: str) 
         f"  {name}: packed in {pack_s:.0f} s, {result.bytes} bytes, {result.ratio:.1f}x, top-1 {top1_final}",
         file=sys.stderr,
     )
-    exports = {}
-    for fmt in ("onnx", "tflite") if tflite else ("onnx",):
-        try:
-            exports[fmt] = export_row(copy.deepcopy(back), fmt, tmp / f"{name}.{fmt}", test, top1_final)
-        except Exception as exc:  # record the failure in the results, keep the other rows
-            exports[fmt] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
-        rows.append(
-            {
-                **common,
-                "stage": f"unpacked-{fmt}",
-                "bytes": exports[fmt].get("bytes"),
-                "top1": exports[fmt].get("top1"),
-                "ratio": None,
-                **{k: v for k, v in exports[fmt].items() if k not in ("bytes", "top1")},
-            }
-        )
     goal = GOALS.get(name)
-    return {
+    entry = {
         "model": name,
         "fp32_file_bytes": fp32_file,
         "fp32_state_bytes": result.fp32_bytes,
@@ -234,7 +235,7 @@ def run_model(name: str, config: PackConfig, tmp: Path, tflite: bool, cmd: str) 
         "layers": result.layers,
         "init": result.init,
         "baselines": base,
-        "exports": exports,
+        "exports": {},
         "rows": rows,
         "goal": {
             "ratio": goal,
@@ -244,6 +245,25 @@ def run_model(name: str, config: PackConfig, tmp: Path, tflite: bool, cmd: str) 
             ),
         },
     }
+    save(entry)  # the packed rows first: the exports take long
+    exports: dict[str, Any] = entry["exports"]
+    for fmt in ("onnx", "tflite") if tflite else ("onnx",):
+        try:
+            exports[fmt] = export_row(copy.deepcopy(back), fmt, tmp / f"{name}.{fmt}", test, top1_final)
+        except Exception as exc:  # record the failure in the results, keep the other rows
+            exports[fmt] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+        entry["rows"].append(
+            {
+                **common,
+                "stage": f"unpacked-{fmt}",
+                "bytes": exports[fmt].get("bytes"),
+                "top1": exports[fmt].get("top1"),
+                "ratio": None,
+                **{k: v for k, v in exports[fmt].items() if k not in ("bytes", "top1")},
+            }
+        )
+    save(entry)
+    return entry
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -334,19 +354,9 @@ def main() -> None:
                 prune_epochs=args.prune_epochs,
                 quant_epochs=args.quant_epochs,
             )
-            done[name] = run_model(name, config, Path(d), not args.no_tflite, cmd)
-            # re-read before writing: a parallel run may have added another model meanwhile
-            data: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
-            data.update(
-                {"name": "deep_compression", "machine": f"{platform.machine()}, {args.threads} threads, shared CPU"}
+            done[name] = run_model(
+                name, config, Path(d), not args.no_tflite, cmd, lambda e: write_results(args.out, args.threads, e)
             )
-            models_done = {m["model"]: m for m in data.get("models", [])}
-            models_done[name] = done[name]
-            data["models"] = list(models_done.values())
-            data["rows"] = [r for m in data["models"] for r in m["rows"]]
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(data, indent=1, default=str))
-            args.out.with_suffix(".md").write_text(markdown(data))
     print(
         json.dumps(
             {

@@ -135,3 +135,12 @@ def test_trained_centroids_move_and_weights_stay_codebook_values(loader: DataLoa
     flat[positions] = trained["3.weight"].values()
     assert torch.equal(net[3].weight.detach().reshape(-1), flat)
     assert isinstance(net[3].weight, nn.Parameter) and not hasattr(net[3], "parametrizations")
+
+
+def test_config_round_trips_and_refuses_bad_values() -> None:
+    cfg = PackConfig(sparsity=0.8, bits=(3, 4), init="density")
+    assert PackConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match=r"sparsity 0\.99 exceeds the largest per-layer sparsity measured"):
+        PackConfig(sparsity=0.99)
+    with pytest.raises(ConfigError, match=r"unknown pack option\(s\) sparsty"):
+        PackConfig.from_dict({"sparsty": 0.5})
