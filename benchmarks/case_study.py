@@ -47,6 +47,9 @@ from case_study_build import Builder
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("resnet18-fmnist", "mobilenet_v2-fmnist")
+#: Joint-search budget per model: (int8 ONNX Runtime speed-up over fp32, int8 weight bytes). ResNet-18 aims past the
+#: issue's goals (>= 5x, <= 3.0 MB); MobileNetV2 is compact already (int8 alone is ~2x), so it aims at 3x and 2 MB.
+JOINT_BUDGETS = {"resnet18-fmnist": (5.3, 2.9e6), "mobilenet_v2-fmnist": (3.0, 2.0e6)}
 THREADS = 2
 
 
@@ -176,6 +179,9 @@ def markdown(data: dict[str, Any]) -> str:
                   f"{'yes' if g['met'] else '**no**'} |" for g in data["goals"]]
         lines.append("")
     lines += [f"- {n}" for n in data.get("notes", [])]
+    for model, srcs in sorted(data.get("sources", {}).items()):
+        lines.append(f"- {model} source models (pruned + fine-tuned floats, before any quantization): "
+                     + "; ".join(f"`{k}` {v}" for k, v in sorted(srcs.items())))
     return "\n".join(lines) + "\n"
 
 
@@ -236,6 +242,12 @@ def goals(rows: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
     return out
 
 
+def joint_budget(args: argparse.Namespace, model: str) -> tuple[float, float]:
+    """The joint search's (speed-up, int8 weight bytes) for ``model``: the options, else :data:`JOINT_BUDGETS`."""
+    speedup, nbytes = JOINT_BUDGETS.get(model, JOINT_BUDGETS["resnet18-fmnist"])
+    return (args.joint_speedup or speedup, args.joint_bytes or nbytes)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS))
@@ -246,8 +258,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--eval-images", type=int, default=10_000)
     ap.add_argument("--reps", type=int, default=40)
     ap.add_argument("--latency-size", type=int, default=224)
-    ap.add_argument("--joint-speedup", type=float, default=5.3, help="joint search: int8 ONNX Runtime speed-up over fp32")
-    ap.add_argument("--joint-bytes", type=float, default=2.9e6, help="joint search: int8 weight bytes")
+    ap.add_argument("--joint-speedup", type=float, default=None,
+                    help="joint search: int8 ONNX Runtime speed-up over fp32 (default: JOINT_BUDGETS per model)")
+    ap.add_argument("--joint-bytes", type=float, default=None,
+                    help="joint search: int8 weight bytes (default: JOINT_BUDGETS per model)")
     ap.add_argument("--only", nargs="+", default=None, help="variants to (re)build")
     ap.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / ".case_study")
     ap.add_argument("--smoke", action="store_true", help="500 images, 0.02 epoch, 5 reps, 64x64 latency")
@@ -271,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
         "settings": {"models": args.models, "epochs": args.epochs, "calibration": args.calibration,
                      "eval_images": args.eval_images, "latency_size": args.latency_size, "reps": args.reps,
-                     "joint_speedup": args.joint_speedup, "joint_bytes": args.joint_bytes},
+                     "joint_budgets": {m: joint_budget(args, m) for m in args.models}},
     })
 
     def save() -> None:
@@ -288,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
             for row in builder.rows():
                 row.setdefault("commit", data["commit"])
                 data["rows"] = [r for r in data["rows"] if (r["model"], r["variant"]) != (model, row["variant"])] + [row]
+                data.setdefault("sources", {}).setdefault(model, {}).update(builder.sources)
                 save()
         if "latency" in args.parts:
             rows = [r for r in data["rows"] if r["model"] == model]

@@ -60,16 +60,24 @@ class Builder:
         self.labels = np.concatenate([y.numpy() for _, y in self.test])
         self.full_params = measure(self.base, self.x).params
         self._twins: dict[str, Any] = {}
+        self.sources: dict[str, str] = {}
+        from case_study import joint_budget
+
+        self.joint_budget = joint_budget(args, model)
 
     # ---- sources -------------------------------------------------------------------------------------------------
     def _cached(self, key: str, build: Callable[[], nn.Module]) -> nn.Module:
         path = self.dir / f"src_{key}.pt"
         if path.is_file():
+            if key not in self.sources:
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+                self.sources[key] = f"loaded from the cache (file written {when}; the commit of that build is in `runs`)"
             return edgeslim.load(path, base=copy.deepcopy(self.base)).eval()
         torch.manual_seed(0)
         t0 = time.perf_counter()
         model = build().eval()
         edgeslim.save(model, path)
+        self.sources[key] = f"built in this run ({time.perf_counter() - t0:.0f} s)"
         self.log(f"{self.name}: built {key} in {time.perf_counter() - t0:.0f} s")
         return model
 
@@ -128,7 +136,8 @@ class Builder:
         def build() -> nn.Module:
             from edgeslim.pipelines.joint import Budget
 
-            found = self._search(Budget(speedup=self.args.joint_speedup, bytes=float(self.args.joint_bytes)), "joint")
+            speedup, nbytes = self.joint_budget
+            found = self._search(Budget(speedup=speedup, bytes=float(nbytes)), "joint")
             model = found["result"].apply(self.base, self.x).model
             return self._ft(model, plain=False)
 
@@ -242,8 +251,8 @@ class Builder:
                 "the seed's recipe: pruned (fine-tuned) + int8 weights / int16 activations (exporter's w8a16)")),
             ("edgeslim-joint+int8", lambda: self.artefacts(
                 "edgeslim-joint+int8", self.ptq(self.joint()), "int8", both, self.joint(),
-                f"edgeslim joint search: >= {self.args.joint_speedup}x fp32 in ONNX Runtime (int8, measured) and <= "
-                f"{self.args.joint_bytes / 1e6:.1f} MB int8 weights; edgeslim fine-tune {ep}; int8 PTQ")),
+                f"edgeslim joint search: >= {self.joint_budget[0]}x fp32 in ONNX Runtime (int8, measured) and <= "
+                f"{self.joint_budget[1] / 1e6:.1f} MB int8 weights; edgeslim fine-tune {ep}; int8 PTQ")),
             ("ort-quantize_static", lambda: self.peer_onnx(
                 "ort-quantize_static", Path(rows["fp32"]["onnx_file"]), Path(rows["fp32"]["onnx_latency_file"]),
                 ort_quantize_static, self.base, "onnxruntime.quantization.quantize_static, defaults, fp32 ONNX")),
