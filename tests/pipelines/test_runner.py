@@ -183,3 +183,23 @@ def test_saved_model_file_as_input_is_read_not_modified(tmp_path: Path, resnet18
     results = compress(Recipe.from_dict({**CHEAP, "model": str(model_file)}), tmp_path / "out")
     assert results["rows"][0]["top1"] > 0.85 and results["rows"][0]["file"] == "mine.pt"
     assert hashlib.sha256(model_file.read_bytes()).hexdigest() == digest
+
+
+def test_a_failed_step_keeps_what_finished_in_results_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeslim.pipelines import runner
+
+    def broken_quantize(_ctx: Any) -> dict[str, Any]:
+        raise CompressError("calibration data unreadable (simulated)")
+
+    monkeypatch.setitem(runner.STEP_FUNCS, "quantize", broken_quantize)
+    recipe = Recipe.from_dict({**CHEAP, "quantize": {"scheme": "int8", "calibration": 16}})
+    out = tmp_path / "out"
+    with pytest.raises(CompressError, match="simulated"):
+        compress(recipe, out)
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "failed" and results["failed_step"] == "quantize"
+    assert "calibration data unreadable (simulated)" in results["error"]
+    assert [r["variant"] for r in results["rows"]] == ["original"]  # the quantized variant was never measured
+    assert results["rows"][0]["top1"] > 0.8 and results["rows"][0]["bytes"] > 40e6
+    assert {s["name"]: s["status"] for s in results["steps"]} == {"load": "done", "quantize": "failed"}
+    assert not (out / "report.html").exists()

@@ -7,7 +7,8 @@ Schema (what :func:`edgeslim.report.render_report` consumes)::
                "file", "notes", "files": {name: bytes}, "top1_runtime": {format: top1}}],
      "search": {...} (pipeline joint only),
      "layers": [{"name", "channels_before", "channels_after", "keep_ratio", "bits"}],
-     "steps": [{"name", "seconds", "status"}]}
+     "steps": [{"name", "seconds", "status"}], "status": "complete" | "failed",
+     "failed_step", "error" (a failed run only: what finished is kept)}
 """
 
 from __future__ import annotations
@@ -119,7 +120,29 @@ def _layers(ctx: Context) -> list[dict[str, Any]]:
     return out
 
 
-def build_results(ctx: Context, steps: list[dict[str, Any]], *, command: str, commit: str) -> dict[str, Any]:
+def _measured(ctx: Context, variant: Variant) -> bool:
+    """Whether the step that makes ``variant`` finished (a failed run reports only those)."""
+    if variant is Variant.ORIGINAL:
+        return "load" in ctx.data
+    if variant is Variant.PRUNED:
+        return any(step in ctx.data for step in PRUNED_STEPS)
+    quant = ctx.data.get("quantize", {}).get(variant.value) or (
+        ctx.data.get("alternating", {}).get("quantized") if variant is Variant.PRUNED_QUANTIZED else None)
+    return bool(quant)
+
+
+def _guarded(fn: Any, partial: bool, *args: Any) -> Any:
+    """``fn(*args)``; in a partial run, ``None`` when the data it needs was never recorded."""
+    if not partial:
+        return fn(*args)
+    try:
+        return fn(*args)
+    except (KeyError, StopIteration, TypeError, ValueError, OSError):
+        return None
+
+
+def build_results(ctx: Context, steps: list[dict[str, Any]], *, command: str, commit: str,
+                  partial: bool = False) -> dict[str, Any]:
     """The results dict of a run from the data its steps recorded.
 
     Args:
@@ -127,6 +150,8 @@ def build_results(ctx: Context, steps: list[dict[str, Any]], *, command: str, co
         steps: ``{"name", "seconds", "status"}`` of every step of this invocation.
         command: The command line that ran it.
         commit: The edgeslim revision (or version).
+        partial: A failed run: rows and layers whose steps did not finish are left out instead of
+            raising (the variants that were measured are kept).
 
     Returns:
         The results dict (schema in the module docstring).
@@ -139,9 +164,11 @@ def build_results(ctx: Context, steps: list[dict[str, Any]], *, command: str, co
         "command": command,
         "recipe": ctx.recipe.to_dict(),
         "eval": {"key": ctx.eval_key, "images": ctx.recipe.eval_samples},
-        "rows": [_row(ctx, v) for v in ctx.recipe.variants()],
-        "layers": _layers(ctx),
+        "rows": [r for v in ctx.recipe.variants()
+                 if (not partial or _measured(ctx, v)) and (r := _guarded(_row, partial, ctx, v)) is not None],
+        "layers": _guarded(_layers, partial, ctx) or [],
         "steps": steps,
+        "status": "failed" if partial else "complete",
     }
     if "search" in ctx.data and "search" in ctx.data["search"]:
         results["search"] = ctx.data["search"]["search"]
@@ -150,4 +177,22 @@ def build_results(ctx: Context, steps: list[dict[str, Any]], *, command: str, co
     return results
 
 
-__all__ = ["build_results", "title_of"]
+def write_partial_results(ctx: Context, steps: list[dict[str, Any]], *, command: str, commit: str, failed: str,
+                          error: str) -> Path | None:
+    """Write ``results.json`` for a run that failed at step ``failed``; what finished is kept.
+
+    Returns the path written, or ``None`` when nothing could be built (the failure is never masked).
+    """
+    from edgeslim.pipelines.steps import write_json
+
+    try:
+        results = build_results(ctx, steps, command=command, commit=commit, partial=True)
+        results.update(failed_step=failed, error=error)
+        path = ctx.out / "results.json"
+        write_json(path, results)
+    except Exception:  # best effort: the step's own error is what the user must see
+        return None
+    return path
+
+
+__all__ = ["build_results", "title_of", "write_partial_results"]

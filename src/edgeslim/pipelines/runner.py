@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeslim.pipelines import deploy_steps, search_steps, steps
-from edgeslim.pipelines.compress_results import build_results
+from edgeslim.pipelines.compress_results import build_results, write_partial_results
 from edgeslim.pipelines.recipe import Pipeline, Recipe, load_recipe
 from edgeslim.pipelines.steps import (
     CompressError,
@@ -260,6 +260,9 @@ def _run_steps(rec: Recipe, out: Path, state: dict[str, Any], handler: EventHand
             state["steps"][name] = {"status": "failed", "seconds": seconds, "error": f"{type(exc).__name__}: {exc}"}
             write_json(out / STATE_FILE, state)
             report.append({"name": name, "seconds": seconds, "status": "failed"})
+            if name != "report":
+                write_partial_results(ctx, report, command=command, commit=_commit(), failed=name,
+                                      error=f"{type(exc).__name__}: {exc}")
             emit({"event": "step", "status": "failed", "index": index, "total": len(names), "seconds": seconds,
                   "error": f"{type(exc).__name__}: {exc}"})
             raise

@@ -66,3 +66,27 @@ def test_train_qat_distils_from_a_teacher_with_a_cosine_schedule(
     with pytest.raises(QuantConfigError, match="no batches"):
         train_qat(prepare_qat(resnet18_fmnist, X, "int8"), [], steps=1)
 
+
+
+def test_frozen_batchnorm_stays_frozen_through_eval_and_train() -> None:
+    from edgeslim.plugin.quantization.api import prepare_qat
+    from edgeslim.plugin.quantization.qat import freeze_bn
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))
+    gm = prepare_qat(net, (torch.randn(2, 3, 16, 16),), "int8")
+
+    def running_means() -> list[torch.Tensor]:
+        return [b.clone() for n, b in gm.named_buffers() if n.endswith("running_mean")]
+
+    gm.train()
+    gm(torch.randn(4, 3, 16, 16) * 4 + 2)  # not frozen yet: the statistics move
+    moving = running_means()
+    assert moving and any(float(m.abs().sum()) > 0 for m in moving)
+    freeze_bn(gm)
+    gm.eval()
+    gm.train()  # a validation pass in the user's loop
+    gm(torch.randn(4, 3, 16, 16) * 9 - 5)
+    for before, after in zip(moving, running_means(), strict=True):
+        assert torch.equal(before, after)

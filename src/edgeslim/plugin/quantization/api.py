@@ -69,10 +69,18 @@ class QuantResult:
 
 
 def enable_train_eval(gm: GraphModule) -> GraphModule:
-    """Make ``gm.train()`` / ``gm.eval()`` work on an exported graph (dropout/BN switch) and return ``gm``."""
+    """Make ``gm.train()`` / ``gm.eval()`` work on an exported graph (dropout/BN switch) and return ``gm``.
+
+    BatchNorm frozen by :func:`~edgeslim.plugin.quantization.qat.freeze_bn` stays frozen through
+    ``train()`` (dropout still switches): the usual ``model.eval()`` / ``model.train()`` around a
+    validation pass must not restart the batch statistics late in QAT.
+    """
+    from edgeslim.plugin.quantization.qat import bn_frozen, freeze_bn
 
     def _train(self: GraphModule, mode: bool = True) -> GraphModule:
         (move_exported_model_to_train if mode else move_exported_model_to_eval)(self)
+        if mode and bn_frozen(self):
+            freeze_bn(self)
         self.training = mode
         return self
 
