@@ -18,6 +18,21 @@ from edgeslim.errors import EdgeslimError
 
 #: Options shared by several commands (one definition, same flag everywhere).
 DataDirOpt = Annotated[Path | None, typer.Option(help="Fashion-MNIST IDX folder")]
+DataOpt = Annotated[str | None, typer.Option(
+    "--data",
+    help="fashion-mnist (default) | imagefolder:DIR (DIR/train/<class>/*.png|jpg and DIR/val/<class>/*) | "
+         "npz:FILE (arrays x, y [+ x_val, y_val]; x uint8 NHWC/NHW, or float NCHW used as is) | "
+         "python:module:function or python:FILE.py:function (returns (train_loader, eval_loader))",
+)]
+MeanOpt = Annotated[str | None, typer.Option(
+    "--mean", help="Per-channel mean subtracted from images read as [0,1] (imagefolder, uint8 npz), e.g. 0.485,0.456,0.406")]
+StdOpt = Annotated[str | None, typer.Option(
+    "--std", help="Per-channel std they are divided by, e.g. 0.229,0.224,0.225 (default: no normalisation)")]
+WeightsOpt = Annotated[Path | None, typer.Option(
+    "--weights",
+    help="A state_dict .pt (loaded weights_only=True) for --model FILE.py:factory, package.module:factory or a "
+         "torchvision name",
+)]
 SeedOpt = Annotated[int, typer.Option(help="Random seed")]
 ForceOpt = Annotated[bool, typer.Option(help="Overwrite files that already exist in OUT")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line")]
@@ -128,18 +143,33 @@ class ModelArg:
         return getattr(self.obj, "model", self.obj)
 
 
-def resolve_model(model: str) -> ModelArg:
-    """Resolve ``--model`` with its lineage (see :mod:`edgeslim.lineage`).
+def resolve_model(model: str, weights: Path | None = None) -> ModelArg:
+    """Resolve ``--model`` (and ``--weights``) with its lineage (see :mod:`edgeslim.lineage`).
+
+    ``model``: a reference name, a torchvision name, an edgeslim-saved file, or your factory
+    ``path/to/file.py:build`` / ``package.module:build`` (its lineage records the file, the
+    factory and the sha256 of ``weights``).
 
     Raises:
-        edgeslim.errors.ModelLoadError: Unknown name, missing or unsafe file.
+        edgeslim.errors.ModelLoadError: Unknown name, missing or unsafe file, a factory that cannot
+            be called, weights that do not match.
     """
     from edgeslim import io as es_io
     from edgeslim import models
     from edgeslim.lineage import dataset_of, lineage_of
+    from edgeslim.models.user import is_user_spec, load_user
 
     path = Path(model)
+    if is_user_spec(model) and not path.is_file():
+        net, origin = load_user(model, weights)
+        models.remember_arch(net, models.ArchInfo(str(origin["source"])))
+        step = {"step": "float", **origin, "sha256": es_io.state_sha256(net.state_dict())}
+        return ModelArg(net, model, [step], None, "user")
     if path.suffix in {".pt", ".pth", ".edgeslim", ".safetensors"} or path.exists():
+        if weights is not None:
+            raise typer.BadParameter(f"{model} is a saved model file: it carries its own weights (--weights is for "
+                                     "FILE.py:factory, package.module:factory or a torchvision name)",
+                                     param_hint="--weights")
         header = es_io.read_header(path)
         kind = str(header.get("kind", "state_dict"))
         steps = lineage_of(header.get("meta"))
@@ -148,12 +178,80 @@ def resolve_model(model: str) -> ModelArg:
 
             return ModelArg(load_result(path), str(path), steps, dataset_of(steps), kind)
         return ModelArg(es_io.load(path), str(path), steps, dataset_of(steps), kind)
-    net = models.load(model)
+    net = models.load(model, weights=weights)
     if model in models.REFERENCES:
         ref = models.REFERENCES[model]
         step = {"step": "float", "source": model, "sha256": es_io.state_sha256(net.state_dict()), "dataset": ref.dataset}
         return ModelArg(net, model, [step], ref.dataset, "reference")
+    if weights is not None:
+        from edgeslim.models.user import file_sha256
+
+        step = {"step": "float", "source": model, "weights": str(weights.resolve()), "weights_sha256": file_sha256(weights),
+                "sha256": es_io.state_sha256(net.state_dict())}
+        return ModelArg(net, model, [step], None, "torchvision")
     return ModelArg(net, model, [], None, "torchvision")
+
+
+class DataArg:
+    """What ``--data`` resolved to.
+
+    Attributes:
+        source: The :class:`~edgeslim.data.DataSource`.
+        explicit: Whether ``--data`` was given (else: the default, Fashion-MNIST).
+    """
+
+    def __init__(self, source: Any, explicit: bool) -> None:
+        self.source, self.explicit = source, explicit
+
+    def measures(self, arg: ModelArg) -> bool:
+        """Whether top-1 on this data means something for ``arg`` (given explicitly, or the model's own data)."""
+        return self.explicit or arg.dataset == self.source.name
+
+    def channels(self) -> int:
+        """Channels of the data's images (the example input's)."""
+        return int(self.source.channels())
+
+    def example(self, input_size: int, batch: int = 1, *, random: bool = True) -> Any:
+        """An NCHW example input with the data's channels."""
+        import torch
+
+        shape = (batch, self.channels(), input_size, input_size)
+        return torch.randn(shape) if random else torch.zeros(shape)
+
+    def check_fits(self, net: Any, x: Any) -> None:
+        """Fail when a label is outside the model's outputs (run once on ``x``); names the file."""
+        import torch
+
+        with torch.no_grad():
+            out = net.eval()(x)
+        if isinstance(out, torch.Tensor) and out.ndim == 2:
+            self.source.check_labels(int(out.shape[1]))
+
+
+def resolve_data(
+    data: str | None, *, data_dir: Path | None = None, input_size: int | None = None,
+    mean: str | None = None, std: str | None = None,
+) -> DataArg:
+    """Resolve ``--data`` (default ``fashion-mnist``) and check it before any work.
+
+    Raises:
+        edgeslim.errors.DataError: Unknown kind, missing, unreadable, empty or inconsistent data
+            (the message names the file or folder).
+    """
+    from edgeslim.data import DataOptions, open_data
+    from edgeslim.data.sources import parse_floats
+
+    options = DataOptions(input_size=input_size, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
+                          root=data_dir)
+    return DataArg(open_data(data or "fashion-mnist", options), data is not None)
+
+
+def count_images(loader: Any) -> int:
+    """The number of images a loader yields (``len(loader.dataset)`` when it has one)."""
+    dataset = getattr(loader, "dataset", None)
+    if dataset is not None and hasattr(dataset, "__len__"):
+        return len(dataset)
+    return sum(len(y) for _, y in loader)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,22 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeslim.cli.common import ModelArg, console, emit_json, refuse_existing_outputs, resolve_model, stdout_to_stderr
+from edgeslim.cli.common import (
+    DataArg,
+    DataDirOpt,
+    DataOpt,
+    MeanOpt,
+    ModelArg,
+    StdOpt,
+    WeightsOpt,
+    console,
+    count_images,
+    emit_json,
+    refuse_existing_outputs,
+    resolve_data,
+    resolve_model,
+    stdout_to_stderr,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -16,7 +31,7 @@ def register(app: typer.Typer) -> None:
 
 
 def export_cmd(
-    model: Annotated[str, typer.Option(help="Model name (resnet18-fmnist, mobilenet_v2-fmnist, torchvision name) or an edgeslim-saved .pt file (a quantized one is exported as it is)")],
+    model: Annotated[str, typer.Option(help="Model name (resnet18-fmnist, mobilenet_v2-fmnist, vit-fmnist, torchvision name), an edgeslim-saved .pt file (a quantized one is exported as it is), or your factory FILE.py:build / package.module:build")],
     out: Annotated[Path, typer.Option(help="Output file (.onnx / .tflite / .engine)")],
     format: Annotated[str, typer.Option("--format", help="onnx | tflite | tensorrt (needs an NVIDIA GPU and the tensorrt package)")] = "onnx",
     quant: Annotated[str | None, typer.Option(help="fp32 | fp16 | dynamic | int8 | w8a16 (16x8) | int16 | log2:N | codebook:N | pwl:N; default: the model's own quantization (fp32 for a float model)")] = None,
@@ -24,7 +39,7 @@ def export_cmd(
     activations: Annotated[str, typer.Option(help="ONNX int8 activations: u8s8 (fastest in ORT on x86) | s8s8")] = "u8s8",
     io_dtype: Annotated[str, typer.Option("--io-dtype", help="TFLite int8 model input/output: float | int8 (carries scale/zero point)")] = "float",
     method: Annotated[str, typer.Option(help="auto | runtime (ORT/ai-edge-quantizer) | edgeslim (edgeslim.quantize PT2E first)")] = "auto",
-    calibration_size: Annotated[int, typer.Option("--calibration-size", help="Real training images for calibration")] = 256,
+    calibration_size: Annotated[int, typer.Option("--calibration-size", help="Real training images for calibration (from --data; default Fashion-MNIST)")] = 256,
     input_size: Annotated[int, typer.Option("--input-size", help="Input resolution (H = W)")] = 32,
     batch: Annotated[int, typer.Option(help="Example batch size (fixed batch of TFLite; ONNX batch is dynamic)")] = 1,
     verify: Annotated[bool, typer.Option(help="Run the artefact on real test images and compare with PyTorch")] = True,
@@ -32,6 +47,11 @@ def export_cmd(
     eval_samples: Annotated[int, typer.Option("--eval-samples", help="Labelled test images on which the artefact's top-1 is compared with its float ancestor's")] = 2000,
     max_drop: Annotated[float, typer.Option("--max-drop", help="Fail (and write nothing) when the artefact's top-1 is more than this many points below its float ancestor's")] = 1.0,
     optimized_copy: Annotated[bool, typer.Option("--optimized-copy", help="ONNX: also write an ORT graph-optimised copy")] = False,
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    data_dir: DataDirOpt = None,
     force: Annotated[bool, typer.Option(help="Overwrite existing output files")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary as the last stdout line")] = False,
 ) -> None:
@@ -47,9 +67,14 @@ def export_cmd(
         raise typer.BadParameter("at least one image is needed", param_hint="--eval-samples")
     outputs = [out.name] + ([optimized_copy_path(out).name] if optimized_copy and format == "onnx" else [])
     refuse_existing_outputs(out.parent, outputs, force)
-    arg = resolve_model(model)
-    x = torch.randn(batch, 3, input_size, input_size)
-    accuracy_kwargs = _accuracy_inputs(arg, tuple(x.shape), eval_samples)
+    ds = resolve_data(data, data_dir=data_dir, input_size=input_size, mean=mean, std=std) if data is not None else None
+    arg = resolve_model(model, weights)
+    x = ds.example(input_size, batch) if ds is not None else torch.randn(batch, 3, input_size, input_size)
+    if ds is not None:
+        ds.check_fits(arg.module, x)
+        accuracy_kwargs = _data_inputs(arg, ds, tuple(x.shape), eval_samples, calibration_size, verify_samples)
+    else:
+        accuracy_kwargs = _accuracy_inputs(arg, tuple(x.shape), eval_samples)
     label = quant or ("its own quantization" if arg.kind == "quantized" else "fp32")
     console.print(f"exporting {arg.source} to {format} ({label}) → {out}")
     with stdout_to_stderr():
@@ -69,6 +94,32 @@ def export_cmd(
     )
     if json_:
         emit_json(summary)
+
+
+def _data_inputs(
+    arg: ModelArg, ds: DataArg, shape: tuple[int, ...], eval_samples: int, calibration_size: int, verify_samples: int
+) -> dict[str, Any]:
+    """Calibration, verification and labelled images from ``--data``; the float ancestor's top-1 from the lineage."""
+    from edgeslim.exporters.accuracy import eval_key
+    from edgeslim.lineage import float_ancestor
+
+    src = ds.source
+    eval_data = src.eval_loader(250, limit=eval_samples)
+    out: dict[str, Any] = {
+        "calibration": src.calibration(calibration_size, seed=0), "verify_inputs": src.eval_loader(64, limit=verify_samples),
+        "eval_data": eval_data, "eval_name": src.eval_name,
+    }
+    if arg.kind == "quantized":
+        ancestor = float_ancestor(arg.lineage) or {}
+        known = (ancestor.get("top1") or {}).get(eval_key(src.eval_name, shape, count_images(eval_data)))
+        if known is None:
+            raise typer.BadParameter(
+                f"{arg.source} has no float top-1 on {src.eval_name} in its lineage to compare the artefact with: "
+                "quantize it with the same --data (it records the float and quantized top-1), or omit --data",
+                param_hint="--data",
+            )
+        out["float_top1"] = float(known)
+    return out
 
 
 def _accuracy_inputs(arg: ModelArg, shape: tuple[int, ...], eval_samples: int) -> dict[str, Any]:

@@ -11,13 +11,19 @@ import typer
 
 from edgeslim.cli.common import (
     DataDirOpt,
+    DataOpt,
     ForceOpt,
     JsonOpt,
+    MeanOpt,
     SeedOpt,
+    StdOpt,
+    WeightsOpt,
     console,
+    count_images,
     emit_json,
     progress,
     refuse_existing_outputs,
+    resolve_data,
     resolve_model,
 )
 
@@ -54,7 +60,7 @@ def register(app: typer.Typer) -> None:
 
 
 def prune_cmd(
-    model: Annotated[str, typer.Option(help="Model name (resnet18-fmnist, mobilenet_v2-fmnist, any torchvision name) or an edgeslim .pt file")],
+    model: Annotated[str, typer.Option(help="Model name (resnet18-fmnist, mobilenet_v2-fmnist, vit-fmnist, any torchvision name), an edgeslim .pt file, or your factory FILE.py:build / package.module:build")],
     out: Annotated[Path, typer.Option(help="Output folder (model.pt, summary.json, ...)")],
     criterion: Annotated[str, typer.Option(help="Importance: l1, l2, bn_scale, taylor, activation, apoz, random")] = "l2",
     target: Annotated[str, typer.Option(help="ratio=0.3 | params=0.5 | macs=0.4 | bytes=20MB | sparsity=0.8")] = "params=0.5",
@@ -67,10 +73,14 @@ def prune_cmd(
     finetune_epochs: Annotated[float, typer.Option("--finetune-epochs", help="Fine-tune epochs after pruning (0: none)")] = 0.0,
     lr: Annotated[float, typer.Option(help="Peak fine-tune learning rate")] = 0.02,
     distill: Annotated[bool, typer.Option(help="Distil from the unpruned model while fine-tuning")] = True,
-    eval_: Annotated[bool, typer.Option("--eval", help="Top-1 on the full Fashion-MNIST test set before/after")] = False,
-    test_limit: Annotated[int, typer.Option(help="Evaluate on the first N test images (10000 = all)")] = 10000,
+    eval_: Annotated[bool, typer.Option("--eval", help="Top-1 on the data's evaluation split (Fashion-MNIST: test set) before/after")] = False,
+    test_limit: Annotated[int, typer.Option(help="Evaluate on the first N evaluation images (10000 = all of Fashion-MNIST's)")] = 10000,
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     data_dir: DataDirOpt = None,
-    input_size: Annotated[int, typer.Option(help="Input resolution for tracing/MACs")] = 32,
+    input_size: Annotated[int, typer.Option(help="Input resolution for tracing/MACs (and of imagefolder/npz images)")] = 32,
     batch_size: Annotated[int, typer.Option(help="Batch size for data passes")] = 128,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
@@ -80,7 +90,8 @@ def prune_cmd(
     import torch
 
     from edgeslim import io as es_io
-    from edgeslim.data import check_root, evaluate, fashion_mnist_loader
+    from edgeslim.data import evaluate
+    from edgeslim.exporters.accuracy import eval_key
     from edgeslim.lineage import extend
     from edgeslim.plugin.pruning import Allocation, Method, PruneConfig, Target, prune
     from edgeslim.plugin.pruning.finetune import finetune
@@ -96,21 +107,26 @@ def prune_cmd(
     )
     refuse_existing_outputs(out, output_names(config), force)
     needs_data = eval_ or finetune_epochs > 0 or alloc == "sensitivity" or criterion in ("taylor", "activation", "apoz", "gradient")
-    if needs_data:
-        check_root(data_dir)  # fail before any work
-    arg = resolve_model(model)
+    # given --data is checked (and sets the example's channels) even when no step reads it
+    use_data = needs_data or data is not None
+    ds = resolve_data(data, data_dir=data_dir, input_size=input_size, mean=mean, std=std) if use_data else None
+    arg = resolve_model(model, weights)
     if arg.kind == "quantized":
         raise typer.BadParameter(f"{model} is a quantized model: prune its float ancestor instead", param_hint="--model")
     net, source = arg.obj, arg.source
-    x = torch.randn(1, 3, input_size, input_size)
+    x = ds.example(input_size) if ds is not None else torch.randn(1, 3, input_size, input_size)
+    if ds is not None:
+        ds.check_fits(net, x)
     summary: dict[str, Any] = {"model": source}
-    train = fashion_mnist_loader("train", batch_size=batch_size, root=data_dir, augment=True, seed=seed) if needs_data else None
-    test = fashion_mnist_loader("test", batch_size=500, root=data_dir, limit=test_limit) if eval_ else None
+    if ds is not None:
+        summary["data"] = ds.source.name
+    train = ds.source.train_loader(batch_size, augment=True, seed=seed) if ds is not None and needs_data else None
+    test = ds.source.eval_loader(500, limit=test_limit) if eval_ and ds is not None else None
     if test is not None:
         summary["top1_before"] = evaluate(net, test)
     t0 = time.perf_counter()
     console.print(f"pruning {source}: {criterion}, {target}, {alloc} allocation, {method}")
-    stats_data = fashion_mnist_loader("train", batch_size=batch_size, root=data_dir, seed=seed + 1) if needs_data else None
+    stats_data = ds.source.train_loader(batch_size, seed=seed + 1) if ds is not None and needs_data else None
     result = prune(net, x, config, data=stats_data)
     summary["prune_seconds"] = time.perf_counter() - t0
     summary.update(result.summary())
@@ -131,9 +147,8 @@ def prune_cmd(
         summary["top1_after"] = evaluate(result.model, test)
     out.mkdir(parents=True, exist_ok=True)
     top1 = {}
-    if test is not None and arg.dataset == "fashion-mnist":
-        count = len(test.dataset)  # type: ignore[arg-type]
-        top1[f"fashion-mnist/test[:{count}]@{input_size}x{input_size}"] = summary["top1_after"]
+    if test is not None and ds is not None and ds.measures(arg):
+        top1[eval_key(ds.source.eval_name, tuple(x.shape), count_images(test))] = summary["top1_after"]
     lineage = extend(arg.lineage, "prune", source=str(dest), sha256=es_io.state_sha256(result.model.state_dict()),
                      target=target, criterion=criterion, finetune_epochs=finetune_epochs or None, top1=top1 or None)
     meta = {**{k: v for k, v in summary.items() if k != "config"}, "lineage": lineage}

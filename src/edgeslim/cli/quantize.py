@@ -11,14 +11,20 @@ from typing import Annotated, Any
 import typer
 
 from edgeslim.cli.common import (
+    DataArg,
     DataDirOpt,
+    DataOpt,
     ForceOpt,
     JsonOpt,
+    MeanOpt,
     SeedOpt,
+    StdOpt,
+    WeightsOpt,
     console,
     emit_json,
     progress,
     refuse_existing_outputs,
+    resolve_data,
     resolve_model,
 )
 
@@ -40,22 +46,26 @@ def _fraction(text: str) -> float:
 
 
 def quantize_cmd(
-    model: Annotated[str, typer.Option(help="Model name (resnet18-fmnist, mobilenet_v2-fmnist, torchvision name) or an edgeslim .pt file")],
+    model: Annotated[str, typer.Option(help="Model name (resnet18-fmnist, mobilenet_v2-fmnist, vit-fmnist, torchvision name), an edgeslim .pt file, or your factory FILE.py:build / package.module:build")],
     out: Annotated[Path, typer.Option(help="Output folder (model.pt, report.json, report.md, sqnr.png)")],
     scheme: Annotated[str, typer.Option(help="int8 | int16 | w8a16 | wNaM | log2:BITS | codebook:BITS | pwl:BITS | mixed")] = "int8",
     recipe: Annotated[Path | None, typer.Option(help="A QuantConfig as .json/.yaml (overrides --scheme)")] = None,
     budget: Annotated[str, typer.Option(help="mixed: weight bytes allowed as a fraction of fp32 (1/6, 0.25)")] = "1/6",
-    calib: Annotated[int, typer.Option(help="Calibration images drawn (seeded) from the training set")] = 512,
+    calib: Annotated[int, typer.Option(help="Calibration images drawn (seeded) from the data's training split")] = 512,
     calibrator: Annotated[str, typer.Option(help="mse (default: the clipping range of least error) | minmax | ema | percentile | entropy")] = "mse",
     qat_epochs: Annotated[float, typer.Option("--qat-epochs", help="QAT fine-tuning in epochs (fractions allowed; 0: PTQ)")] = 0.0,
     lr: Annotated[float, typer.Option(help="QAT peak learning rate (SGD, momentum 0.9, cosine decay)")] = 1e-3,
     kd: Annotated[bool, typer.Option("--kd/--no-kd", help="QAT: distil from the float model (half CE, half KL at T=4)")] = True,
     strict: Annotated[bool, typer.Option(help="Fail on ops the quantizer cannot handle instead of leaving them float")] = False,
-    eval_: Annotated[bool, typer.Option("--eval", help="Top-1 on the full Fashion-MNIST test set, fp32 and quantized")] = False,
+    eval_: Annotated[bool, typer.Option("--eval", help="Top-1 on the data's whole evaluation split (Fashion-MNIST: test set), fp32 and quantized")] = False,
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     data_dir: DataDirOpt = None,
-    input_size: Annotated[int, typer.Option(help="Input resolution for torch.export")] = 32,
+    input_size: Annotated[int, typer.Option(help="Input resolution for torch.export (and of imagefolder/npz images)")] = 32,
     batch_size: Annotated[int, typer.Option(help="Batch size of calibration/QAT")] = 64,
-    eval_samples: Annotated[int, typer.Option("--eval-samples", help="Test images on which the float and quantized top-1 are recorded in the file's lineage (what export compares against)")] = 2000,
+    eval_samples: Annotated[int, typer.Option("--eval-samples", help="Evaluation images on which the float and quantized top-1 are recorded in the file's lineage (what export compares against)")] = 2000,
     keep_float: Annotated[bool, typer.Option("--keep-float", help="Also store the float weights in model.pt (default: integer weights, scales and structure only)")] = False,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
@@ -65,7 +75,7 @@ def quantize_cmd(
     import torch
 
     from edgeslim import io as es_io
-    from edgeslim.data import calibration_subset, check_root, evaluate, fashion_mnist_loader
+    from edgeslim.data import evaluate
     from edgeslim.lineage import extend
     from edgeslim.plugin.quantization import QuantConfig, convert, prepare_qat, quantize
     from edgeslim.plugin.quantization.qat import train_qat
@@ -81,14 +91,16 @@ def quantize_cmd(
         config = QuantConfig.from_file(recipe)
     elif not mixed:
         config = QuantConfig.from_spec(scheme, calibrator=calibrator, strict=strict)  # fails before any work
-    check_root(data_dir)
-    arg = resolve_model(model)
+    ds = resolve_data(data, data_dir=data_dir, input_size=input_size, mean=mean, std=std)
+    arg = resolve_model(model, weights)
     if arg.kind == "quantized":
         raise typer.BadParameter(f"{model} is already quantized: quantize its float ancestor instead", param_hint="--model")
     net, source = arg.obj, arg.source
-    x = torch.zeros(2, 3, input_size, input_size)
-    cal = calibration_subset("train", calib, batch_size=batch_size, root=data_dir, seed=seed)
-    summary: dict[str, Any] = {"model": source, "scheme": "recipe" if recipe else scheme, "calib": calib}
+    x = ds.example(input_size, 2, random=False)
+    ds.check_fits(net, x)
+    cal = ds.source.calibration(calib, batch_size=batch_size, seed=seed)
+    summary: dict[str, Any] = {"model": source, "scheme": "recipe" if recipe else scheme, "calib": calib,
+                               "data": ds.source.name}
     t0 = time.perf_counter()
     if mixed:
         from edgeslim.plugin.quantization.mixed_precision import search
@@ -100,7 +112,7 @@ def quantize_cmd(
         summary["budget_fraction"] = _fraction(budget)
     assert config is not None
     if qat_epochs > 0:
-        train = fashion_mnist_loader("train", batch_size=batch_size, root=data_dir, seed=seed)
+        train = ds.source.train_loader(batch_size, seed=seed)
         steps = max(1, round(qat_epochs * len(train)))
         prepared = prepare_qat(net, x, config)
         with progress() as bar:
@@ -121,7 +133,7 @@ def quantize_cmd(
     summary["mean_sqnr_db"] = sq if sq != float("inf") else None
     summary["left_float"] = result.left_float
     if eval_:
-        test = fashion_mnist_loader("test", batch_size=500, root=data_dir)
+        test = ds.source.eval_loader(500)
         with progress() as bar:
             task = bar.add_task("evaluate fp32 + quantized", total=2)
             summary["top1_fp32"] = evaluate(net, test)
@@ -130,8 +142,8 @@ def quantize_cmd(
             bar.update(task, advance=1)
         result.report.accuracy = {"top1_fp32": summary["top1_fp32"], "top1_quant": summary["top1_quant"]}
     lineage: list[dict[str, Any]] = arg.lineage
-    if arg.dataset == "fashion-mnist" and lineage:
-        float_top1, quant_top1 = _lineage_top1(net, result.model, x, eval_samples, data_dir, summary)
+    if ds.measures(arg) and lineage:
+        float_top1, quant_top1 = _lineage_top1(net, result.model, x, eval_samples, ds, summary)
         last = lineage[-1]  # the float model quantized here (reference, pruned or fine-tuned)
         lineage = [*lineage[:-1], {**last, "top1": {**last.get("top1", {}), **float_top1}}]
         lineage = extend(lineage, "quantize", scheme=summary["scheme"], mode=summary["mode"], top1=quant_top1)
@@ -147,14 +159,13 @@ def quantize_cmd(
         emit_json(summary)
 
 
-def _lineage_top1(net: Any, qmodel: Any, x: Any, n: int, data_dir: Path | None, summary: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
-    """Float and quantized top-1 on the first ``n`` test images, keyed as export keys them (lineage)."""
-    from edgeslim.data import fashion_mnist_loader
+def _lineage_top1(net: Any, qmodel: Any, x: Any, n: int, ds: DataArg, summary: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """Float and quantized top-1 on the first ``n`` evaluation images, keyed as export keys them (lineage)."""
     from edgeslim.exporters.accuracy import eval_key, labelled_batches, torch_top1
 
     shape = tuple(x.shape)
-    batches = labelled_batches(fashion_mnist_loader("test", limit=n, batch_size=250, root=data_dir), shape, n)
-    key = eval_key("fashion-mnist/test", shape, sum(len(y) for _, y in batches))
+    batches = labelled_batches(ds.source.eval_loader(250, limit=n), shape, n)
+    key = eval_key(ds.source.eval_name, shape, sum(len(y) for _, y in batches))
     f, q = torch_top1(net, batches), torch_top1(qmodel, batches)
     summary.update(eval_key=key, top1_float=f, top1_quantized=q)
     return {key: f}, {key: q}

@@ -9,12 +9,17 @@ import typer
 
 from edgeslim.cli.common import (
     DataDirOpt,
+    DataOpt,
     ForceOpt,
     JsonOpt,
+    MeanOpt,
+    StdOpt,
+    WeightsOpt,
     console,
     emit_json,
     progress,
     refuse_existing_outputs,
+    resolve_data,
     resolve_model,
 )
 
@@ -28,22 +33,24 @@ def register(app: typer.Typer) -> None:
 
 
 def sensitivity_cmd(
-    model: Annotated[str, typer.Option(help="Model name or edgeslim .pt file")],
+    model: Annotated[str, typer.Option(help="Model name, edgeslim .pt file, or your factory FILE.py:build / package.module:build")],
     out: Annotated[Path, typer.Option(help="Output folder (sensitivity.json/.md/.png)")],
     criterion: Annotated[str, typer.Option(help="Importance criterion")] = "l2",
     ratios: Annotated[str, typer.Option(help="Comma-separated channel ratios to probe")] = "0.2,0.4,0.6,0.8",
     batches: Annotated[int, typer.Option(help="Held-out batches per measurement")] = 4,
     batch_size: Annotated[int, typer.Option(help="Images per batch")] = 128,
     target: Annotated[str, typer.Option(help="Also allocate per-group ratios for this target (e.g. params=0.5)")] = "",
+    weights: WeightsOpt = None,
+    data: DataOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     data_dir: DataDirOpt = None,
-    input_size: Annotated[int, typer.Option(help="Input resolution")] = 32,
+    input_size: Annotated[int, typer.Option(help="Input resolution (and of imagefolder/npz images)")] = 32,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Measure how much each channel group of MODEL can lose, and where to prune for a target."""
-    import torch
 
-    from edgeslim.data import check_root, fashion_mnist_loader
     from edgeslim.errors import ConfigError
     from edgeslim.plugin.pruning import Allocation, PruneConfig, Target, prune, sensitivity
     from edgeslim.plugin.pruning.metrics import measure
@@ -54,12 +61,13 @@ def sensitivity_cmd(
         raise ConfigError(f"--ratios must be comma-separated numbers, got {ratios!r}") from None
     config = PruneConfig(criterion=criterion, sensitivity_ratios=probe, data_batches=batches)
     refuse_existing_outputs(out, OUTPUT_FILES, force)
-    check_root(data_dir)
-    arg = resolve_model(model)
+    ds = resolve_data(data, data_dir=data_dir, input_size=input_size, mean=mean, std=std)
+    arg = resolve_model(model, weights)
     net, source = arg.module, arg.source
-    x = torch.randn(1, 3, input_size, input_size)
+    x = ds.example(input_size)
+    ds.check_fits(net, x)
     # scored on training images (shuffled, not augmented): the test set stays for the final evaluation
-    held = fashion_mnist_loader("train", batch_size=batch_size, root=data_dir, shuffle=True, seed=1)
+    held = ds.source.train_loader(batch_size, shuffle=True, seed=1)
     with progress() as bar:
         task = bar.add_task("sensitivity", total=None)
         table = sensitivity(net, x, held, config, on_progress=lambda d, t: bar.update(task, completed=d, total=t))
@@ -70,7 +78,7 @@ def sensitivity_cmd(
     table.plot(png_path)
     console.print(table.markdown())
     summary: dict[str, Any] = {
-        "model": source, "criterion": criterion, "groups": len(table.groups()), "base_accuracy": table.base_accuracy,
+        "model": source, "data": ds.source.name, "criterion": criterion, "groups": len(table.groups()), "base_accuracy": table.base_accuracy,
         "table": str(json_path), "plot": str(png_path),
     }
     if target:
