@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from edgeslim.pipelines.recipe import Variant
-from edgeslim.pipelines.steps import EVAL_NAME, Context
+from edgeslim.pipelines.steps import Context
 
 #: The JSON-lines file the bench step appends each result to while it runs (renamed when done).
 BENCH_PARTIAL = "bench.partial.jsonl"
@@ -49,9 +49,9 @@ def run_export(ctx: Context) -> dict[str, Any]:
         for fmt in sec.formats:
             name = f"{variant.stem}{_suffix(fmt)}"
             ctx.progress(f"export {name}", done, total)
-            res = export(obj, fmt, ctx.path(name), ctx.example(), eval_data=ctx.eval_loader(), eval_name=EVAL_NAME,
+            res = export(obj, fmt, ctx.path(name), ctx.example(), eval_data=ctx.eval_loader(), eval_name=ctx.eval_name,
                          eval_samples=ctx.recipe.eval_samples, max_drop=sec.max_drop,
-                         verify_samples=sec.verify_samples, overwrite=True, **ancestor)
+                         verify_samples=sec.verify_samples, overwrite=True, **ancestor, **ctx.export_data())
             done += 1
             acc, ver = res.accuracy, res.verification
             out.setdefault(variant.value, {})[fmt] = {

@@ -4,8 +4,10 @@ A recipe names the model, the data, the pruning, the fine-tune, the quantization
 formats and the bench targets (every section but ``model`` is optional)::
 
     title: ResNet-18, half the parameters, int8
-    model: resnet18-fmnist            # a bundled model, or an edgeslim-saved .pt file
-    data: fashion-mnist
+    model: resnet18-fmnist            # a bundled model, an edgeslim-saved .pt file, or net.py:build
+    weights: ""                       # with net.py:build (or a torchvision name): a state_dict .pt
+    data: fashion-mnist               # or imagefolder:DIR, npz:FILE, python:module:function,
+                                      # or {source: imagefolder:DIR, mean: [...], std: [...]}
     input_size: 32                    # the model's input resolution (H = W)
     eval_samples: 1000                # test images every top-1 is measured on
     pipeline: sequential              # sequential | alternating | joint
@@ -33,6 +35,7 @@ from edgeslim.errors import ConfigError, EdgeslimError
 from edgeslim.pipelines.recipe_sections import (
     BUDGET_KINDS,
     BenchSection,
+    DataSection,
     Dataset,
     ExportSection,
     FinetuneSection,
@@ -55,9 +58,11 @@ class Recipe:
     """A whole compression run.
 
     Attributes:
-        model: A bundled model name (``resnet18-fmnist``, ``mobilenet_v2-fmnist``) or an
-            edgeslim-saved ``.pt`` file (relative paths: from the current folder).
-        data: The data set (``fashion-mnist``).
+        model: A bundled model name (``resnet18-fmnist``, ``mobilenet_v2-fmnist``, ``vit-fmnist``),
+            an edgeslim-saved ``.pt`` file (relative paths: from the current folder), your factory
+            ``path/to/file.py:build`` / ``package.module:build``, or a torchvision name.
+        weights: A ``state_dict`` file for a factory or torchvision model (``""``: none).
+        data: The data (:class:`DataSection`; default Fashion-MNIST).
         title: The report's title (default: derived from the model and steps).
         input_size: The model's input resolution (H = W).
         eval_samples: First test images every top-1 is measured on.
@@ -74,7 +79,8 @@ class Recipe:
     """
 
     model: str
-    data: Dataset = Dataset.FASHION_MNIST
+    weights: str = ""
+    data: DataSection = field(default_factory=DataSection)
     title: str = ""
     input_size: int = 32
     eval_samples: int = 1000
@@ -94,7 +100,10 @@ class Recipe:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            out[f.name] = value.to_dict() if isinstance(value, PruneConfig) else _plain(value)
+            if isinstance(value, PruneConfig):
+                out[f.name] = value.to_dict()
+            else:
+                out[f.name] = value.to_plain() if isinstance(value, DataSection) else _plain(value)
         return out
 
     def to_yaml(self) -> str:
@@ -226,12 +235,19 @@ def _prune_from(data: Any) -> PruneConfig:
 
 def _model_check(model: Any) -> str:
     from edgeslim.models import REFERENCES
+    from edgeslim.models.user import is_user_spec
 
     if not isinstance(model, str) or not model:
         raise RecipeError(f"model: expected a bundled model name ({', '.join(REFERENCES)}) or an edgeslim .pt file")
     if model in REFERENCES:
         return model
     path = Path(model)
+    if is_user_spec(model) and not path.is_file():
+        where = model.rpartition(":")[0]
+        if where.endswith(".py") and not Path(where).is_file():
+            raise RecipeError(f"model: file {where!r} of {model!r} does not exist (relative paths are read from the "
+                              "current folder)")
+        return model
     if path.suffix in {".pt", ".pth", ".edgeslim"} or "/" in model:
         if not path.is_file():
             raise RecipeError(f"model: file {model!r} does not exist (relative paths are read from the current folder)")
@@ -245,8 +261,34 @@ def _model_check(model: Any) -> str:
             raise RecipeError(f"model: {model!r} is already quantized; give its float ancestor (the model before "
                               "edgeslim quantize)")
         return model
+    from edgeslim.models import torchvision_names
+
+    if model in torchvision_names():
+        return model
     raise RecipeError(f"model: unknown model {model!r}{_suggest(model, REFERENCES)}; allowed: "
-                      f"{', '.join(REFERENCES)} or an edgeslim-saved .pt file")
+                      f"{', '.join(REFERENCES)}, an edgeslim-saved .pt file, your factory path/to/file.py:build or "
+                      "package.module:build, or a torchvision name")
+
+
+def _weights_check(model: str, weights: Any) -> str:
+    from edgeslim.models import REFERENCES
+
+    if not isinstance(weights, str):
+        raise RecipeError(f"weights: expected a state_dict file path, got {weights!r}")
+    if not weights:
+        return weights
+    if model in REFERENCES or Path(model).is_file():
+        raise RecipeError(f"weights: {model!r} carries its own weights; weights are for a factory "
+                          "(path/to/file.py:build) or a torchvision name")
+    if not Path(weights).is_file():
+        raise RecipeError(f"weights: file {weights!r} does not exist (relative paths are read from the current folder)")
+    return weights
+
+
+def _data_from(data: Any) -> DataSection:
+    if isinstance(data, str):
+        data = {"source": data}
+    return _section(DataSection, "data", data)
 
 
 def _recipe_from(data: Any) -> Recipe:
@@ -255,7 +297,11 @@ def _recipe_from(data: Any) -> Recipe:
     if "model" not in d:
         raise RecipeError("model: missing; give a bundled model name or an edgeslim .pt file")
     kw: dict[str, Any] = {"model": _model_check(d["model"])}
-    for key in ("data", "title", "input_size", "eval_samples", "seed", "pipeline", "alternating_events"):
+    if "weights" in d:
+        kw["weights"] = _weights_check(kw["model"], d["weights"])
+    if "data" in d:
+        kw["data"] = _data_from(d["data"])
+    for key in ("title", "input_size", "eval_samples", "seed", "pipeline", "alternating_events"):
         if key in d:
             kw[key] = _convert(key, d[key], hints[key])
     sections = {"finetune": FinetuneSection, "search": SearchSection, "quantize": QuantizeSection,
@@ -320,6 +366,7 @@ def load_recipe(path: str | Path) -> Recipe:
 __all__ = [
     "BUDGET_KINDS",
     "BenchSection",
+    "DataSection",
     "Dataset",
     "ExportSection",
     "FinetuneSection",

@@ -29,9 +29,47 @@ class Pipeline(str, Enum):
 
 
 class Dataset(str, Enum):
-    """Data sets a recipe can name."""
+    """The default data set (any registered data source can be named: see :class:`DataSection`)."""
 
     FASHION_MNIST = "fashion-mnist"
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """The data (``data: imagefolder:DIR`` or ``data: {source: npz:FILE, mean: [...], std: [...]}``).
+
+    Attributes:
+        source: ``fashion-mnist``, ``imagefolder:DIR``, ``npz:FILE``, ``python:module:function``
+            (see :mod:`edgeslim.data.sources`; relative paths: from the current folder).
+        mean: Per-channel mean for images read as [0, 1] (ImageFolder, uint8 npz).
+        std: Per-channel standard deviation.
+    """
+
+    source: str = Dataset.FASHION_MNIST.value
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def check(self) -> None:
+        """The kind is registered and its argument well formed (the files are read by the run's first step)."""
+        from edgeslim.data import DataOptions, open_data
+        from edgeslim.errors import DataError
+
+        try:
+            open_data(self.source, DataOptions(mean=self.mean, std=self.std), check=False)
+        except DataError as exc:
+            raise RecipeError(f"data: {exc}") from None
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise RecipeError(f"data.std: values must be positive, got {list(self.std)}")
+
+    def to_plain(self) -> Any:
+        """The source string alone when there is no mean/std, else the mapping."""
+        if self.mean is None and self.std is None:
+            return self.source
+        return {"source": self.source, "mean": _listed(self.mean), "std": _listed(self.std)}
+
+
+def _listed(values: tuple[float, ...] | None) -> list[float] | None:
+    return None if values is None else list(values)
 
 
 class QuantMethod(str, Enum):

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeslim.errors import EdgeslimError
-from edgeslim.pipelines.recipe import Pipeline, Recipe, Variant
+from edgeslim.pipelines.recipe import Dataset, Pipeline, Recipe, Variant
 
-#: Name of the evaluation set in every top-1 key.
+#: Name of the default evaluation set in top-1 keys (other data: the source's ``eval_name``).
 EVAL_NAME = "fashion-mnist/test"
 
 Event = dict[str, Any]
@@ -106,26 +106,51 @@ class Context:
         self.emit({"event": "progress", "what": what, "completed": completed, "total": total})
 
     # ---- data -------------------------------------------------------------------------------
+    def source(self) -> Any:
+        """The recipe's :class:`~edgeslim.data.DataSource` (opened and checked once)."""
+        if "source" not in self._cache:
+            from edgeslim.data import DataOptions, open_data
+
+            sec = self.recipe.data
+            options = DataOptions(input_size=self.recipe.input_size, mean=sec.mean, std=sec.std)
+            self._cache["source"] = open_data(sec.source, options)
+        return self._cache["source"]
+
     def example(self, size: int | None = None, batch: int = 1) -> Any:
-        """A random NCHW example input at ``size`` (default: the recipe's input size)."""
+        """A random NCHW example input at ``size`` (default: the recipe's input size), with the data's channels."""
         import torch
 
         s = size or self.recipe.input_size
-        return torch.randn(batch, 3, s, s, generator=torch.Generator().manual_seed(self.recipe.seed))
+        c = self.source().channels()
+        return torch.randn(batch, c, s, s, generator=torch.Generator().manual_seed(self.recipe.seed))
+
+    @property
+    def eval_name(self) -> str:
+        """The evaluation set's name (``fashion-mnist/test``, ``imagefolder:/abs/dir/val`` ...)."""
+        return str(self.source().eval_name)
 
     @property
     def eval_key(self) -> str:
         """The top-1 key of the evaluation images (``fashion-mnist/test[:N]@HxW``)."""
         from edgeslim.exporters.accuracy import eval_key
 
+        if "eval_count" not in self._cache:
+            loader = self.eval_loader()
+            dataset = getattr(loader, "dataset", None)
+            self._cache["eval_count"] = len(dataset) if dataset is not None else sum(len(y) for _, y in loader)
         s = self.recipe.input_size
-        return eval_key(EVAL_NAME, (1, 3, s, s), self.recipe.eval_samples)
+        return eval_key(self.eval_name, (1, 3, s, s), min(self.recipe.eval_samples, self._cache["eval_count"]))
 
     def eval_loader(self) -> Any:
-        """The first ``eval_samples`` test images (real data, labelled)."""
-        from edgeslim.data import fashion_mnist_loader
+        """The first ``eval_samples`` evaluation images (real data, labelled)."""
+        return self.source().eval_loader(250, limit=self.recipe.eval_samples)
 
-        return fashion_mnist_loader("test", limit=self.recipe.eval_samples, batch_size=250)
+    def export_data(self) -> dict[str, Any]:
+        """Calibration and verification images for ``export()`` (none: its Fashion-MNIST defaults)."""
+        if self.recipe.data.source == Dataset.FASHION_MNIST.value:
+            return {}
+        return {"calibration": self.source().calibration(256, seed=self.recipe.seed),
+                "verify_inputs": self.source().eval_loader(64, limit=self.recipe.export.verify_samples)}
 
     def top1(self, model: Any) -> float:
         """Top-1 of a PyTorch model on the evaluation images (at the recipe's input size)."""
@@ -144,17 +169,13 @@ class Context:
                 model.train()
 
     def train_loader(self, batch_size: int, *, augment: bool = True, seed_offset: int = 0) -> Any:
-        """The Fashion-MNIST training set (shuffled, seeded)."""
-        from edgeslim.data import fashion_mnist_loader
-
-        return fashion_mnist_loader("train", batch_size=batch_size, augment=augment, seed=self.recipe.seed + seed_offset)
+        """The training images (shuffled, seeded)."""
+        return self.source().train_loader(batch_size, augment=augment, seed=self.recipe.seed + seed_offset)
 
     def calibration(self) -> Any:
         """``quantize.calibration`` training images drawn (seeded) for calibration."""
-        from edgeslim.data import calibration_subset
-
         n = self.recipe.quantize.calibration if self.recipe.quantize else 256
-        return calibration_subset("train", n, batch_size=64, seed=self.recipe.seed)
+        return self.source().calibration(n, batch_size=64, seed=self.recipe.seed)
 
     # ---- models -----------------------------------------------------------------------------
     def original(self) -> Any:
@@ -163,8 +184,10 @@ class Context:
             from edgeslim import io as es_io
             from edgeslim import models
 
-            if self.recipe.model in models.REFERENCES:
-                self._cache["original"] = models.load(self.recipe.model).eval()
+            if self.recipe.model in models.REFERENCES or not Path(self.recipe.model).is_file():
+                net = models.load(self.recipe.model, weights=self.recipe.weights or None).eval()
+                self.source().check_labels(int(net(self.example()).shape[-1]))
+                self._cache["original"] = net
             else:
                 self._cache["original"] = es_io.load(self.recipe.model).eval()
         return self._cache["original"]
@@ -253,6 +276,15 @@ def run_load(ctx: Context) -> dict[str, Any]:
         file = models.CHECKPOINT_DIR / models.REFERENCES[source].file
         lineage = [{"step": "float", "source": source, "sha256": es_io.state_sha256(net.state_dict()),
                     "dataset": models.REFERENCES[source].dataset}]
+    elif not Path(source).is_file():  # your factory or a torchvision name (+ weights)
+        from edgeslim.models.user import file_sha256, is_user_spec, load_user
+
+        origin = load_user(source)[1] if is_user_spec(source) else {"source": source}
+        weights = ctx.recipe.weights
+        if weights:
+            origin.update(weights=str(Path(weights).resolve()), weights_sha256=file_sha256(weights))
+        file = Path(weights or origin.get("file") or ".")
+        lineage = [{"step": "float", **origin, "sha256": es_io.state_sha256(net.state_dict())}]
     else:
         file = Path(source)
         lineage = lineage_of(es_io.load_meta(file)) or [{"step": "float", "source": source, "dataset": "fashion-mnist",
@@ -260,7 +292,8 @@ def run_load(ctx: Context) -> dict[str, Any]:
     stats = measure(net, ctx.example())
     top1 = ctx.top1(net)
     lineage[-1] = {**lineage[-1], "top1": {**lineage[-1].get("top1", {}), ctx.eval_key: top1}}
-    return {"source": source, "file": str(file), "bytes": file.stat().st_size, "params": stats.params,
+    size = file.stat().st_size if file.is_file() else sum(t.numel() * t.element_size() for t in net.state_dict().values())
+    return {"source": source, "file": str(file), "bytes": size, "params": stats.params,
             "macs": stats.macs, "top1": top1, "lineage": lineage}
 
 
