@@ -207,6 +207,12 @@ class DataArg:
         """Whether top-1 on this data means something for ``arg`` (given explicitly, or the model's own data)."""
         return self.explicit or arg.dataset == self.source.name
 
+    def warn_if_foreign(self, arg: ModelArg, what: str) -> None:
+        """Say on stderr when the default data (Fashion-MNIST) is used for a model not trained on it."""
+        if not self.explicit and arg.dataset != self.source.name:
+            console.print(f"[yellow]note:[/] {what} on {self.source.name} (no --data given) for {arg.source}, which was not "
+                          "trained on it; pass --data for your own images", highlight=False)
+
     def channels(self) -> int:
         """Channels of the data's images (the example input's)."""
         return int(self.source.channels())

@@ -117,6 +117,7 @@ def prune_cmd(
     x = ds.example(input_size) if ds is not None else torch.randn(1, 3, input_size, input_size)
     if ds is not None:
         ds.check_fits(net, x)
+        ds.warn_if_foreign(arg, "data-driven steps")
     summary: dict[str, Any] = {"model": source}
     if ds is not None:
         summary["data"] = ds.source.name

@@ -98,6 +98,7 @@ def quantize_cmd(
     net, source = arg.obj, arg.source
     x = ds.example(input_size, 2, random=False)
     ds.check_fits(net, x)
+    ds.warn_if_foreign(arg, "calibration" + (" and evaluation" if eval_ else ""))
     cal = ds.source.calibration(calib, batch_size=batch_size, seed=seed)
     summary: dict[str, Any] = {"model": source, "scheme": "recipe" if recipe else scheme, "calib": calib,
                                "data": ds.source.name}

@@ -66,6 +66,7 @@ def sensitivity_cmd(
     net, source = arg.module, arg.source
     x = ds.example(input_size)
     ds.check_fits(net, x)
+    ds.warn_if_foreign(arg, "sensitivity")
     # scored on training images (shuffled, not augmented): the test set stays for the final evaluation
     held = ds.source.train_loader(batch_size, shuffle=True, seed=1)
     with progress() as bar:
