@@ -37,236 +37,35 @@ from __future__ import annotations
 
 import copy
 import itertools
-import types
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 from torch.fx import GraphModule
 from torch.nn import functional as F
-from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
 
-from edgeslim.errors import ConfigError, EdgeslimError, PruningError
+from edgeslim.errors import ConfigError, PruningError
 from edgeslim.models import copy_arch
-from edgeslim.plugin.pruning.config import Allocation, Method, PruneConfig, TargetKind
+from edgeslim.pipelines.alternating_config import (
+    AlternatingConfig,
+    AlternatingError,
+    AlternatingResult,
+    PruneSummary,
+    StepRecord,
+    check_prune_config,
+)
+from edgeslim.pipelines.alternating_state import carry_fake_quant, copy_weights, rebind_optimizer
+from edgeslim.plugin.pruning.config import Method, PruneConfig
 from edgeslim.plugin.pruning.finetune import distillation_loss
 from edgeslim.plugin.pruning.importance.base import Batch, LossFn
-from edgeslim.plugin.pruning.metrics import Inputs, ModelStats, layer_report, measure
-from edgeslim.plugin.pruning.schedule import SCHEDULES, PruningSchedule
-from edgeslim.plugin.quantization.api import QuantResult, convert, prepare_qat
+from edgeslim.plugin.pruning.metrics import Inputs, layer_report, measure
+from edgeslim.plugin.pruning.schedule import PruningSchedule
+from edgeslim.plugin.quantization.api import convert, prepare_qat
 from edgeslim.plugin.quantization.config import QuantConfig
 from edgeslim.plugin.quantization.qat import QATSchedule, bn_frozen, freeze_bn
-
-
-class AlternatingError(EdgeslimError):
-    """The alternating schedule was driven wrongly (stale model or optimizer, finish too early)."""
-
-
-@dataclass(frozen=True)
-class AlternatingConfig:
-    """When each thing happens, in ``sched.step()`` calls (one per optimizer step, 1-based).
-
-    Args:
-        total_steps: Training steps of the whole run.
-        qat_from: The model is prepared for QAT at this call (0: before training); every later
-            step trains with fake-quant. Must be < ``total_steps``.
-        prune_steps: Number of pruning events (``kind="one-shot"``: 1).
-        prune_every: Calls between pruning events.
-        prune_start: Calls before the first event (events at ``prune_start + 1 + k·prune_every``).
-        kind: ``"one-shot"``, ``"iterative"`` or ``"agp"`` (how the amount grows per event).
-        freeze_bn_at: Call at which BatchNorm statistics freeze (default: halfway through QAT).
-        freeze_observers_at: Call at which quantization ranges freeze (default: 3/4 through
-            QAT, and after the last pruning event).
-    """
-
-    total_steps: int
-    qat_from: int
-    prune_steps: int = 5
-    prune_every: int = 1
-    prune_start: int = 0
-    kind: str = "agp"
-    freeze_bn_at: int | None = None
-    freeze_observers_at: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in SCHEDULES:
-            raise ConfigError(f"alternating: unknown kind {self.kind!r}; use one of {sorted(SCHEDULES)}")
-        if self.total_steps < 1 or self.prune_steps < 1 or self.prune_every < 1 or self.prune_start < 0:
-            raise ConfigError("alternating: total_steps, prune_steps and prune_every must be >= 1, prune_start >= 0")
-        if not 0 <= self.qat_from < self.total_steps:
-            raise ConfigError(
-                f"alternating: qat_from={self.qat_from} must lie in [0, total_steps={self.total_steps}) so that "
-                "QAT trains for at least one step; lower qat_from or raise total_steps"
-            )
-        last = self.prune_events()[-1]
-        if last > self.total_steps:
-            raise ConfigError(
-                f"alternating: the last pruning event falls at step {last} > total_steps={self.total_steps}; "
-                "lower prune_every / prune_steps / prune_start"
-            )
-        span = self.total_steps - self.qat_from
-        if self.freeze_bn_at is None:
-            object.__setattr__(self, "freeze_bn_at", self.qat_from + max(1, span // 2))
-        if self.freeze_observers_at is None:
-            obs = max(self.qat_from + max(1, 3 * span // 4), last + 1)
-            object.__setattr__(self, "freeze_observers_at", obs if obs <= self.total_steps else None)
-        for name in ("freeze_bn_at", "freeze_observers_at"):
-            v = getattr(self, name)
-            if v is not None and not self.qat_from < v <= self.total_steps:
-                raise ConfigError(f"alternating: {name}={v} must lie in (qat_from={self.qat_from}, total_steps={self.total_steps}]")
-
-    def prune_events(self) -> tuple[int, ...]:
-        """The ``step()`` calls at which a pruning event happens."""
-        n = 1 if self.kind == "one-shot" else self.prune_steps
-        return tuple(self.prune_start + 1 + k * self.prune_every for k in range(n))
-
-    @classmethod
-    def spread(cls, total_steps: int, *, prune_steps: int = 4) -> AlternatingConfig:
-        """A default layout: events over the first 60 % of the run, QAT from 1/3 on (so they interleave)."""
-        if total_steps < 3:
-            raise ConfigError(f"alternating: need at least 3 steps, got {total_steps}")
-        prune_steps = max(1, min(prune_steps, (6 * total_steps) // 10))
-        every = max(1, (6 * total_steps) // (10 * prune_steps))
-        return cls(total_steps, max(1, total_steps // 3), prune_steps, every)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON/YAML-able dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AlternatingConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"alternating: unknown config keys {sorted(unknown)}")
-        return cls(**data)
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """One ``step()`` call: its number, phase (``float``/``qat``), loss if given, what happened."""
-
-    step: int
-    phase: str
-    loss: float | None
-    events: tuple[str, ...] = ()
-    params: int | None = None
-
-
-@dataclass(frozen=True)
-class PruneSummary:
-    """Size before/after, per-layer widths (``layer_report`` rows), sparsity, the pruning events."""
-
-    before: ModelStats
-    after: ModelStats
-    layers: tuple[dict[str, Any], ...]
-    sparsity: float
-    events: tuple[dict[str, Any], ...]
-
-    @property
-    def params_fraction(self) -> float:
-        """Parameters kept, as a fraction of the original."""
-        return self.after.params / self.before.params
-
-
-@dataclass(frozen=True)
-class AlternatingResult:
-    """What :meth:`AlternatingSchedule.finish` and :func:`alternating` return.
-
-    Attributes:
-        quant: The converted model (save it with ``edgeslim.save(result.quant, path)``).
-        prune: What pruning did.
-        history: One record per training step.
-        config: The step layout used.
-        float_model: The pruned eager model holding the final (QAT-trained, unfolded) weights.
-        evals: ``eval_fn`` values (:func:`alternating`): ``before_qat`` and ``converted``.
-    """
-
-    quant: QuantResult
-    prune: PruneSummary
-    history: tuple[StepRecord, ...]
-    config: AlternatingConfig
-    float_model: nn.Module
-    evals: dict[str, float]
-
-
-def check_prune_config(config: PruneConfig) -> None:
-    """Refuse pruning configs whose options contradict each other (before any work)."""
-    structural = config.method is not Method.UNSTRUCTURED
-    if not structural and config.target.kind in (TargetKind.PARAMS, TargetKind.MACS, TargetKind.BYTES):
-        raise ConfigError(f"alternating: method=unstructured cannot reach {config.target} (zeros still count); "
-                          "use method=hybrid or a sparsity=... target")
-    if config.method is Method.STRUCTURED and config.target.kind is TargetKind.SPARSITY:
-        raise ConfigError(f"alternating: target {config.target} is unstructured; use method=unstructured or hybrid")
-    if not structural:
-        opts = [n for n, bad in (("round_to", config.round_to is not None),
-                                 ("allocation", config.allocation is not Allocation.UNIFORM),
-                                 ("layer_rules ratio", any(r.ratio is not None for r in config.layer_rules))) if bad]
-        if opts:
-            raise ConfigError(f"alternating: {', '.join(opts)} only apply to structured pruning; "
-                              "drop them or use method=hybrid")
-    if config.iterative_steps != 1:
-        raise ConfigError("alternating: prune_steps sets the number of pruning events; leave iterative_steps=1")
-
-
-def _rebind(optimizer: torch.optim.Optimizer, old: nn.Module, new: nn.Module) -> None:
-    """Swap ``optimizer``'s parameters from ``old``'s to ``new``'s by name, moving their state."""
-    names = {id(p): n for n, p in old.named_parameters()}
-    targets = dict(new.named_parameters())
-    for group in optimizer.param_groups:
-        moved = []
-        for p in group["params"]:
-            name = names.get(id(p))
-            q = targets.get(name) if name is not None else None
-            if q is None:
-                raise AlternatingError(f"alternating: an optimizer parameter ({name or 'unnamed'}) has no "
-                                       f"counterpart in {type(new).__name__}; build the optimizer over model.parameters()")
-            state = optimizer.state.pop(p, None)
-            if state:
-                optimizer.state[q] = {k: v for k, v in state.items()
-                                      if not isinstance(v, torch.Tensor) or v.dim() == 0 or v.shape == q.shape}
-            moved.append(q)
-        group["params"] = moved
-
-
-@torch.no_grad()
-def _copy_weights(src: nn.Module, dst: nn.Module) -> None:
-    """Copy every parameter/buffer of ``dst`` that ``src`` has under the same name and shape."""
-    have = src.state_dict()
-    for name, t in dst.state_dict().items():
-        s = have.get(name)
-        if s is not None and s.shape == t.shape:
-            t.copy_(s)
-        elif name.endswith(("weight", "bias")):
-            raise AlternatingError(f"alternating: {name} is missing or reshaped in the prepared graph; please report this model")
-
-
-def _carry_fake_quant(old: nn.Module, new: nn.Module) -> None:
-    """Copy fake-quant state (ranges, enabled flags) from ``old`` to ``new`` where names and shapes match."""
-    before = dict(old.named_modules())
-    for name, mod in new.named_modules():
-        prev = before.get(name)
-        if not isinstance(mod, FakeQuantizeBase) or prev is None or type(prev) is not type(mod):
-            continue
-        sd, want = prev.state_dict(), mod.state_dict()
-        if sd.keys() == want.keys() and all(sd[k].shape == want[k].shape for k in sd):
-            mod.load_state_dict(sd)
-
-
-def _keep_bn_frozen(gm: GraphModule) -> None:
-    """Make ``gm.train()`` re-freeze BatchNorm (PT2E's train switch would unfreeze it)."""
-    base = gm.train
-
-    def _train(self: GraphModule, mode: bool = True) -> GraphModule:
-        base(mode)
-        if mode:
-            freeze_bn(self)
-        return self
-
-    gm.train = types.MethodType(_train, gm)  # type: ignore[method-assign]
 
 
 class AlternatingSchedule:
@@ -382,7 +181,7 @@ class AlternatingSchedule:
     def _switch(self) -> None:
         with self._unguarded():
             gm = prepare_qat(self._eager, self._x, self.quant_config)
-        _rebind(self.optimizer, self._eager, gm)
+        rebind_optimizer(self.optimizer, self._eager, gm)
         self.model, self.phase = gm, "qat"
         self._guard = self._eager.register_forward_pre_hook(self._stale)
         self._apply_masks()
@@ -396,24 +195,23 @@ class AlternatingSchedule:
         gm = self.model
         assert isinstance(gm, GraphModule)
         with self._unguarded():
-            _copy_weights(gm, self._eager)
-            _rebind(self.optimizer, gm, self._eager)
+            copy_weights(gm, self._eager)
+            rebind_optimizer(self.optimizer, gm, self._eager)
             self._prune.step()
             if self._prune.masks is not None:
                 self._prune.masks.detach()
             shapes = {n: p.shape for n, p in gm.named_parameters()}
             reshaped = any(shapes.get(n) != p.shape for n, p in self._eager.named_parameters())
             if not reshaped:
-                _copy_weights(self._eager, gm)
-                _rebind(self.optimizer, self._eager, gm)
+                copy_weights(self._eager, gm)
+                rebind_optimizer(self.optimizer, self._eager, gm)
                 return
             new = prepare_qat(self._eager, self._x, self.quant_config)
-        _carry_fake_quant(gm, new)
+        carry_fake_quant(gm, new)
         if bn_frozen(gm):
-            freeze_bn(new)
-            _keep_bn_frozen(new)
+            freeze_bn(new)  # stays frozen through new.train() (see enable_train_eval)
         new.train(gm.training)
-        _rebind(self.optimizer, self._eager, new)
+        rebind_optimizer(self.optimizer, self._eager, new)
         self.model = new
 
     def _due(self) -> bool:
@@ -453,8 +251,6 @@ class AlternatingSchedule:
             if self._qat.steps == self._qat.freeze_observers_after:
                 events.append("freeze_observers")
             if self._qat.steps == self._qat.freeze_bn_after:
-                assert isinstance(self.model, GraphModule)
-                _keep_bn_frozen(self.model)
                 events.append("freeze_bn")
         value = float(loss.detach()) if isinstance(loss, torch.Tensor) else loss
         self.history.append(StepRecord(self.calls, self.phase, value, tuple(events), params))
@@ -476,7 +272,7 @@ class AlternatingSchedule:
                                    f"{self._prune.events} pruning events; train to step {self.config.prune_events()[-1]}")
         self._apply_masks()
         with self._unguarded():
-            _copy_weights(self.model, self._eager)
+            copy_weights(self.model, self._eager)
             after = measure(self._eager, self._x)
             layers = tuple(layer_report(self._arch, self._eager))
         if self._guard is not None:
@@ -566,3 +362,7 @@ def alternating(
     if eval_fn is not None:
         evals["converted"] = eval_fn(result.quant.model)
     return replace(result, evals=evals)
+
+
+__all__ = ["AlternatingConfig", "AlternatingError", "AlternatingResult", "AlternatingSchedule", "PruneSummary",
+           "StepRecord", "alternating", "check_prune_config"]
