@@ -39,8 +39,12 @@ def test_fp32_matches_torch_and_has_dynamic_batch_and_size(tiny_model, real_imag
     assert big.shape == (2, 10)  # height/width are dynamic too
     info = inspect_artifact(res.path)
     assert info.compute_dtypes() == {"float32": len(info.float_compute_ops())}
-    props = {p.key: p.value for p in onnx.load(str(res.path)).metadata_props}
+    saved = onnx.load(str(res.path))
+    props = {p.key: p.value for p in saved.metadata_props}
     assert props["edgeslim.ort.graph_optimization_level"] == "enable_all" and OrtRunner(res.path).optimized
+    # no stack traces (the user's source paths) or FX records per node; the module scopes stay for layerwise
+    node_keys = {p.key for n in saved.graph.node for p in n.metadata_props}
+    assert node_keys == {"pkg.torch.onnx.name_scopes"}
 
 
 @pytest.mark.parametrize(("activations", "dtype"), [("u8s8", "uint8"), ("s8s8", "int8")])
