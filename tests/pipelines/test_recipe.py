@@ -107,7 +107,7 @@ def test_unknown_key_names_its_path_the_closest_key_and_the_allowed_ones() -> No
         ({"quantize": {"method": "dynamic"}}, ["quantize.method", "ptq, qat"]),
         ({"quantize": {"method": "qat"}}, ["quantize.qat_epochs", "> 0"]),
         ({"quantize": {"calibrator": "best"}}, ["quantize.calibrator", "minmax", "mse"]),
-        ({"export": {"formats": ["onxx"]}}, ["export.formats", "did you mean 'onnx'", "onnx, tflite"]),
+        ({"export": {"formats": ["onxx"]}}, ["export.formats", "did you mean 'onnx'", "onnx, tensorrt, tflite"]),
         ({"export": {"variants": ["prunedquantized"]}}, ["export.variants[0]", "pruned+quantized"]),
         ({"bench": {"runtimes": ["ort"]}}, ["bench.runtimes", "onnxruntime", "ai-edge-litert"]),
         ({"bench": {"targets": ["no-such-board"]}}, ["bench.targets[0]", "no-such-board", "local"]),
@@ -136,7 +136,7 @@ def test_search_section_checks_budget_kind_and_values() -> None:
     msg = _error({**base, "search": {"budget": "speedup=5", "bits": [4, 8]}})
     assert "search.bits" in msg and "[8]" in msg
     msg = _error({**base, "search": {"budget": "speedup=5", "runtime": "tensorrt"}})
-    assert "search.runtime" in msg and "onnxruntime" in msg
+    assert "search.runtime" in msg and "allowed: ai-edge-litert, onnxruntime" in msg
     r = Recipe.from_dict({**base, "search": {"budget": "bytes=5MB", "round_to": 16}})
     assert r.search is not None and r.search.round_to == (16,)
     assert parse_budget("bytes=5MB") == ("bytes", 5e6) and parse_budget("speedup=5") == ("speedup", 5.0)

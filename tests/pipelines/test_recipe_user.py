@@ -93,3 +93,17 @@ def test_context_reads_the_recipes_model_and_data(files: dict[str, Path], tmp_pa
         DataError, match=r"narrow\.npz: training labels range over \[0, 7\] but the model has 3 outputs"
     ):
         bad.original()
+
+
+def test_changed_user_code_or_weights_is_a_different_run_not_a_resume(files: dict[str, Path]) -> None:
+    from edgeslim.pipelines.runner import recipe_id
+
+    recipe = Recipe.from_dict({"model": f"{files['net']}:build", "weights": str(files["weights"])})
+    first = recipe_id(recipe)
+    assert recipe_id(recipe) == first
+    state = torch.load(files["weights"], weights_only=True)
+    torch.save({k: v + 1 for k, v in state.items()}, files["weights"])  # new weights at the same path
+    second = recipe_id(recipe)
+    assert second != first
+    files["net"].write_text(NET_PY.replace("nn.Conv2d(1, 8, 3)", "nn.Conv2d(1, 8, 5)"))  # the user edits the model
+    assert recipe_id(recipe) not in (first, second)

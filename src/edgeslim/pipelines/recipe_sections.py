@@ -191,7 +191,8 @@ class SearchSection:
         if self.input_size is not None:
             _at_least("search.input_size", self.input_size, 8)
         _check_target("search.target", self.target)
-        _registered("search.runtime", [self.runtime], [r for r in _runtime_names() if r != "tflite-runtime"])
+        # the search times ONNX / TFLite candidates on the CPU runtimes; TensorRT engines are built by export only
+        _registered("search.runtime", [self.runtime], [r for r in _runtime_names() if r not in ("tflite-runtime", "tensorrt")])
         _at_least("search.threads", self.threads, 0)
         _at_least("search.runs", self.runs, 1)
         _at_least("search.max_front", self.max_front, 1)

@@ -69,11 +69,19 @@ def plan(recipe: Recipe) -> list[str]:
 
 
 def recipe_id(recipe: Recipe) -> str:
-    """The identity of a run: the recipe's canonical JSON (and the model file's bytes, for a file)."""
+    """The identity of a run: the recipe's canonical JSON and the bytes of the model file, of the user's model
+    code (``FILE.py:build`` / ``package.module:build``) and of ``weights`` (changed bytes at the same path:
+    a different run, not a resume)."""
+    from edgeslim.user_code import looks_like_spec, parse_spec
+
     h = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode())
     model = Path(recipe.model)
     if model.is_file():
         h.update(sha256_file(model).encode())
+    elif looks_like_spec(recipe.model):  # the user's model code: a changed file is a different run
+        h.update(str(parse_spec(recipe.model, what="model").file_sha256()).encode())
+    if recipe.weights and Path(recipe.weights).is_file():
+        h.update(sha256_file(Path(recipe.weights)).encode())
     return h.hexdigest()
 
 
