@@ -155,7 +155,8 @@ def load(path: str | Path, *, base: nn.Module | None = None) -> nn.Module:
     Args:
         path: The file.
         base: An instance of the original (unpruned) architecture, needed for models whose
-            architecture edgeslim cannot rebuild by name (your own classes).
+            architecture edgeslim cannot rebuild: your own classes, unless the file was made from
+            ``--model FILE.py:factory`` / ``package.module:factory`` and that code is still there.
 
     Raises:
         ModelLoadError: Missing, corrupt or unknown file, or no architecture to rebuild.
