@@ -263,6 +263,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--joint-bytes", type=float, default=None,
                     help="joint search: int8 weight bytes (default: JOINT_BUDGETS per model)")
     ap.add_argument("--only", nargs="+", default=None, help="variants to (re)build")
+    ap.add_argument("--note", default=None, help="recorded with this run in `runs` (e.g. where cached sources came from)")
     ap.add_argument("--work", type=Path, default=Path(__file__).resolve().parent / ".case_study")
     ap.add_argument("--smoke", action="store_true", help="500 images, 0.02 epoch, 5 reps, 64x64 latency")
     args = ap.parse_args(argv)
@@ -279,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     data: dict[str, Any] = json.loads(out_json.read_text()) if out_json.is_file() else {"rows": []}
     cmd = "python benchmarks/case_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
     data.setdefault("runs", []).append({"command": cmd, "commit": commit(), "parts": args.parts,
-                                        "models": args.models, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
+                                        "models": args.models, "at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                        **({"note": args.note} if args.note else {})})
     data.update({
         "commit": commit(), "command": cmd,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
