@@ -150,7 +150,7 @@ def markdown(data: dict[str, Any]) -> str:
         "all variants of a model timed round-robin in one loop. Fine-tune budget for every pruned variant: "
         f"{data['settings']['epochs']} epoch; calibration: the same {data['settings']['calibration']} training images.", "",
     ]
-    for model in data["settings"]["models"]:
+    for model in dict.fromkeys(r["model"] for r in data["rows"]):
         rows = [r for r in data["rows"] if r["model"] == model]
         if not rows:
             continue
@@ -179,6 +179,10 @@ def markdown(data: dict[str, Any]) -> str:
                   f"{'yes' if g['met'] else '**no**'} |" for g in data["goals"]]
         lines.append("")
     lines += [f"- {n}" for n in data.get("notes", [])]
+    if data.get("runs"):
+        lines += ["", "## Runs that produced these rows", ""]
+        lines += [f"- {r['at']}: `{r['command']}` at `{r['commit']}`" + (f" — {r['note']}" if r.get("note") else "")
+                  for r in data["runs"]]
     for model, srcs in sorted(data.get("sources", {}).items()):
         lines.append(f"- {model} source models (pruned + fine-tuned floats, before any quantization): "
                      + "; ".join(f"`{k}` {v}" for k, v in sorted(srcs.items())))
