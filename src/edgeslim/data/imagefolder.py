@@ -8,12 +8,11 @@ must be the same in ``train/`` and ``val/``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from edgeslim.data.sources import DataOptions, DatasetSource, Flipped, normalize, register_data_source
+from edgeslim.data.sources import DataOptions, DatasetSource, normalize, register_data_source
 from edgeslim.errors import DataError
 
 SPLITS = ("train", "val")
@@ -81,11 +80,6 @@ class ImageFolderSource(DatasetSource):
                 )
             self._sets = (train, val)
         return self._sets
-
-    def train_dataset(self, augment: bool) -> Dataset[Any]:
-        """The training split (random horizontal flips when ``augment``)."""
-        train = self.datasets()[0]
-        return Flipped(train) if augment else train
 
     def labels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Labels of both splits (from the folder names; no image is read)."""

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
-from edgeslim.data.sources import DataOptions, DatasetSource, Flipped, normalize, register_data_source
+from edgeslim.data.sources import DataOptions, DatasetSource, normalize, register_data_source
 from edgeslim.errors import DataError
 
 _CHANNELS = (1, 3, 4)
@@ -100,11 +99,6 @@ class NpzSource(DatasetSource):
                 sets.append(TensorDataset(x, _labels(p, yk, arrays[yk], len(x))))
             self._sets = (sets[0], sets[1])
         return self._sets
-
-    def train_dataset(self, augment: bool) -> Dataset[Any]:
-        """The training arrays (random horizontal flips when ``augment``)."""
-        train = self.datasets()[0]
-        return Flipped(train) if augment else train
 
     def labels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``y`` and the evaluation labels."""

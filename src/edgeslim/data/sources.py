@@ -171,8 +171,9 @@ class DatasetSource:
         raise NotImplementedError
 
     def train_dataset(self, augment: bool) -> Dataset[Any]:
-        """The training dataset (with flip augmentation when ``augment``; default: no augmentation)."""
-        return self.datasets()[0]
+        """The training dataset (random horizontal flips when ``augment``)."""
+        train = self.datasets()[0]
+        return Flipped(train) if augment else train
 
     def labels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All training and evaluation labels."""
