@@ -167,7 +167,7 @@ def markdown(data: dict[str, Any]) -> str:
                 f"{_f(r.get('bytes_tflite') and r['bytes_tflite'] / 1e6, '.2f')} | {_f(r['top1'] and 100 * r['top1'], '.2f')} | "
                 f"{_f(r.get('top1_litert') and 100 * r['top1_litert'], '.2f')} | {_f(d, '+.2f')} | {_f(r.get('ort_ms'), '.2f')} | "
                 f"{_f(sx, '.2f')} | {_f(r.get('litert_ms'), '.2f')} | {_f(lx, '.2f')} |")
-        lines += [""] + [f"- **{r['variant']}**: {r['how']}" for r in rows] + [""]
+        lines += [""] + [f"- **{r['variant']}**: {r.get('how') or 'FAILED: ' + str(r.get('error'))}" for r in rows] + [""]
     if data.get("cli_chain"):
         c = data["cli_chain"]
         lines += ["## Time: prune + PTQ + export (ResNet-18, no fine-tune, CLI)", "",

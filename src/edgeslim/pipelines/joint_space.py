@@ -99,8 +99,12 @@ class ModelSpace:
         """``(cin, cout, groups)`` of ``layer`` under ``widths``."""
         cin = widths.get(layer.in_group, layer.cin) if layer.in_group else layer.cin
         cout = widths.get(layer.out_group, layer.cout) if layer.out_group else layer.cout
-        depthwise = layer.groups > 1 and layer.groups == layer.cin == layer.cout
-        return cin, cout, (cout if depthwise else layer.groups)
+        if layer.groups > 1 and layer.groups == layer.cin == layer.cout:
+            # depthwise: torch-pruning couples its input and output channels but records only the
+            # output dependency (no in_group), so both follow the one group that is known
+            width = cout if layer.out_group else cin
+            return width, width, width
+        return cin, cout, layer.groups
 
     def weight_numel(self, layer: Layer, widths: Widths) -> int:
         """Elements of the layer's weight tensor."""
