@@ -121,18 +121,33 @@ def save(
     return atomic_torch_save(obj, path)
 
 
-def read_header(path: str | Path) -> dict[str, Any]:
-    """Load the raw dict of an edgeslim file (``weights_only=True``), checking the header."""
+def safe_torch_load(path: str | Path, *, what: str, refused: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors.
+
+    Args:
+        path: The file.
+        what: What the file is, for the missing-file message (``"model file"``, ``"weights file"``).
+        refused: The message when the file does not load, after ``{path}`` and the cause: what it is
+            not and what to do.
+
+    Raises:
+        ModelLoadError: Missing, unsafe or corrupt file.
+    """
     p = Path(path)
     if not p.is_file():
-        raise ModelLoadError(f"model file {p} does not exist")
+        raise ModelLoadError(f"{what} {p} does not exist")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelLoadError(
-            f"{p} is not a safe edgeslim/torch file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "edgeslim loads only weights_only=True files — re-save the model with edgeslim.save()"
-        ) from exc
+        cause = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        raise ModelLoadError(refused.format(path=p, cause=cause)) from exc
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """Load the raw dict of an edgeslim file (``weights_only=True``), checking the header."""
+    obj = safe_torch_load(path, what="model file", refused=(
+        "{path} is not a safe edgeslim/torch file ({cause}); "
+        "edgeslim loads only weights_only=True files — re-save the model with edgeslim.save()"))
     return obj if isinstance(obj, dict) else {"_raw": obj}
 
 

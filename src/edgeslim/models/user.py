@@ -59,16 +59,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     Raises:
         ModelLoadError: Missing file, unsafe or corrupt file, not a dict of tensors.
     """
+    from edgeslim.io import safe_torch_load
+
     p = Path(path)
-    if not p.is_file():
-        raise ModelLoadError(f"weights file {p} does not exist")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{p} cannot be loaded with weights_only=True ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "save the weights with torch.save(model.state_dict(), path), not the whole model"
-        ) from exc
+    obj = safe_torch_load(p, what="weights file", refused=(
+        "{path} cannot be loaded with weights_only=True ({cause}); "
+        "save the weights with torch.save(model.state_dict(), path), not the whole model"))
     if isinstance(obj, dict):
         for key in _WRAPPERS:
             if isinstance(obj.get(key), dict) and not isinstance(obj.get(key), torch.Tensor):
