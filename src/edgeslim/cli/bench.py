@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeslim.cli.common import console, emit_json, progress
+from edgeslim.cli.common import ForceOpt, console, emit_json, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -46,7 +46,9 @@ def device_options(*, identity: Path | None = None, known_hosts: Path | None = N
 
 def bench_cmd(
     artifacts: Annotated[list[Path], typer.Argument(help="Artefacts (.onnx, .tflite, .engine); ratios are to the first")],
-    target: Annotated[str, typer.Option(help="local | ssh://user@host:port | a name from the devices file")] = "local",
+    target: Annotated[list[str] | None, typer.Option(
+        help="local | ssh://user@host:port | a name from the devices file; repeat it to bench on several devices at "
+             "once (one table per device, a comparison table; exit status 1 if any device failed)")] = None,
     runs: Annotated[int, typer.Option(help="Timed runs per artefact")] = 50,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up runs")] = 5,
     threads: Annotated[int, typer.Option(help="Runtime threads (0: runtime default)")] = 0,
@@ -68,12 +70,22 @@ def bench_cmd(
         "--energy-sensor", help="auto | rapl | hwmon | jetson-ina3221 | pmic | nvml | nvidia-smi")] = "auto",
     energy_seconds: Annotated[float, typer.Option(
         "--energy-seconds", help="Seconds of idle baseline, then at least as long of inference")] = 3.0,
+    report: Annotated[Path | None, typer.Option(
+        help="Write the per-device tables and the comparison as JSON (this file) and Markdown (same name, .md); "
+             "benches through the fleet path even with one --target")] = None,
+    force: ForceOpt = False,
 ) -> None:
-    """Benchmark ARTIFACTS on TARGET: latency percentiles, load time, peak memory, runtime, machine (and energy)."""
+    """Benchmark ARTIFACTS on TARGET(s): latency percentiles, load time, peak memory, runtime, machine (and energy)."""
     from edgeslim.device_bench import bench
 
     opts = device_options(identity=identity, known_hosts=known_hosts, python=python, workdir=workdir,
                           connect_timeout=connect_timeout, idle_timeout=idle_timeout, devices=devices)
+    targets = target or ["local"]
+    if len(targets) > 1 or report is not None:
+        _fleet(artifacts, targets, opts, runs=runs, warmup=warmup, threads=threads, runtime=runtime, inputs=inputs,
+                  results=results, energy=energy_sensor if energy else None, energy_seconds=energy_seconds,
+                  report=report, force=force, json_=json_)
+        return
     with progress() as bar:
         tasks: dict[str, Any] = {}
 
@@ -88,10 +100,10 @@ def bench_cmd(
             elif event["event"] == "lock_wait":
                 console.print(f"device busy ({event.get('holder', '')}); waiting for its lock")
 
-        report = bench(artifacts, target, runs=runs, warmup=warmup, threads=threads, runtime=runtime, inputs=inputs,
+        outcome = bench(artifacts, targets[0], runs=runs, warmup=warmup, threads=threads, runtime=runtime, inputs=inputs,
                        results_file=results, options=opts, on_event=on_event,
                        energy=energy_sensor if energy else None, energy_seconds=energy_seconds)
-    summary = report.summary()
+    summary = outcome.summary()
     console.print(_table(summary))
     for r in summary["results"]:
         if r.get("energy_unavailable_reason"):
@@ -120,3 +132,68 @@ def _table(summary: dict[str, Any]) -> Any:
                       *(("-" if r.get("joules_per_inference") is None else f"{r['joules_per_inference'] * 1e3:.3f}",
                          f("avg_watts", "{:.2f}")) if energy else ()))
     return table
+
+
+def _fleet(artifacts: list[Path], targets: list[str], opts: Any, *, runs: int, warmup: int, threads: int, runtime: str,
+           inputs: Path | None, results: Path, energy: str | None, energy_seconds: float, report: Path | None,
+           force: bool, json_: bool) -> None:
+    """Bench on every target at once: a table per device, the comparison, the report files; exit 1 on failures."""
+    import json
+    import shlex
+    import sys
+
+    from edgeslim import __version__
+    from edgeslim.cli.common import refuse_existing_outputs
+    from edgeslim.device_bench import bench_fleet
+    from edgeslim.report.fleet import fleet_tables, render_fleet_markdown
+
+    md = report.with_suffix(".md") if report is not None else None
+    if report is not None and md is not None:
+        if report.suffix != ".json":
+            raise typer.BadParameter(f"{report}: the report is a .json file (its Markdown goes next to it as .md)",
+                                     param_hint="--report")
+        refuse_existing_outputs(report.parent, [report.name, md.name], force, param_hint="--report")
+    with progress() as bar:
+        tasks: dict[tuple[str, str], Any] = {}
+
+        def on_event(target: str, artifact: str, event: dict[str, Any]) -> None:
+            key = (target, artifact)
+            if key not in tasks:
+                tasks[key] = bar.add_task(f"{target}: {Path(artifact).name}", total=runs)
+            if event["event"] == "run":
+                bar.update(tasks[key], completed=event["i"] + 1)
+            elif event["event"] == "lock_wait":
+                console.print(f"{target} busy ({event.get('holder', '')}); waiting for its lock", highlight=False)
+
+        fleet = bench_fleet(artifacts, targets, runs=runs, warmup=warmup, threads=threads, runtime=runtime,
+                            inputs=inputs, results_file=results, options=opts, on_event=on_event, energy=energy,
+                            energy_seconds=energy_seconds)
+    summary = {**fleet.summary(), "command": shlex.join(["edgeslim", *sys.argv[1:]]), "edgeslim_version": __version__}
+    for table in fleet_tables(summary):
+        console.print(_rich(table))
+    console.print(f"results appended to {results}")
+    if report is not None and md is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(summary, indent=1, default=str) + "\n", encoding="utf-8")
+        md.write_text(render_fleet_markdown(summary), encoding="utf-8")
+        console.print(f"report: {report}, {md}")
+    if json_:
+        emit_json(summary)
+    if fleet.failures:
+        failed = [run.target for run in fleet.runs if run.status != "ok"]
+        console.print(f"[bold red]error:[/] {fleet.failures} of {len(fleet.artifacts) * len(fleet.runs)} benches "
+                      f"failed (on {', '.join(failed)}); the others finished. Errors are in the tables and in "
+                      f"{results}", highlight=False)
+        raise typer.Exit(1)
+
+
+def _rich(table: Any) -> Any:
+    """A :class:`~edgeslim.report.tables.Table` as a rich table (the note as its caption)."""
+    from rich.table import Table
+
+    out = Table(title=table.title, caption=table.note or None)
+    for col in table.headers:
+        out.add_column(col, justify="left" if col in ("Artefact", "Status", "Runtime", "Error") else "right", overflow="fold")
+    for row in table.rows:
+        out.add_row(*row)
+    return out

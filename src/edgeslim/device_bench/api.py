@@ -134,6 +134,32 @@ def bench(
             ``DeviceDisconnectedError``, ``DeviceIdleTimeoutError``); results finished before the
             failure are already in ``results_file``.
     """
+    paths = check_bench_args(artifacts, runs=runs, warmup=warmup, threads=threads, inputs=inputs, energy=energy,
+                             energy_seconds=energy_seconds)
+    writer = JsonlWriter(results_file) if results_file else None
+    device = resolve_device(target, options)
+    conn = device.connect()
+    results: list[BenchResult] = []
+    try:
+        for path in paths:
+            result = bench_one(conn, path, writer, runs=runs, warmup=warmup, threads=threads, runtime=runtime,
+                                inputs=Path(inputs) if inputs else None, return_outputs=return_outputs,
+                                lock_timeout=lock_timeout, on_event=on_event, done=len(results),
+                                energy=(energy, energy_seconds))
+            results.append(result)
+    finally:
+        conn.close()
+    return BenchReport(device.description, results, Path(results_file) if results_file else None)
+
+
+def check_bench_args(artifacts: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, runs: int,
+                     warmup: int, threads: int, inputs: str | os.PathLike[str] | None, energy: str | None,
+                     energy_seconds: float) -> list[Path]:
+    """The artefact paths, after checking the settings :func:`bench` takes (before any connection).
+
+    Raises:
+        DeviceConfigError: No artefacts, a bad count, or a file that does not exist.
+    """
     paths = [Path(artifacts)] if isinstance(artifacts, (str, os.PathLike)) else [Path(a) for a in artifacts]
     if not paths:
         raise DeviceConfigError("bench: no artefacts given")
@@ -144,25 +170,17 @@ def bench(
     for p in [*paths, *([Path(inputs)] if inputs else [])]:
         if not p.is_file():
             raise DeviceConfigError(f"bench: {p} is not a file")
-    writer = JsonlWriter(results_file) if results_file else None
-    device = resolve_device(target, options)
-    conn = device.connect()
-    results: list[BenchResult] = []
-    try:
-        for path in paths:
-            result = _bench_one(conn, path, writer, runs=runs, warmup=warmup, threads=threads, runtime=runtime,
-                                inputs=Path(inputs) if inputs else None, return_outputs=return_outputs,
-                                lock_timeout=lock_timeout, on_event=on_event, done=len(results),
-                                energy=(energy, energy_seconds))
-            results.append(result)
-    finally:
-        conn.close()
-    return BenchReport(device.description, results, Path(results_file) if results_file else None)
+    return paths
 
 
-def _bench_one(conn: Connection, path: Path, writer: JsonlWriter | None, *, runs: int, warmup: int, threads: int,
+def bench_one(conn: Connection, path: Path, writer: JsonlWriter | None, *, runs: int, warmup: int, threads: int,
                runtime: str, inputs: Path | None, return_outputs: bool, lock_timeout: float,
                on_event: EventHandler | None, done: int, energy: tuple[str | None, float] = (None, 0.0)) -> BenchResult:
+    """Bench ``path`` on the open connection ``conn``; the result (or the failure) is appended to ``writer``.
+
+    Raises:
+        DeviceError: As :func:`bench`; the failure's record is already written.
+    """
     collector = _Collector(str(path), on_event, lock_timeout)
     try:
         run_dir = f"run-{uuid.uuid4().hex[:12]}"

@@ -29,6 +29,10 @@ class DeviceAuthError(DeviceError):
     """The device rejected every key offered."""
 
 
+class DeviceBusyError(DeviceError):
+    """Another edgeslim bench on this machine holds the device's lock (a fleet never shares a board)."""
+
+
 class HostKeyError(DeviceError):
     """The device's host key is unknown or changed (strict host-key checking)."""
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgeslim.device_bench.stats import ratio
+
+#: Serialises appends from the threads of a fleet bench (one line per write, never interleaved).
+_APPEND_LOCK = threading.Lock()
 
 #: Keys of a result record that the comparison table and the ``--json`` summary show.
 SUMMARY_KEYS = ("artifact", "status", "p50", "p90", "p99", "mean", "std", "load_ms", "peak_rss_mb", "runtime",
@@ -78,7 +82,7 @@ class JsonlWriter:
     def append(self, record: dict[str, Any]) -> None:
         """Append ``record`` (with a ``time`` stamp) as one line."""
         line = json.dumps({"time": time.time(), **record}, default=str, sort_keys=True)
-        with self.path.open("a", encoding="utf-8") as f:
+        with _APPEND_LOCK, self.path.open("a", encoding="utf-8") as f:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())

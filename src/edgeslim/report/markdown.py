@@ -67,6 +67,19 @@ def _table(table: Table, level: int = 3) -> str:
     return "\n".join(lines)
 
 
+def render_table(table: Table, level: int = 3) -> str:
+    """One table as Markdown (heading at ``level``, note, rows), for the other Markdown writers.
+
+    Args:
+        table: The table.
+        level: The heading level of its title.
+
+    Returns:
+        The Markdown text.
+    """
+    return _table(table, level)
+
+
 def render_markdown(results: Mapping[str, Any]) -> str:
     """The report as Markdown: the variants table, search, layers, steps and provenance.
 
