@@ -2,6 +2,12 @@
 
 SGD (Nesterov) with a one-cycle learning rate, label smoothing, optional knowledge distillation
 from the unpruned teacher, and unstructured masks kept through every step.
+
+Under ``torchrun`` (a process group joined with :func:`edgeslim.distributed.init_from_env`) the
+same loop runs data-parallel: every rank must start from the same model (checked), the model is
+wrapped in ``DistributedDataParallel``, each rank reads its shard of the data through a
+``DistributedSampler`` (``len(train_loader)`` counts batches per rank), and at the end rank 0's
+buffers are copied to every rank and the final weights are checked to agree.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from edgeslim import distributed
 from edgeslim.errors import ConfigError
 from edgeslim.plugin.pruning.unstructured import Masks
 
@@ -25,6 +32,10 @@ class FinetuneResult:
     epochs: float
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    #: Ranks that trained together (1: a single process).
+    world_size: int = 1
+    #: sha256 of the final state_dict (the same on every rank; checked in a distributed run).
+    weights_sha256: str = ""
 
 
 def distillation_loss(
@@ -56,7 +67,8 @@ def finetune(
     masks: Masks | None = None,
     eval_fn: Callable[[nn.Module], float] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
+    seed: int = 0,
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place.
 
@@ -74,18 +86,29 @@ def finetune(
         masks: Unstructured masks re-applied after every step.
         eval_fn: Called with the model after each (possibly partial) epoch; its value is logged.
         on_step: Called with ``(step, total_steps, loss)``.
-        device: Training device.
+        device: Training device (default: the CPU, or this rank's GPU under torchrun with NCCL).
+        seed: Shuffling seed of the ``DistributedSampler`` under torchrun (the same on every rank).
 
     Returns:
-        A :class:`FinetuneResult` with the per-epoch history.
+        A :class:`FinetuneResult` with the per-epoch history, world size and final weights' sha256.
+
+    Raises:
+        ConfigError: Bad ``epochs``, an empty loader, or (under torchrun) a loader that cannot be sharded.
+        edgeslim.distributed.DistributedMismatchError: Under torchrun, the ranks started from
+            different models or ended with different weights (the message names the ranks).
     """
     if epochs <= 0:
         raise ConfigError(f"epochs must be > 0, got {epochs}")
     if not isinstance(train_loader, Sized) or len(train_loader) == 0:
         raise ConfigError("train_loader must be a non-empty DataLoader (it needs a length for the LR schedule)")
-    steps_per_epoch = len(train_loader)
+    if distributed.active():
+        distributed.check_same(model, "the model to fine-tune")
+        train_loader = distributed.distributed_sampler(train_loader, seed=seed)
+    device = device if device is not None else distributed.device()
+    steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     total = max(1, round(epochs * steps_per_epoch))
     model.to(device)
+    net = distributed.wrap_ddp(model)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
     if masks is not None:
@@ -97,10 +120,10 @@ def finetune(
     step, running, n = 0, 0.0, 0
     try:
         while step < total:
-            model.train()
+            net.train()
             for xb, yb in train_loader:
                 x, y = xb.to(device), yb.to(device)
-                out = model(x)
+                out = net(x)
                 if teacher is not None:
                     with torch.no_grad():
                         t_out = teacher(x)
@@ -131,4 +154,7 @@ def finetune(
             masks.apply()
     model.eval()
     result.seconds = time.perf_counter() - start
+    result.world_size = distributed.world_size()
+    distributed.sync_buffers(model)
+    result.weights_sha256 = distributed.check_same(model, "the fine-tuned weights")
     return result

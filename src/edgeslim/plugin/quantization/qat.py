@@ -10,6 +10,12 @@ Drop-in use inside your own loop::
         opt.zero_grad(); loss.backward(); opt.step()
         sched.step(qmodel)
     result = convert(qmodel)
+
+Under ``torchrun`` (process group joined with :func:`edgeslim.distributed.init_from_env`),
+:func:`train_qat` runs data-parallel: the prepared graph must be the same on every rank
+(checked), it is wrapped in ``DistributedDataParallel``, each rank reads its shard through a
+``DistributedSampler``, and at the end rank 0's buffers (ranges, BatchNorm statistics) are
+copied to every rank and the final weights are checked to agree.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from torch import nn
 from torchao.quantization.pt2e.export_utils import _replace_batchnorm
 from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
 
+from edgeslim import distributed
 from edgeslim.plugin.quantization.errors import QuantConfigError
 
 
@@ -93,6 +100,7 @@ def train_qat(
     teacher: nn.Module | None = None,
     temperature: float = 4.0,
     cosine: bool = False,
+    seed: int = 0,
 ) -> float:
     """A minimal QAT loop (SGD + momentum, cross-entropy) for ``steps`` batches; returns the mean loss.
 
@@ -109,23 +117,36 @@ def train_qat(
             the usual teacher is the model before quantization.
         temperature: Distillation temperature.
         cosine: Cosine-decay the learning rate from ``lr`` to 0 over ``steps``.
+        seed: Shuffling seed of the ``DistributedSampler`` under torchrun (the same on every rank).
+
+    Raises:
+        QuantConfigError: ``steps < 1`` or an empty loader.
+        edgeslim.distributed.DistributedMismatchError: Under torchrun, the ranks started from
+            different prepared graphs or ended with different weights (names the ranks).
     """
     if steps < 1:
         raise QuantConfigError(f"train_qat needs steps >= 1, got {steps}")
+    net: nn.Module = prepared
+    if distributed.active():
+        distributed.check_same(prepared, "the QAT-prepared model")
+        loader = distributed.distributed_sampler(loader, seed=seed)
+        net = distributed.wrap_ddp(prepared)
+    dev = distributed.device()
     opt = torch.optim.SGD([p for p in prepared.parameters() if p.requires_grad], lr=lr, momentum=0.9)
     sched = schedule or QATSchedule(freeze_observers_after=max(steps * 3 // 4, 1), freeze_bn_after=max(steps // 2, 1))
     if teacher is not None:
-        teacher.eval()
+        teacher.to(dev).eval()
     total, done = 0.0, 0
-    prepared.train()
+    net.train()
     while done < steps:
         seen = 0
-        for x, y in loader:
+        for xb, yb in loader:
+            x, y = xb.to(dev), yb.to(dev)
             seen += 1
             if cosine:
                 for group in opt.param_groups:
                     group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done / steps))
-            out = prepared(x)
+            out = net(x)
             loss = F.cross_entropy(out, y)
             if teacher is not None:
                 with torch.no_grad():
@@ -144,6 +165,9 @@ def train_qat(
                 break
         if seen == 0:
             raise QuantConfigError("the QAT training loader yielded no batches")
+    if distributed.active():
+        distributed.sync_buffers(prepared)
+        distributed.check_same(prepared, "the QAT weights")
     return total / max(done, 1)
 
 
