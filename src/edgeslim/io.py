@@ -74,7 +74,7 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
     for key in sorted(state):
         t = state[key].detach().cpu().contiguous()
         h.update(f"{key}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).clone().numpy().tobytes() if t.numel() else b"")  # a copy: numpy() pins the storage (a QAT fake-quant can no longer resize its buffers)
     return h.hexdigest()
 
 
