@@ -2,7 +2,8 @@
 
 ``pack`` prunes (per-layer sparsity from a sensitivity analysis, iterative, masks kept through
 fine-tuning), quantizes the stored weights with trained per-layer codebooks (bits per layer
-under a budget) and writes codes and relative indices, Huffman-coded, to one ``.esz`` file.
+under a budget; centroids then snapped onto an int8 grid, :mod:`~edgeslim.deep_compression.grid`)
+and writes codes and relative indices, Huffman-coded, to one ``.esz`` file.
 ``unpack`` rebuilds the codebook model from the file, bit for bit.
 """
 
@@ -21,6 +22,7 @@ from torch import nn
 from edgeslim.deep_compression import archive, esz
 from edgeslim.deep_compression.codebook import Codebook, fit_layers, relative_error
 from edgeslim.deep_compression.config import Init, PackConfig
+from edgeslim.deep_compression.grid import snap
 from edgeslim.deep_compression.prune_stage import allocate, layer_sensitivity, prune_iteratively, teacher_of
 from edgeslim.deep_compression.streams import stored_positions
 from edgeslim.deep_compression.trained import train_centroids
@@ -41,8 +43,10 @@ class PackResult:
         path: The ``.esz`` file.
         bytes: Its size.
         fp32_bytes: Size of the float model's state_dict saved with ``torch.save``.
-        stages: One row per stage: ``stage``, ``bytes`` and, with an ``eval_fn``, ``top1``.
-        layers: Per layer: name, weights, sparsity, bits, index bits, coded bytes.
+        stages: One row per stage: ``stage``, ``bytes`` and, with an ``eval_fn``, ``top1``
+            (``codebook``: the trained float32 centroids; ``entropy``: the file's model, its
+            centroids snapped to the int8 grid when ``config.int8_grid``).
+        layers: Per layer: name, weights, sparsity, bits, index bits, coded bytes, int8 grid step.
         init: Per initialisation (linear, density): summed relative error and top-1 before fine-tuning.
         config: The settings used.
     """
@@ -188,25 +192,34 @@ def pack(
         teacher=float_model if config.distill else None,
         on_step=report("quantize"),
     )
+    quant_row: dict[str, Any] = {"stage": "codebook"}
+    if eval_fn is not None:
+        quant_row["top1"] = eval_fn(work)  # float32 centroids, before they are snapped to the int8 grid
+    steps: dict[str, float] = {}
+    if config.int8_grid:
+        for n in list(trained):
+            trained[n], steps[n] = snap(trained[n])
+        _bake(work, positions, trained)
     if config.float16:
         archive.round_floats(work, list(trained))
     part, blobs = archive.to_blobs(
         work, {n: (positions[n], trained[n]) for n in trained}, config.index_bits, config.float16
     )
+    for e in part["layers"]:
+        if e["name"] in steps:
+            e["int8_step"] = steps[e["name"]]
     manifest = {"arch": _arch(model), "config": config.to_dict(), "meta": dict(meta or {}), **part}
     esz.write(dest, manifest, blobs)
     size = dest.stat().st_size
     entries = {e["name"]: e for e in part["layers"]}
     dense_stored = len(blobs["dense"])
     pruned_row["bytes"] = _fixed_bytes(entries, dict.fromkeys(entries, 32), dense_fp32)
-    quant_row: dict[str, Any] = {
-        "stage": "codebook",
-        "bytes": _fixed_bytes(entries, {n: e["bits"] for n, e in entries.items()}, dense_stored)
-        + sum(4 << e["bits"] for e in part["layers"]),
-    }
+    quant_row["bytes"] = _fixed_bytes(entries, {n: e["bits"] for n, e in entries.items()}, dense_stored) + sum(
+        4 << e["bits"] for e in part["layers"]
+    )
     final: dict[str, Any] = {"stage": "entropy", "bytes": size}
     if eval_fn is not None:
-        quant_row["top1"] = final["top1"] = eval_fn(work)
+        final["top1"] = eval_fn(work) if config.int8_grid or config.float16 else quant_row["top1"]
     stages += [pruned_row, quant_row, final]
     layers = [
         {
@@ -219,6 +232,7 @@ def pack(
             "padding": e["padding"],
             "code_bytes": e["code_bytes"],
             "index_bytes": e["index_bytes"],
+            "int8_step": e.get("int8_step"),
         }
         for e in part["layers"]
     ]

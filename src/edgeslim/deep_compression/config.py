@@ -45,6 +45,9 @@ class PackConfig:
         index_bits: Relative-index widths tried per layer (the smallest coded size wins).
         float16: Store the remaining float tensors (biases, batch norm) as float16 when that
             loses no value to overflow or underflow (the model is rounded the same way first).
+        int8_grid: After fine-tuning, snap each layer's centroids onto ``k·step`` (``|k| <= 127``,
+            one step per layer), so the packed weights are exactly int8 codes and unpack to
+            int8 ONNX/TFLite artefacts without re-rounding (:mod:`edgeslim.deep_compression.grid`).
         batch_size: Training batch size.
     """
 
@@ -63,6 +66,7 @@ class PackConfig:
     distill: bool = True
     index_bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     float16: bool = True
+    int8_grid: bool = True
     batch_size: int = 128
 
     def __post_init__(self) -> None:
