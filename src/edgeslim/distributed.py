@@ -152,13 +152,13 @@ def distributed_sampler(loader: Any, *, seed: int = 0, shuffle: bool = True) -> 
         shuffle: Shuffle each epoch (``set_epoch`` is called on every pass).
 
     Returns:
-        A :class:`ShardedLoader` (has ``len``: batches per rank and epoch).
+        A :class:`ShardedLoader` (has ``len``: batches per rank and epoch); one given is returned as it is.
 
     Raises:
         ConfigError: ``loader`` is not a DataLoader over a dataset with a length (e.g. your own
             iterable from ``--data python:...``), so it cannot be sharded.
     """
-    if not active():
+    if not active() or isinstance(loader, ShardedLoader):
         return loader
     dataset = getattr(loader, "dataset", None)
     if not isinstance(loader, DataLoader) or dataset is None or not hasattr(dataset, "__len__"):

@@ -11,7 +11,7 @@ import importlib
 
 import typer
 
-COMMAND_MODULES = ("demo", "prune", "sensitivity", "bench", "device", "export", "quantize", "compress", "pack")
+COMMAND_MODULES = ("demo", "prune", "sensitivity", "bench", "device", "export", "quantize", "compress", "pack", "finetune")
 
 app = typer.Typer(
     name="edgeslim",

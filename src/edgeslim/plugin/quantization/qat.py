@@ -89,6 +89,21 @@ class QATSchedule:
             freeze_bn(model)
 
 
+def _size_observers(prepared: nn.Module, loader: Iterable[Any], dev: torch.device) -> None:
+    """One forward pass (no gradient) before ``DistributedDataParallel`` wraps the graph.
+
+    Per-channel fake-quants resize their scale/zero-point buffers on their first forward, which
+    fails (``Trying to resize storage that is not resizable``) once DDP has synchronised the
+    buffers; after this pass they have their final shapes (DDP then copies rank 0's values).
+    """
+    first = next(iter(getattr(loader, "loader", loader)), None)
+    if first is None:
+        raise QuantConfigError("the QAT training loader yielded no batches")
+    with torch.no_grad():
+        prepared.train()
+        prepared(first[0].to(dev))
+
+
 def train_qat(
     prepared: torch.fx.GraphModule,
     loader: Iterable[Any],
@@ -127,11 +142,12 @@ def train_qat(
     if steps < 1:
         raise QuantConfigError(f"train_qat needs steps >= 1, got {steps}")
     net: nn.Module = prepared
+    dev = distributed.device()
     if distributed.active():
         distributed.check_same(prepared, "the QAT-prepared model")
         loader = distributed.distributed_sampler(loader, seed=seed)
+        _size_observers(prepared.to(dev), loader, dev)
         net = distributed.wrap_ddp(prepared)
-    dev = distributed.device()
     opt = torch.optim.SGD([p for p in prepared.parameters() if p.requires_grad], lr=lr, momentum=0.9)
     sched = schedule or QATSchedule(freeze_observers_after=max(steps * 3 // 4, 1), freeze_bn_after=max(steps // 2, 1))
     if teacher is not None:
