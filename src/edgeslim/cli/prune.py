@@ -70,6 +70,9 @@ def prune_cmd(
     round_to: Annotated[int, typer.Option(help="Keep channel counts multiples of this (0: off)")] = 0,
     ignore: Annotated[list[str] | None, typer.Option(help="Module name/regex never pruned (repeatable; default: classifier head)")] = None,
     steps: Annotated[int, typer.Option(help="Iterative pruning steps")] = 1,
+    accept_nearest: Annotated[bool, typer.Option(
+        "--accept-nearest", help="If the target cannot be met within tolerance, prune to the nearest reachable plan "
+                                 "(the summary says target_met: false and nearest) instead of failing")] = False,
     finetune_epochs: Annotated[float, typer.Option("--finetune-epochs", help="Fine-tune epochs after pruning (0: none)")] = 0.0,
     lr: Annotated[float, typer.Option(help="Peak fine-tune learning rate")] = 0.02,
     distill: Annotated[bool, typer.Option(help="Distil from the unpruned model while fine-tuning")] = True,
@@ -103,7 +106,7 @@ def prune_cmd(
     config = PruneConfig(
         method=Method(method), criterion=criterion, target=Target.parse(target), allocation=Allocation(alloc),
         sparsity=sparsity, round_to=round_to or None, iterative_steps=steps,
-        ignored_layers=tuple(ignore) if ignore else None,
+        ignored_layers=tuple(ignore) if ignore else None, accept_nearest=accept_nearest,
     )
     refuse_existing_outputs(out, output_names(config), force)
     needs_data = eval_ or finetune_epochs > 0 or alloc == "sensitivity" or criterion in ("taylor", "activation", "apoz", "gradient")
@@ -131,6 +134,12 @@ def prune_cmd(
     result = prune(net, x, config, data=stats_data)
     summary["prune_seconds"] = time.perf_counter() - t0
     summary.update(result.summary())
+    nearest = summary.get("nearest")
+    if nearest is not None:
+        kept = (f"{nearest['value'] / 1e6:.2f} MB" if nearest["kind"] == "bytes"
+                else f"{nearest['value']:.3f} of the original {nearest['kind']}")
+        console.print(f"target {target} not met: pruned to the nearest reachable plan, which keeps {kept} "
+                      "(--accept-nearest)", highlight=False)
     if test is not None:
         summary["top1_pruned"] = evaluate(result.model, test)
     if finetune_epochs > 0 and train is not None:

@@ -59,7 +59,7 @@ def test_macs_and_bytes_targets(small_net: nn.Module, x32: torch.Tensor) -> None
 
 
 def test_unreachable_target_says_best(small_net: nn.Module, x32: torch.Tensor) -> None:
-    with pytest.raises(TargetUnreachableError, match=r"reaches is 0\.\d+ of the original params"):
+    with pytest.raises(TargetUnreachableError, match=r"nearest reachable plan keeps 0\.\d+ of the original params"):
         prune(small_net, x32, PruneConfig(target=Target.parse("params=0.01"), max_layer_ratio=0.5))
 
 

@@ -18,7 +18,7 @@ from edgeslim.plugin.pruning.importance.base import Batch, LossFn
 from edgeslim.plugin.pruning.metrics import Inputs, ModelStats, layer_report, measure
 from edgeslim.plugin.pruning.sensitivity import SensitivityResult, sensitivity
 from edgeslim.plugin.pruning.structured import Plan, ignored_modules, prune_structured
-from edgeslim.plugin.pruning.targets import search_plan
+from edgeslim.plugin.pruning.targets import search_plan, target_outcome
 from edgeslim.plugin.pruning.unstructured import WEIGHT_SCORES, Masks, compute_masks, remember_masks
 
 
@@ -111,7 +111,9 @@ def prune(
     Raises:
         ConfigError: Invalid config or missing data (raised before any work).
         UntraceableModelError: torch-pruning cannot trace the model (model not modified).
-        TargetUnreachableError: The target cannot be met (says the best reachable).
+        TargetUnreachableError: The target cannot be met within tolerance (says the nearest reachable;
+            with ``config.accept_nearest`` that plan is used and the summary has ``target_met: false``
+            and ``nearest``).
     """
     config = config or PruneConfig()
     check_inputs(example_inputs)
@@ -164,4 +166,5 @@ def prune(
         if masks is not None:
             masks.model = model
             remember_masks(model, masks.masks)
-    return PruneResult(work, config, before, after, layers, plan, masks, table)
+    outcome = target_outcome(config, before, after) if config.method is not Method.UNSTRUCTURED and given is None else {}
+    return PruneResult(work, config, before, after, layers, plan, masks, table, extra=outcome)

@@ -136,6 +136,8 @@ class PruneConfig:
         max_layer_ratio: No group loses more than this fraction of its channels.
         iterative_steps: Prune in this many steps (importance re-estimated each step).
         tolerance: Relative tolerance of a params/MACs/bytes target (0.02 = ±2 %).
+        accept_nearest: When the target cannot be met within tolerance, prune to the nearest
+            reachable plan (the result reports ``target_met: false`` and ``nearest``) instead of raising.
         data_batches: Batches of data used by data-driven criteria and sensitivity.
         sensitivity_ratios: Ratios probed by the sensitivity analysis.
         inplace: Prune the caller's model in place instead of a copy.
@@ -153,6 +155,7 @@ class PruneConfig:
     max_layer_ratio: float = 0.9
     iterative_steps: int = 1
     tolerance: float = 0.02
+    accept_nearest: bool = False
     data_batches: int = 4
     sensitivity_ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     inplace: bool = False
@@ -176,6 +179,8 @@ class PruneConfig:
             raise ConfigError(f"iterative_steps must be >= 1, got {self.iterative_steps}")
         if not 0.0 < self.tolerance < 0.5:
             raise ConfigError(f"tolerance must be in (0, 0.5), got {self.tolerance}")
+        if not isinstance(self.accept_nearest, bool):
+            raise ConfigError(f"accept_nearest must be true or false, got {self.accept_nearest!r}")
         if any(not 0.0 < r < 1.0 for r in self.sensitivity_ratios):
             raise ConfigError(f"sensitivity_ratios must lie in (0, 1), got {self.sensitivity_ratios}")
         if self.ignored_layers is not None:

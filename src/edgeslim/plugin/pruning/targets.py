@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch_pruning as tp
 from torch import nn
@@ -13,9 +14,25 @@ from edgeslim.errors import TargetUnreachableError
 from edgeslim.plugin.pruning.config import Allocation, PruneConfig, TargetKind
 from edgeslim.plugin.pruning.importance.base import needs_data
 from edgeslim.plugin.pruning.metrics import Inputs, ModelStats, measure
-from edgeslim.plugin.pruning.structured import Plan, make_pruner
+from edgeslim.plugin.pruning.structured import Plan, ignored_modules, make_pruner
 
 Allocator = Callable[[float], dict[str, float]]  # lambda -> group ratios
+#: What every "cannot be reached" message offers.
+ACCEPT_HINT = "rerun with --accept-nearest (accept_nearest: true in a config or recipe) to use it"
+
+
+class NearestPlanError(TargetUnreachableError):
+    """A target cannot be met within tolerance; the nearest reachable plan is known.
+
+    Attributes:
+        kind: The target's kind.
+        nearest: What the nearest plan reaches, in the target's unit (fraction kept, or bytes).
+        wanted: The target's value.
+    """
+
+    def __init__(self, message: str, kind: TargetKind, nearest: float, wanted: float) -> None:
+        super().__init__(message)
+        self.kind, self.nearest, self.wanted = kind, nearest, wanted
 
 
 def metric(stats: ModelStats, kind: TargetKind) -> float:
@@ -46,6 +63,47 @@ def _describe(kind: TargetKind, value: float, before: ModelStats) -> str:
     return f"{value / metric(before, kind):.3f} of the original {kind.value}"
 
 
+def reached_value(kind: TargetKind, stats: ModelStats, before: ModelStats) -> float:
+    """What ``stats`` reaches in the unit of a ``kind`` target: the fraction kept, or bytes."""
+    return metric(stats, kind) if kind is TargetKind.BYTES else metric(stats, kind) / metric(before, kind)
+
+
+def _ignored(model: nn.Module, config: PruneConfig) -> str:
+    ids = {id(m) for m in ignored_modules(model, config)}
+    names = [n for n, m in model.named_modules() if id(m) in ids]
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    return f"ignored layers: {shown or 'none'}"
+
+
+def _nearest_error(model: nn.Module, config: PruneConfig, stats: ModelStats, before: ModelStats, goal: float,
+                   why: str, advice: str) -> NearestPlanError:
+    kind = config.target.kind
+    nearest = reached_value(kind, stats, before)
+    return NearestPlanError(
+        f"{config.target} cannot be reached for {type(model).__name__}{why}: the nearest reachable plan keeps "
+        f"{_describe(kind, metric(stats, kind), before)} (wanted {_describe(kind, goal, before)}; "
+        f"max_layer_ratio={config.max_layer_ratio:g}, round_to={config.round_to}, {_ignored(model, config)}); "
+        f"{ACCEPT_HINT}, or {advice}", kind, nearest, config.target.value)
+
+
+def target_outcome(config: PruneConfig, before: ModelStats, after: ModelStats) -> dict[str, Any]:
+    """``target_met`` for a params/MACs/bytes target, and ``nearest`` (what was reached) when it was not met.
+
+    Returns:
+        ``{}`` for ratio and sparsity targets; else ``{"target_met": bool}`` plus, when not met,
+        ``{"nearest": {"kind", "value" (fraction kept, or bytes), "wanted", "params", "macs", "bytes"}}``.
+    """
+    kind = config.target.kind
+    if kind in (TargetKind.RATIO, TargetKind.SPARSITY):
+        return {}
+    met = abs(metric(after, kind) / goal_value(config, before) - 1) <= config.tolerance
+    if met:
+        return {"target_met": True}
+    return {"target_met": False, "nearest": {
+        "kind": kind.value, "value": reached_value(kind, after, before), "wanted": config.target.value,
+        "params": after.params, "macs": after.macs, "bytes": after.bytes}}
+
+
 def search_plan(
     model: nn.Module,
     example_inputs: Inputs,
@@ -60,10 +118,12 @@ def search_plan(
     For a ``ratio`` target the plan is immediate. Otherwise the channel ratio (uniform or
     global allocation) or the trade-off λ of ``allocator`` (sensitivity allocation) is
     bisected on copies of the model; importance statistics must already be collected.
+    With ``config.accept_nearest`` a target that cannot be met returns the nearest plan instead.
 
     Raises:
-        TargetUnreachableError: Even the most aggressive plan stays above the target; the
-            message gives the best reachable value.
+        NearestPlanError: Even the most aggressive plan stays above the target, or no plan lands
+            within tolerance (widths move in steps); the message and the error's ``nearest`` give
+            the nearest reachable value (not raised with ``config.accept_nearest``).
     """
     kind = config.target.kind
     global_rank = config.allocation is Allocation.GLOBAL
@@ -83,13 +143,21 @@ def search_plan(
     best_plan, best = plan_at(hi), trial(model, example_inputs, config, importance, plan_at(hi))
     if on_trial:
         on_trial(best_plan, best)
+    if metric(best, kind) > goal * (1 + tol) and allocator is None and config.round_to:
+        # rounded widths are not monotonic in the ratio: at the largest ratio a group whose kept width rounds
+        # down to 0 is not pruned at all, while a smaller ratio prunes it; the most aggressive plan is among these
+        for k in range(7, 0, -1):
+            x = hi * k / 8
+            p, stats = plan_at(x), trial(model, example_inputs, config, importance, plan_at(x))
+            if on_trial:
+                on_trial(p, stats)
+            if metric(stats, kind) < metric(best, kind):
+                best_plan, best, hi = p, stats, x
     if metric(best, kind) > goal * (1 + tol):
-        raise TargetUnreachableError(
-            f"target {config.target} cannot be reached for {type(model).__name__}: the most that pruning with "
-            f"max_layer_ratio={config.max_layer_ratio} and these ignored layers reaches is "
-            f"{_describe(kind, metric(best, kind), before)} (wanted {_describe(kind, goal, before)}); "
-            "raise max_layer_ratio, ignore fewer layers, or relax the target"
-        )
+        if config.accept_nearest:
+            return best_plan, best
+        raise _nearest_error(model, config, best, before, goal, "",
+                             "raise max_layer_ratio, ignore fewer layers, or relax the target")
     candidates: list[tuple[float, float, Plan, ModelStats]] = [(abs(metric(best, kind) / goal - 1), hi, best_plan, best)]
 
     def run(x: float, make: Callable[[float], Plan]) -> float:
@@ -138,11 +206,9 @@ def search_plan(
                 break
             a, b = (t, b) if err > 0 else (a, t)
     err_best, _, plan, stats = min(candidates, key=lambda c: c[0])
-    if err_best > tol:
-        raise TargetUnreachableError(
-            f"target {config.target} could not be met within ±{tol:.0%}: the closest plan gives "
-            f"{_describe(kind, metric(stats, kind), before)}; try round_to=None or a larger tolerance"
-        )
+    if err_best > tol and not config.accept_nearest:
+        raise _nearest_error(model, config, stats, before, goal, f" within ±{tol:.0%} (channel widths move in steps)",
+                             "try round_to=None or a larger tolerance")
     return plan, stats
 
 
