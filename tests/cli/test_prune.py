@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,33 @@ def test_prune_bad_inputs_fail_clearly(tmp_path: Path) -> None:
     p = run_cli("prune", "--model", "resnet180", "--allocation", "uniform", "--out", str(tmp_path), check=False)
     assert p.returncode == 2 and "unknown model 'resnet180'" in p.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+NET_PY = """
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+"""
+
+
+def test_prune_unreachable_target_offers_and_accepts_the_nearest(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text(NET_PY)
+    args = ["prune", "--model", f"{tmp_path / 'net.py'}:build", "--criterion", "l1", "--allocation", "uniform",
+            "--target", "params=0.05", "--ignore", "0", "--ignore", "6", "--input-size", "16"]
+    refused = run_cli(*args, "--out", str(tmp_path / "a"), check=False)
+    msg = _message(refused.stderr)
+    assert refused.returncode == 2, refused.stderr
+    found = re.search(r"params=0\.05 cannot be reached for Sequential: the nearest reachable plan keeps (0\.\d{3}) of "
+                      r"the original params \(wanted 0\.050 of the original params; max_layer_ratio=0\.9, "
+                      r"round_to=None, ignored layers: 0, 6\); rerun with --accept-nearest", msg)
+    assert found, msg
+    assert not (tmp_path / "a").exists()
+    s = last_json(run_cli(*args, "--out", str(tmp_path / "b"), "--accept-nearest", "--json"))
+    assert s["target_met"] is False and s["nearest"]["kind"] == "params" and s["nearest"]["wanted"] == 0.05
+    assert f"{s['nearest']['value']:.3f}" == found.group(1)  # reaches exactly what the refusal offered
+    assert s["params_fraction"] == s["nearest"]["value"] == s["params_after"] / s["params_before"]
+    saved = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert saved["nearest"] == s["nearest"] and saved["config"]["accept_nearest"] is True
