@@ -11,6 +11,7 @@ from torch import nn
 
 from edgeslim.errors import ConfigError, EdgeslimError, UntraceableModelError
 from edgeslim.models import copy_arch
+from edgeslim.plugin.pruning.attention import convert_attention
 from edgeslim.plugin.pruning.config import Allocation, Method, PruneConfig, TargetKind
 from edgeslim.plugin.pruning.graph import check_forward, check_inputs
 from edgeslim.plugin.pruning.importance import IMPORTANCE, make, needs_data
@@ -122,6 +123,8 @@ def prune(
     batches = [b for _, b in zip(range(config.data_batches), data, strict=False)] if data is not None else []
     work = copy_arch(model, copy.deepcopy(model))  # the copy rebuilds on load like the original
     work.eval()
+    if config.method is not Method.UNSTRUCTURED:  # heads become prunable (same outputs); see transformers.py
+        convert_attention(work, keep=ignored_modules(work, config))
     before = measure(work, example_inputs)
     given, plan = plan, Plan(ratio=0.0)
     table = sensitivity_table

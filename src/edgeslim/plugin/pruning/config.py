@@ -118,6 +118,32 @@ class LayerRule:
 
 
 @dataclass(frozen=True)
+class TransformerConfig:
+    """What structured pruning removes in transformer blocks (ViT, Swin, attention, MLPs).
+
+    Args:
+        heads: Remove whole attention heads (a head's q/k/v rows and its output-projection
+            columns), at the plan's channel ratio; ``head_dim`` is kept, ``num_heads`` drops.
+        mlp: Narrow the MLP hidden widths (first Linear's outputs, second Linear's inputs).
+        embed_dim: Also narrow the embedding (hidden) width shared by all blocks (patch
+            embedding, class token, position embedding, norms, residual stream). Off by default.
+    """
+
+    heads: bool = True
+    mlp: bool = True
+    embed_dim: bool = False
+
+    @classmethod
+    def coerce(cls, value: Any) -> TransformerConfig:
+        """A config from itself or its dict form; unknown keys are an error."""
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict) or set(value) - {f.name for f in fields(cls)}:
+            raise ConfigError(f"transformer must be a dict with keys heads, mlp, embed_dim (booleans), got {value!r}")
+        return cls(**{k: bool(v) for k, v in value.items()})
+
+
+@dataclass(frozen=True)
 class PruneConfig:
     """Everything :func:`edgeslim.prune` needs.
 
@@ -141,6 +167,7 @@ class PruneConfig:
         data_batches: Batches of data used by data-driven criteria and sensitivity.
         sensitivity_ratios: Ratios probed by the sensitivity analysis.
         inplace: Prune the caller's model in place instead of a copy.
+        transformer: What is pruned in transformer blocks (heads, MLP widths, embedding width).
     """
 
     method: Method = Method.STRUCTURED
@@ -159,8 +186,10 @@ class PruneConfig:
     data_batches: int = 4
     sensitivity_ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     inplace: bool = False
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "transformer", TransformerConfig.coerce(self.transformer))
         object.__setattr__(self, "method", Method(self.method))
         object.__setattr__(self, "allocation", Allocation(self.allocation))
         if isinstance(self.target, str):

@@ -12,6 +12,7 @@ from edgeslim.plugin.pruning.config import LayerRule, PruneConfig
 from edgeslim.plugin.pruning.graph import PRUNABLE, classifier_head, resolve_layers, tracing_errors
 from edgeslim.plugin.pruning.importance.base import Batch, LossFn, needs_data
 from edgeslim.plugin.pruning.metrics import Inputs
+from edgeslim.plugin.pruning.transformers import TransformerPruner, transformer_spec
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,14 @@ def make_pruner(
     for name, r in {**rule_ratios(model, config.layer_rules), **plan.group_ratios}.items():
         if name in modules:
             ratio_dict[modules[name]] = r
-    kwargs = {} if scheduler is None else {"iterative_pruning_ratio_scheduler": scheduler}
+    kwargs: dict[str, object] = {} if scheduler is None else {"iterative_pruning_ratio_scheduler": scheduler}
     ignored = ignored_modules(model, config)
+    spec = transformer_spec(model, config.transformer, keep=ignored)  # heads, MLPs: see transformers.py
+    cls: type[tp.pruner.BasePruner] = tp.pruner.BasePruner
+    if spec is not None:
+        cls, kwargs = TransformerPruner, {**kwargs, "spec": spec, "head_ratio": plan.ratio}
     with tracing_errors(model):
-        return tp.pruner.BasePruner(
+        return cls(
             model,
             example_inputs,
             importance=importance,
