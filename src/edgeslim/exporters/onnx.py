@@ -71,12 +71,15 @@ def torch_to_onnx(model: torch.nn.Module, example: torch.Tensor, dest: Path, *, 
     if example.dim() == 4 and not is_prequantized(model):
         hw = {2: torch.export.Dim("height", min=16, max=2048), 3: torch.export.Dim("width", min=16, max=2048)}
         attempts.insert(0, ("batch,height,width", {0: batch, **hw}))
+    # a batch-1 example lets torch.export specialize the batch to 1 (ConvNeXt's LayerNorm2d permutes:
+    # "your code specialized it to be a constant (1)"); trace a batch of 2, the graph is the same
+    traced = example.expand(2, *example.shape[1:]).clone() if example.dim() >= 1 and example.shape[0] == 1 else example
     for i, (axes, dims) in enumerate(attempts):
         try:
             with quiet_stdout(), torch.inference_mode(False), torch.no_grad():
                 torch.onnx.export(
                     model,
-                    (example,),
+                    (traced,),
                     str(dest),
                     dynamo=True,
                     external_data=False,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import re
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch_pruning.dependency.node import Node
 
 from edgeslim.errors import ConfigError, UntraceableModelError
 from edgeslim.plugin.pruning.metrics import Inputs
@@ -80,6 +82,111 @@ def _last_module_tracker(model: nn.Module) -> Iterator[_Tracker]:
     finally:
         for h in handles:
             h.remove()
+
+
+def _rank(node: Node) -> int:
+    sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", getattr(node.grad_fn, "_saved_self_sizes", ()))
+    return len(sizes)
+
+
+def _is_shuffle(node: Node) -> bool:
+    """A reshape into or out of a >= 5-D tensor: the ``view(b, g, c // g, h, w)`` of a channel shuffle
+    (ShuffleNet) or the ``view(b, -1, h, w)`` that undoes it. torch-pruning maps channels through a
+    reshape as a flatten: wrong for a shuffle (a permutation), and it divides by zero on ShuffleNetV2."""
+    if node.type is not tp.ops.OPTYPE.RESHAPE:
+        return False
+    if _rank(node) >= 5:
+        return True
+    nxt = list(node.outputs)
+    for _ in range(2):  # through the transpose (and an elementwise op) to the reshape back
+        if any(n.type is tp.ops.OPTYPE.RESHAPE and _rank(n) >= 5 for n in nxt):
+            return True
+        nxt = [o for n in nxt if n.type is tp.ops.OPTYPE.ELEMENTWISE for o in n.outputs]
+    return False
+
+
+def _upstream(node: Node) -> list[Node]:
+    """The nodes feeding ``node`` directly or through elementwise ops (transpose, contiguous ...)."""
+    out: list[Node] = []
+    todo = list(node.inputs)
+    while todo and len(out) < 16:
+        n = todo.pop()
+        out.append(n)
+        if n.type is tp.ops.OPTYPE.ELEMENTWISE:
+            todo.extend(n.inputs)
+    return out
+
+
+def _tie_shuffled(graph: tp.DependencyGraph, shuffles: set[Node]) -> None:
+    """Keep every channel group that passes through a channel shuffle whole: the layers producing its
+    channels (and depthwise convs on them) join the graph's ignored layers. A shuffle permutes
+    channels across groups, which torch-pruning's index mappings cannot express; the layers inside
+    each branch, which never see the shuffle, stay prunable.
+
+    A walk over the channel-coupled nodes (norms, activations, concat, split, reshapes ...) from each
+    shuffle: a conv/linear reached from its output side produces tied channels; one reached from
+    its input side ends the walk there (its outputs are channels of their own).
+    """
+    tied: list[nn.Module] = []
+    seen: set[tuple[int, bool]] = set()
+    todo: list[tuple[Node, bool]] = [(n, True) for n in shuffles]  # (node, reached from its output side)
+    while todo:
+        node, from_out = todo.pop()
+        if (id(node), from_out) in seen:
+            continue
+        seen.add((id(node), from_out))
+        layer = isinstance(node.module, PRUNABLE)
+        depthwise = node.type is tp.ops.OPTYPE.DEPTHWISE_CONV
+        if layer and (from_out or depthwise):
+            tied.append(node.module)
+        if layer and not depthwise:
+            continue
+        todo.extend((n, True) for n in node.inputs)
+        todo.extend((n, False) for n in node.outputs)
+    graph.IGNORED_LAYERS_IN_TRACING.extend(m for m in dict.fromkeys(tied) if m not in graph.IGNORED_LAYERS_IN_TRACING)
+
+
+_SHUFFLES: weakref.WeakKeyDictionary[tp.DependencyGraph, set[Node]] = weakref.WeakKeyDictionary()
+_TIED: weakref.WeakSet[tp.DependencyGraph] = weakref.WeakSet()
+
+
+def _install_shuffle_handling() -> None:
+    """Teach torch-pruning (1.6) channel shuffles, for every graph it builds in this process.
+
+    Its reshape index mapping treats a reshape as a flatten: for a shuffle's reshapes it divides by
+    zero (ShuffleNetV2) or maps channels wrongly. Those reshapes are skipped and recorded, and once a
+    graph's index mappings are set, the groups through them are tied (:func:`_tie_shuffled`).
+    Other reshapes are mapped by torch-pruning as before. Installed once, on import.
+    """
+    from torch_pruning.dependency import graph as tp_graph
+    from torch_pruning.dependency import index_mapping
+
+    if getattr(index_mapping.update_index_mapping, "_edgeslim", False):
+        return
+    reshape, update = index_mapping.update_reshape_index_mapping, index_mapping.update_index_mapping
+
+    def update_reshape(graph: tp.DependencyGraph, node: Node) -> None:
+        if _is_shuffle(node):
+            _SHUFFLES.setdefault(graph, set()).add(node)
+        else:
+            reshape(graph, node)
+
+    def update_all(graph: tp.DependencyGraph) -> None:
+        for node in list(graph.module2node.values()):
+            if node.type is tp.ops.OPTYPE.SPLIT and any(_is_shuffle(i) for i in _upstream(node)):
+                node.enable_index_mapping = False  # its split sizes are inferred through the shuffle: wrong
+        update(graph)
+        if graph in _SHUFFLES and graph not in _TIED:
+            _TIED.add(graph)
+            _tie_shuffled(graph, _SHUFFLES[graph])
+
+    update_all._edgeslim = True  # type: ignore[attr-defined]
+    index_mapping.update_reshape_index_mapping = update_reshape
+    index_mapping.update_index_mapping = update_all
+    assert tp_graph.index_mapping is index_mapping
+
+
+_install_shuffle_handling()
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ to the recorded shapes and loads the weights — bit-exact, no pickled classes.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -67,11 +68,13 @@ class PrunedFormat:
                 "this is a quantized graph edgeslim has no record of (a copy of the one convert()/load() returned?): "
                 "save the QuantResult instead (edgeslim.save(result, path)), or the graph convert()/load() returned"
             )
-        state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        full = net.state_dict()
+        state = {k: v.detach().clone() for k, v in full.items()}
         return {
             "arch": arch_info(net),
             "manifest": _manifest(net),
             "state_dict": state,
+            "state_metadata": state_metadata(full),
             "masks": masks_of(net),
         }
 
@@ -101,11 +104,33 @@ class PrunedFormat:
                 setattr(mod, attr, tuple(value) if isinstance(value, list) else value)
         state: dict[str, torch.Tensor] = payload["state_dict"]
         _resize_to(model, state)
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(with_metadata(state, payload.get("state_metadata"), model), strict=True)
         if arch:
             remember_arch(model, ArchInfo.from_dict(arch))
         remember_masks(model, dict(payload.get("masks") or {}))
         return model
+
+
+def state_metadata(state: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """The ``_metadata`` of a ``state_dict`` (each module's ``version``) as plain dicts.
+
+    Modules that changed their layout across releases read it when loading (torchvision's MNASNet
+    refuses a state without it); a plain dict copy of the state loses it.
+    """
+    meta = getattr(state, "_metadata", None) or {}
+    return {str(k): {str(a): b for a, b in dict(v).items() if isinstance(b, int | float | str | bool)}
+            for k, v in meta.items()}
+
+
+def with_metadata(
+    state: dict[str, torch.Tensor], metadata: dict[str, dict[str, Any]] | None, model: nn.Module
+) -> OrderedDict[str, torch.Tensor]:
+    """``state`` as an ``OrderedDict`` carrying ``metadata`` (files written before it was saved: the
+    versions of ``model``'s own modules), ready for ``model.load_state_dict``."""
+    out: OrderedDict[str, torch.Tensor] = OrderedDict(state)
+    meta = metadata if metadata is not None else state_metadata(model.state_dict())
+    out._metadata = OrderedDict((k, dict(v)) for k, v in meta.items())  # type: ignore[attr-defined]
+    return out
 
 
 def _resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
