@@ -158,8 +158,13 @@ def unpack_cmd(
     file: Annotated[Path, typer.Argument(help="The .esz file written by `edgeslim pack`")],
     to: Annotated[Path, typer.Option("--to", help="Output: model.pt (edgeslim file) | model.onnx | model.tflite")],
     quant: Annotated[
-        str, typer.Option(help="Export precision of .onnx/.tflite (fp32 keeps the codebook weights exactly)")
-    ] = "fp32",
+        str,
+        typer.Option(
+            help="Precision of .onnx/.tflite: int8 = the packed integers as int8 weights (4-bit codes in ONNX where a "
+            "layer has <= 16 levels per channel) with int8 activations calibrated on 512 training images; fp32 = the "
+            "codebook values as float weights; any other export precision re-quantizes the unpacked model"
+        ),
+    ] = "int8",
     eval_samples: Annotated[
         int,
         typer.Option(
@@ -172,7 +177,7 @@ def unpack_cmd(
     force: Annotated[bool, typer.Option(help="Overwrite the output file")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Rebuild the codebook model of FILE (bit for bit) and write it as .pt, .onnx or .tflite (verified)."""
+    """Rebuild the codebook model of FILE (bit for bit) and write it as .pt, or as an int8 .onnx / .tflite (verified)."""
     from edgeslim.deep_compression import esz, unpack
 
     kind = UNPACK_SUFFIXES.get(to.suffix.lower())
@@ -185,6 +190,8 @@ def unpack_cmd(
     summary: dict[str, Any] = {"file": str(file), "path": str(to), "format": kind}
     if kind == "pt":
         summary.update(_save_pt(model, to, file, meta))
+    elif quant.strip().lower() == "int8":
+        summary.update(_export_int8(model, manifest, kind, to, file, meta, eval_samples, verify, force))
     else:
         summary.update(_export(model, kind, to, quant, meta, eval_samples, verify, force))
     console.print(f"[green]wrote[/] {to} ({summary['bytes']:,} bytes) from {file}", highlight=False)
@@ -206,6 +213,53 @@ def _save_pt(model: Any, to: Path, file: Path, meta: dict[str, Any]) -> dict[str
     return {"bytes": to.stat().st_size, "bit_exact": True}
 
 
+def _eval_data(meta: dict[str, Any], eval_samples: int) -> dict[str, Any]:
+    """Export keywords measuring the artefact's top-1 on Fashion-MNIST test images (the data the file was packed on)."""
+    if meta.get("dataset") != "fashion-mnist" or eval_samples <= 0:
+        return {}
+    from edgeslim.data import fashion_mnist_loader
+
+    return {
+        "eval_data": fashion_mnist_loader("test", limit=eval_samples, batch_size=250),
+        "eval_name": "fashion-mnist/test",
+        "eval_samples": eval_samples,
+    }
+
+
+def _export_int8(
+    model: Any,
+    manifest: dict[str, Any],
+    kind: str,
+    to: Path,
+    file: Path,
+    meta: dict[str, Any],
+    eval_samples: int,
+    verify: bool,
+    force: bool,
+) -> dict[str, Any]:
+    import torch
+
+    from edgeslim.data import calibration_subset
+    from edgeslim.deep_compression.deploy import CALIBRATION_IMAGES, export_unpacked, grid_modules
+
+    grid_modules(manifest, file)  # a file packed without the grid fails here, before any work
+    size = int(meta.get("input_size", 32))
+    calib = calibration_subset("train", CALIBRATION_IMAGES, batch_size=64, seed=0)
+    with stdout_to_stderr():
+        return export_unpacked(
+            model,
+            manifest,
+            kind,
+            to,
+            torch.zeros(1, 3, size, size),
+            calibration=calib,
+            verify=verify,
+            overwrite=force,
+            path=file,
+            **_eval_data(meta, eval_samples),
+        )
+
+
 def _export(
     model: Any, kind: str, to: Path, quant: str, meta: dict[str, Any], eval_samples: int, verify: bool, force: bool
 ) -> dict[str, Any]:
@@ -215,15 +269,7 @@ def _export(
 
     size = int(meta.get("input_size", 32))
     x = torch.zeros(1, 3, size, size)
-    extra: dict[str, Any] = {}
-    if meta.get("dataset") == "fashion-mnist" and eval_samples > 0:
-        from edgeslim.data import fashion_mnist_loader
-
-        extra = {
-            "eval_data": fashion_mnist_loader("test", limit=eval_samples, batch_size=250),
-            "eval_name": "fashion-mnist/test",
-            "eval_samples": eval_samples,
-        }
+    extra = _eval_data(meta, eval_samples)
     with stdout_to_stderr():
         result = export(model, kind, to, x, quant=quant, verify=verify, overwrite=force, **extra)
     d = result.to_dict()
