@@ -144,3 +144,28 @@ def test_config_round_trips_and_refuses_bad_values() -> None:
         PackConfig(sparsity=0.99)
     with pytest.raises(ConfigError, match=r"unknown pack option\(s\) sparsty"):
         PackConfig.from_dict({"sparsty": 0.5})
+
+
+def test_int8_export_keeps_the_packed_integers_through_batch_norm_folding(
+    packed: tuple[nn.Module, edgeslim.PackResult], loader: DataLoader
+) -> None:
+    from edgeslim.deep_compression.deploy import packed_integers, quantize_unpacked
+
+    _, result = packed
+    manifest = esz.read(result.path).manifest
+    model = unpack(result.path, base=small_net())
+    g = torch.Generator().manual_seed(3)
+    for bn in (model[1], model[4]):  # per-channel fold factors of both signs
+        bn.weight.data = torch.randn(bn.num_features, generator=g)
+        bn.running_var.data = torch.rand(bn.num_features, generator=g) + 0.2
+    ints = packed_integers(model, manifest, result.path)
+    q = quantize_unpacked(model, manifest, torch.zeros(1, 3, 8, 8), loader, path=result.path)
+    for module, k in ints.items():
+        cw = q.coded_weights[module]
+        got = cw.codes.long() - 127  # the int8-grid levels are -127..127
+        sign = torch.sign(model[1].weight if module == "0" else model[4].weight if module == "3" else torch.ones(10))
+        assert torch.equal(got, k.long() * sign.long().reshape(-1, *([1] * (k.dim() - 1)))), module
+    assert min(r.sqnr_db for r in q.report.layers) >= 100
+    old = {**manifest, "layers": [{k: v for k, v in e.items() if k != "int8_step"} for e in manifest["layers"]]}
+    with pytest.raises(ConfigError, match=r"was packed without the int8 grid .* unpack it with --quant fp32"):
+        quantize_unpacked(model, old, torch.zeros(1, 3, 8, 8), loader, path=result.path)
