@@ -13,6 +13,8 @@ formats and the bench targets (every section but ``model`` is optional)::
     pipeline: sequential              # sequential | alternating | joint
     prune: {criterion: l1, target: params=0.5, allocation: uniform, round_to: 16}
     finetune: {epochs: 0.05, lr: 0.01, distill: true}
+    launcher: local                   # or torchrun: the fine-tune runs on nproc_per_node processes (DDP)
+    nproc_per_node: 2
     quantize: {scheme: int8, method: ptq, calibration: 256}
     export: {formats: [onnx, tflite], max_drop: 1.0}
     bench: {targets: [local], input_size: 64, runs: 10, threads: 2}
@@ -39,6 +41,7 @@ from edgeslim.pipelines.recipe_sections import (
     Dataset,
     ExportSection,
     FinetuneSection,
+    Launcher,
     Pipeline,
     QuantizeSection,
     QuantMethod,
@@ -48,6 +51,7 @@ from edgeslim.pipelines.recipe_sections import (
     _at_least,
     _registered,
     _suggest,
+    check_launcher,
     parse_budget,
 )
 from edgeslim.plugin.pruning.config import PruneConfig
@@ -72,6 +76,9 @@ class Recipe:
             the ``finetune`` epochs.
         prune: The pruning config (``None``: no pruning).
         finetune: Fine-tune after pruning.
+        launcher: ``local`` (in this process) or ``torchrun``: the fine-tune step is re-launched as
+            ``python -m torch.distributed.run --standalone --nproc_per_node N -m edgeslim.cli finetune``.
+        nproc_per_node: Processes of ``launcher: torchrun`` (on the CPU each uses one thread).
         search: The joint search (``pipeline: joint``).
         quantize: The quantization (``None``: none).
         export: Artefacts written.
@@ -89,6 +96,8 @@ class Recipe:
     alternating_events: int = 4
     prune: PruneConfig | None = None
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    launcher: Launcher = Launcher.LOCAL
+    nproc_per_node: int = 2
     search: SearchSection | None = None
     quantize: QuantizeSection | None = None
     export: ExportSection = field(default_factory=ExportSection)
@@ -301,7 +310,8 @@ def _recipe_from(data: Any) -> Recipe:
         kw["weights"] = _weights_check(kw["model"], d["weights"])
     if "data" in d:
         kw["data"] = _data_from(d["data"])
-    for key in ("title", "input_size", "eval_samples", "seed", "pipeline", "alternating_events"):
+    for key in ("title", "input_size", "eval_samples", "seed", "pipeline", "alternating_events", "launcher",
+                "nproc_per_node"):
         if key in d:
             kw[key] = _convert(key, d[key], hints[key])
     sections = {"finetune": FinetuneSection, "search": SearchSection, "quantize": QuantizeSection,
@@ -317,6 +327,8 @@ def _recipe_from(data: Any) -> Recipe:
         raise RecipeError(f"eval_samples: must be in 1..10000 (the Fashion-MNIST test set), got {recipe.eval_samples}")
     _at_least("alternating_events", recipe.alternating_events, 1)
     _available(recipe.pipeline)
+    check_launcher(recipe.launcher, recipe.nproc_per_node, recipe.pipeline, recipe.finetune,
+                   pruned=recipe.prune is not None or recipe.pipeline is Pipeline.JOINT)
     if recipe.pipeline is Pipeline.JOINT and recipe.search is None:
         raise RecipeError("search: pipeline 'joint' needs a search section (budget: speedup=5, ...)")
     if recipe.pipeline is not Pipeline.JOINT and recipe.search is not None:
@@ -370,6 +382,7 @@ __all__ = [
     "Dataset",
     "ExportSection",
     "FinetuneSection",
+    "Launcher",
     "Pipeline",
     "QuantMethod",
     "QuantizeSection",

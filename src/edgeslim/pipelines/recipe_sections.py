@@ -28,6 +28,13 @@ class Pipeline(str, Enum):
     JOINT = "joint"  # search channel widths and bits together under a latency/size budget
 
 
+class Launcher(str, Enum):
+    """How the fine-tune step runs: in this process, or re-launched under ``torchrun`` (DDP)."""
+
+    LOCAL = "local"
+    TORCHRUN = "torchrun"  # python -m torch.distributed.run --standalone --nproc_per_node N -m edgeslim.cli finetune
+
+
 class Dataset(str, Enum):
     """The default data set (any registered data source can be named: see :class:`DataSection`)."""
 
@@ -305,6 +312,19 @@ class BenchSection:
         _at_least("bench.runs", self.runs, 1)
         _at_least("bench.warmup", self.warmup, 0)
         _at_least("bench.threads", self.threads, 0)
+
+
+def check_launcher(launcher: Launcher, nproc: int, pipeline: Pipeline, finetune: FinetuneSection, *, pruned: bool) -> None:
+    """Raise :class:`RecipeError` when ``launcher: torchrun`` has no fine-tune step to launch, or ``nproc_per_node < 1``."""
+    _at_least("nproc_per_node", nproc, 1)
+    if launcher is not Launcher.TORCHRUN:
+        return
+    if pipeline is Pipeline.ALTERNATING:
+        raise RecipeError("launcher: torchrun re-launches the fine-tune step; pipeline 'alternating' trains inside its "
+                          "own step: use launcher: local")
+    if finetune.epochs <= 0 or not pruned:
+        raise RecipeError("launcher: torchrun re-launches the fine-tune step, which this recipe does not have; give a "
+                          "prune section and finetune.epochs > 0, or use launcher: local")
 
 
 # ---- validation helpers --------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 
 from edgeslim.pipelines import deploy_steps, search_steps, steps
 from edgeslim.pipelines.compress_results import build_results, write_partial_results
-from edgeslim.pipelines.recipe import Pipeline, Recipe, load_recipe
+from edgeslim.pipelines.recipe import Launcher, Pipeline, Recipe, load_recipe
 from edgeslim.pipelines.steps import (
     CompressError,
     Context,
@@ -287,6 +287,10 @@ def _run_steps(rec: Recipe, out: Path, state: dict[str, Any], handler: EventHand
 
 
 def _run_step(name: str, ctx: Context) -> dict[str, Any]:
+    if name == "finetune" and ctx.recipe.launcher is Launcher.TORCHRUN:
+        from edgeslim.pipelines.launcher import run_finetune_torchrun
+
+        return run_finetune_torchrun(ctx)
     func = STEP_FUNCS.get(name)
     if func is None:
         raise CompressError(f"pipeline step {name!r} is not available in this edgeslim yet")
