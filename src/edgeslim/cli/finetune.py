@@ -49,6 +49,8 @@ MODEL_FILE = "model.pt"
 SUMMARY_FILE = "summary.json"
 #: ``--teacher ancestor``: the first float model of the input's lineage.
 ANCESTOR = "ancestor"
+#: When this process started (log lines give the seconds since).
+_START = time.perf_counter()
 
 
 def register(app: typer.Typer) -> None:
@@ -57,10 +59,11 @@ def register(app: typer.Typer) -> None:
 
 
 def log(message: str) -> None:
-    """A log line on stderr, prefixed with this process's rank (``[rank 1/2]``)."""
+    """A log line on stderr, prefixed with this process's rank (``[rank 1/2]``), ending with the seconds since start."""
     from edgeslim import distributed
 
-    console.print(f"[rank {distributed.rank()}/{distributed.world_size()}] {message}", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"[rank {distributed.rank()}/{distributed.world_size()}] {message} "
+                  f"(at {time.perf_counter() - _START:.1f} s)", highlight=False, markup=False, soft_wrap=True)
 
 
 def finetune_cmd(
@@ -137,6 +140,7 @@ def _run(model: str, out: Path, *, epochs: float, lr: float, batch_size: int, te
     tnet = _teacher(teacher, teacher_weights, arg, net)
     test = ds.source.eval_loader(250, limit=eval_limit)
     top1_before, n_eval = _top1(net, test)
+    log(f"top-1 before: {100 * top1_before:.2f} % on {n_eval} evaluation images")
     train = distributed.distributed_sampler(ds.source.train_loader(batch_size, augment=True, seed=seed), seed=seed)
     steps = max(1, round(epochs * len(train)))
     log(f"training {steps} steps of {len(train)} per epoch, batch {batch_size} per rank, world size {world}"
@@ -166,6 +170,7 @@ def _run(model: str, out: Path, *, epochs: float, lr: float, batch_size: int, te
     sha = distributed.check_same(trained, "the final weights")  # raises, naming the ranks, if they disagree
     log(f"final weights sha256 {sha[:16]}" + (f"; ranks agree ({world} of {world})" if world > 1 else ""))
     top1_after, _ = _top1(trained, test)
+    log(f"top-1 after: {100 * top1_after:.2f} % on {n_eval} evaluation images")
     if not distributed.is_rank0():
         return None
     key = eval_key(ds.source.eval_name, tuple(ds.example(input_size).shape), n_eval)
