@@ -1,0 +1,323 @@
+"""Coverage: every torchvision classifier through prune 50 % → int8 PTQ → ONNX (ONNX Runtime) → TFLite (LiteRT).
+
+For each model of ``torchvision.models.list_models(module=torchvision.models)``, in its own
+subprocess with a time and memory limit (a crash or a hang does not stop the sweep):
+random weights (``weights=None``, seed 0) at the smallest input size the model runs at
+(32, 64, 128, 224 or 299; ViT/Swin/MaxViT need 224), then
+
+1. ``edgeslim.prune``: structured, L1, uniform allocation, ``params=0.5`` (classifier head kept);
+2. ``edgeslim.quantize``: int8 PTQ (PT2E), calibrated on 32 Fashion-MNIST training images
+   resized to the input size (op coverage, not accuracy: the weights are random);
+3. ``edgeslim.export(..., "onnx")`` of the int8 model, verified in ONNX Runtime by the exporter;
+4. ``edgeslim.export(..., "tflite")`` of the int8 model, verified in LiteRT by the exporter.
+
+Each step is ``"ok"`` or its one-line error, with its seconds. Rows are written to
+``benchmarks/results/coverage.{json,md}`` after every model; models already there are skipped
+unless ``--force`` or named with ``--only``. Small models run first, transformers and the huge
+models (> 100 M parameters, a longer time limit) last.
+
+    nohup .venv/bin/python benchmarks/coverage.py > /tmp/coverage.log 2>&1 &
+    .venv/bin/python benchmarks/coverage.py --only vit_b_16 swin_t --force
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+STEPS = ("prune", "quantize", "onnx", "tflite")
+SIZES = (32, 64, 128, 224, 299)
+HUGE = 100_000_000  # parameters
+TRANSFORMERS = ("vit_", "swin_", "maxvit_")
+NOTES = [
+    "Random weights (`weights=None`, seed 0): this measures op and architecture coverage, not accuracy.",
+    "prune: `edgeslim.prune(model, x, PruneConfig(criterion='l1', target='params=0.5'))` (uniform allocation, "
+    "classifier head kept, ±2 % tolerance).",
+    "quantize: `edgeslim.quantize(pruned, x, 'int8', calibration=...)` on 32 Fashion-MNIST training images resized "
+    "to the input size (a handful of images: calibration quality is not what is measured here).",
+    "onnx / tflite: `edgeslim.export(int8_result, fmt, path, x)`, which runs the artefact in ONNX Runtime / LiteRT "
+    "on 256 Fashion-MNIST test images and fails unless it agrees with the PyTorch int8 model (cosine, top-1 "
+    "agreement); an export that does not verify is an error here.",
+    "A step that failed stops the model's later steps (`not run`). Each model runs in its own process with a time "
+    "and memory limit; a limit hit is recorded as that step's error.",
+]
+
+
+def commit() -> str:
+    """``git rev-parse --short HEAD``, with the uncommitted files under ``src/`` the run used (a shared tree)."""
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                         check=False).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True,
+                           check=False).stdout.split("\n")
+    files = [line[3:] for line in dirty if line.strip()]
+    return f"{sha}+uncommitted({', '.join(files)})" if files else sha
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, shared with other jobs"
+
+
+def catalogue() -> list[tuple[str, int]]:
+    """``(name, parameters)`` of every torchvision classifier, in run order (small CNNs first)."""
+    import torchvision
+    from torchvision.models import get_model_weights
+
+    out = []
+    for name in torchvision.models.list_models(module=torchvision.models):
+        out.append((name, int(next(iter(get_model_weights(name))).meta["num_params"])))
+    return sorted(out, key=lambda m: (m[1] > HUGE, m[0].startswith(TRANSFORMERS), m[1], m[0]))
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:400]
+
+
+# ----------------------------------------------------------------------------------------------- worker
+def _fingerprint(model: Any) -> list[tuple[str, tuple[int, ...], float]]:
+    return [(k, tuple(v.shape), float(v.double().sum())) for k, v in model.state_dict().items()]
+
+
+def _smallest_size(model: Any, name: str) -> int:
+    import torch
+
+    start = 224 if name.startswith(TRANSFORMERS) else 32
+    last: BaseException | None = None
+    for s in (s for s in SIZES if s >= start):
+        try:
+            with torch.no_grad():
+                model(torch.randn(1, 3, s, s))
+            return s
+        except Exception as exc:
+            last = exc
+    raise RuntimeError(f"runs at none of the sizes {SIZES}: {one_line(last) if last else ''}")
+
+
+def worker(name: str, row_path: Path) -> None:
+    """Run the four steps on one model, writing the row after each step."""
+    import torch
+
+    import edgeslim
+    from edgeslim import PruneConfig
+    from edgeslim.errors import EdgeslimError
+    from edgeslim.exporters.base import fashion_inputs
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    row: dict[str, Any] = json.loads(row_path.read_text())
+    row.update(dict.fromkeys(STEPS, "not run"))
+    row["seconds"], row["clean"] = {}, {}
+
+    def save() -> None:
+        row_path.write_text(json.dumps(row))
+
+    model = edgeslim.load_model(name)
+    size = row["input_size"] = _smallest_size(model, name)
+    x = torch.randn(1, 3, size, size)
+    state: dict[str, Any] = {}
+    work = Path(tempfile.mkdtemp(prefix=f"coverage-{name}-"))
+
+    def prune() -> str:
+        before = _fingerprint(model)
+        try:
+            res = edgeslim.prune(model, x, PruneConfig(criterion="l1", target="params=0.5"))
+        finally:
+            row["input_untouched"] = _fingerprint(model) == before
+        s = res.summary()
+        row.update(params=s["params_before"], params_after=s["params_after"],
+                   params_fraction=round(s["params_fraction"], 4), channel_ratio=round(s["channel_ratio"], 4))
+        state["pruned"] = res.model
+        return "ok"
+
+    def quantize() -> str:
+        calib = fashion_inputs(tuple(x.shape), 32, split="train")
+        state["q"] = edgeslim.quantize(state["pruned"], x, "int8", calibration=calib)
+        return "ok"
+
+    def export(fmt: str) -> str:
+        res = edgeslim.export(state["q"], fmt, work / f"model.{fmt}", x, overwrite=True)
+        v = res.verification
+        row[f"{fmt}_bytes"] = res.bytes
+        if v is not None:
+            row[f"{fmt}_verification"] = {"cosine": round(v.cosine, 5), "top1_agreement": round(v.top1_agreement, 4)}
+        (work / f"model.{fmt}").unlink(missing_ok=True)
+        return "ok"
+
+    jobs = {"prune": prune, "quantize": quantize, "onnx": lambda: export("onnx"), "tflite": lambda: export("tflite")}
+    for step in STEPS:
+        row["running"] = step
+        save()
+        t0 = time.perf_counter()
+        try:
+            row[step] = jobs[step]()
+            row["clean"][step] = True
+        except Exception as exc:
+            row[step] = one_line(exc)
+            row["clean"][step] = isinstance(exc, EdgeslimError)
+            if not isinstance(exc, EdgeslimError):
+                row.setdefault("tracebacks", {})[step] = traceback.format_exc()[-3000:]
+        row["seconds"][step] = round(time.perf_counter() - t0, 1)
+        if row[step] != "ok":
+            for later in STEPS[STEPS.index(step) + 1:]:
+                row[later] = f"not run: {step} failed"
+            break
+    row.pop("running", None)
+    save()
+
+
+# ----------------------------------------------------------------------------------------------- parent
+def _rss_gb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_one(name: str, params: int, args: argparse.Namespace, sha: str) -> dict[str, Any]:
+    limit = args.huge_timeout if params > HUGE else args.timeout
+    row: dict[str, Any] = {
+        "model": name, "torchvision_params": params, "commit": sha, "machine": machine(),
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "time_limit_s": limit,
+        "memory_limit_gb": args.memory_gb, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        row_path = Path(tmp) / "row.json"
+        row_path.write_text(json.dumps(row))
+        log = (Path(tmp) / "log").open("w+")
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", name, "--row", str(row_path)],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        t0, killed, peak = time.monotonic(), "", 0.0
+        while proc.poll() is None:
+            time.sleep(1)
+            peak = max(peak, _rss_gb(proc.pid))
+            if time.monotonic() - t0 > limit:
+                killed = f"timeout: not finished within the {limit} s limit on this machine ({machine()})"
+            elif peak > args.memory_gb:
+                killed = (f"memory: the process passed {args.memory_gb:g} GB resident, the limit on this machine "
+                          f"({machine()})")
+            if killed:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        result = json.loads(row_path.read_text())
+        result["peak_rss_gb"] = round(peak, 2)
+        result["wall_s"] = round(time.monotonic() - t0, 1)
+        if killed or proc.returncode != 0 or "running" in result:
+            step = result.pop("running", "prune")
+            if not killed:
+                log.seek(0)
+                tail = [ln for ln in log.read().splitlines() if ln.strip()][-1:] or [""]
+                killed = f"crashed: exit code {proc.returncode}, last output: {tail[0][:300]}"
+            result.setdefault("seconds", {})[step] = round(time.monotonic() - t0, 1)
+            for s in STEPS:
+                if s == step:
+                    result[s] = killed
+                elif STEPS.index(s) > STEPS.index(step) or s not in result:
+                    result[s] = f"not run: {step} failed"
+        log.close()
+    return result
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    return list(data["rows"] if isinstance(data, dict) else data)
+
+
+def _cell(v: str) -> str:
+    return v.replace("|", "\\|").replace("\n", " ")
+
+
+def write(rows: list[dict[str, Any]], cat: list[tuple[str, int]], settings: dict[str, Any]) -> None:
+    order = {n: i for i, (n, _) in enumerate(cat)}
+    rows = sorted(rows, key=lambda r: order.get(r["model"], 1 << 30))
+    done = {r["model"] for r in rows}
+    passed = [r for r in rows if all(r.get(s) == "ok" for s in STEPS)]
+    missing = [n for n, _ in cat if n not in done]
+    summary = {
+        "models_total": len(cat), "models_measured": len(rows), "models_passing_every_step": len(passed),
+        "pass_rate_of_measured": round(len(passed) / len(rows), 4) if rows else None,
+        "not_measured_yet": missing,
+    }
+    data = {"name": "coverage", "notes": NOTES, "settings": settings, **summary, "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "coverage.json").write_text(json.dumps(data, indent=1) + "\n")
+    lines = [
+        "# Coverage: torchvision classifiers through prune 50 % → int8 → ONNX Runtime → LiteRT",
+        "",
+        f"**{len(rows)} of {len(cat)} models measured so far; {len(passed)} of them pass every step"
+        + (f" ({100 * len(passed) / len(rows):.1f} %)" if rows else "") + ".**"
+        + (f" Not measured yet: {', '.join(missing)}." if missing else ""),
+        "",
+        *[f"- {n}" for n in NOTES],
+        "",
+        "| model | input | params (M) | kept | prune | s | quantize | s | onnx | s | tflite | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        sec = r.get("seconds", {})
+        kept = f"{r['params_fraction']:.3f}" if "params_fraction" in r else ""
+        cells = [f"{_cell(str(r.get(s, '')))} | {sec.get(s, '')}" for s in STEPS]
+        lines.append(f"| {r['model']} | {r.get('input_size', '')} | {r['torchvision_params'] / 1e6:.1f} | {kept} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "Per row in the JSON: commit (with the uncommitted files under src/ the run used, in a shared "
+              "checkout), machine, date, time and memory limits, peak memory, verification numbers "
+              "(cosine, top-1 agreement with the PyTorch int8 model), whether an error was a clean edgeslim error "
+              "(`clean`) and, for raw exceptions, the traceback.", ""]
+    (RESULTS / "coverage.md").write_text("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="+", help="run these models (again), whatever the JSON holds")
+    ap.add_argument("--force", action="store_true", help="rerun models already in the JSON")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per model")
+    ap.add_argument("--huge-timeout", type=int, default=2400, help="seconds per model over 100 M parameters")
+    ap.add_argument("--memory-gb", type=float, default=14.0, help="resident memory limit per model")
+    ap.add_argument("--skip-huge", action="store_true", help="do not start models over 100 M parameters")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--row", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.row)
+        return
+    cat = catalogue()
+    names = dict(cat)
+    unknown = [m for m in args.only or [] if m not in names]
+    if unknown:
+        sys.exit(f"error: not torchvision classifiers: {', '.join(unknown)}")
+    rows = {r["model"]: r for r in load_rows(RESULTS / "coverage.json")}
+    settings = {"steps": list(STEPS), "sizes_tried": list(SIZES), "timeout_s": args.timeout,
+                "huge_timeout_s": args.huge_timeout, "memory_gb": args.memory_gb}
+    todo = [n for n, _ in cat if (n in (args.only or [])) or (not args.only and (args.force or n not in rows))]
+    if args.skip_huge:
+        todo = [n for n in todo if names[n] <= HUGE]
+    sha = commit()
+    for i, name in enumerate(todo):
+        print(f"[{time.strftime('%H:%M:%S')}] {i + 1}/{len(todo)} {name}", file=sys.stderr, flush=True)
+        rows[name] = run_one(name, names[name], args, sha)
+        r = rows[name]
+        print(f"    {' | '.join(f'{s}: {r[s]}' for s in STEPS)}  ({r.get('wall_s')} s)", file=sys.stderr, flush=True)
+        write(list(rows.values()), cat, settings)
+    write(list(rows.values()), cat, settings)
+
+
+if __name__ == "__main__":
+    main()
