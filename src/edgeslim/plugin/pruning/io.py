@@ -18,12 +18,14 @@ from torch import nn
 from edgeslim.errors import ModelLoadError
 from edgeslim.io import FORMATS
 from edgeslim.models import ArchInfo, arch_of_module, build_arch, copy_arch, remember_arch
+from edgeslim.plugin.pruning.attention import convert_like
 from edgeslim.plugin.pruning.unstructured import masks_of, remember_masks
 
 #: Attributes that structural pruning may change, by the modules that carry them.
 STRUCT_ATTRS = (
     "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
     "normalized_shape", "num_channels", "num_groups", "embed_dim", "num_embeddings", "embedding_dim",
+    "num_heads", "head_dim", "hidden_dim",
 )
 
 
@@ -91,6 +93,7 @@ class PrunedFormat:
                 "call edgeslim.load(path, base=YourModel()) with an instance of the unpruned model"
             )
         manifest: dict[str, dict[str, Any]] = payload["manifest"]
+        convert_like(model, {n: str(e["type"]) for n, e in manifest.items()})  # attentions made head-prunable
         modules = dict(model.named_modules())
         for name, entry in manifest.items():
             mod = modules.get(name)
