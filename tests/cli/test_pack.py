@@ -74,6 +74,27 @@ def test_pack_refuses_an_existing_output_and_a_wrong_suffix(tmp_path: Path) -> N
     assert code == 2 and "does not end in .esz" in out
 
 
+def test_pack_json_contract_on_a_small_model(tmp_path: Path) -> None:
+    """``pack --model M --out R.esz --json``: the last stdout line has bytes, ratio and top1 (a fraction)."""
+    src = tmp_path / "tiny.py"
+    src.write_text(
+        "from torch import nn\n\n\ndef build():\n"
+        "    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), "
+        "nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))\n"
+    )
+    dest = tmp_path / "R.esz"
+    code, out = _invoke(
+        "pack", "--model", f"{src}:build", "--out", str(dest), "--json",
+        "--prune-epochs", "0", "--quant-epochs", "0", "--prune-steps", "1", "--eval-samples", "100",
+    )
+    assert code == 0, out
+    summary = json.loads(_LAST["stdout"].strip().splitlines()[-1])
+    assert summary["bytes"] == dest.stat().st_size and 0.0 <= summary["top1"] <= 1.0
+    assert summary["ratio"] == pytest.approx(summary["fp32_bytes"] / summary["bytes"]) and summary["ratio"] > 3
+    assert [s["stage"] for s in summary["stages"]] == ["fp32", "pruned", "codebook", "entropy"]
+    assert all(e.get("int8_step") for e in esz.read(dest).manifest["layers"])  # packed on the int8 grid
+
+
 def test_pack_unknown_init_is_a_clear_error(tmp_path: Path) -> None:
     proc = run_cli(
         "pack", "--model", "resnet18-fmnist", "--out", str(tmp_path / "R.esz"), "--init", "fancy", check=False
