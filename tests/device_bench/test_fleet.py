@@ -1,16 +1,21 @@
 """A fleet of boards: ``bench_fleet`` / ``edgeslim bench ART --target A --target B`` on this machine and the real sshd.
 
-The two devices are ``local`` and a devices-file entry for the test sshd (its own work dir, so the
-agents' on-device locks do not serialise them); the unreachable one is a closed port.
+The devices are ``local`` and devices-file entries for the test sshd reached as ``127.0.0.1`` and as
+``localhost`` (two devices, each with its own work dir, so that the agents' on-device locks do not
+serialise them); the unreachable one is a closed port.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any, TextIO
 
 import pytest
 from bench_fixtures import SshServer, free_port
@@ -23,41 +28,66 @@ from edgeslim.device_bench.targets import DeviceOptions
 
 def _devices_file(sshd: SshServer, tmp_path: Path) -> Path:
     path = tmp_path / "devices.toml"
-    path.write_text(f'[devices.lab]\nhost = "127.0.0.1"\nport = {sshd.port}\nuser = "{sshd.user}"\n'
-                    f'workdir = "{tmp_path / "lab-wd"}"\n')
+    path.write_text("".join(f'[devices.{name}]\nhost = "{host}"\nport = {sshd.port}\nuser = "{sshd.user}"\n'
+                            f'workdir = "{tmp_path / (name + "-wd")}"\n'
+                            for name, host in (("lab", "127.0.0.1"), ("lab2", "localhost"))))
     return path
 
 
 def _options(sshd: SshServer, devices: Path) -> DeviceOptions:
-    return DeviceOptions(identity=str(sshd.key), known_hosts=str(sshd.known_hosts), python=sys.executable,
-                         allow_agent=False, connect_timeout=10.0, devices_file=str(devices))
+    known = devices.parent / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd.port} {sshd.host_pub}\n[localhost]:{sshd.port} {sshd.host_pub}\n")
+    return DeviceOptions(identity=str(sshd.key), known_hosts=str(known), python=sys.executable, allow_agent=False,
+                         connect_timeout=10.0, devices_file=str(devices))
 
 
 def test_fleet_runs_devices_concurrently_and_survives_an_unreachable_one(
         sshd: SshServer, models: dict[str, Path], tmp_path: Path) -> None:
+    """Both boards' agents wait at the same moment on an on-device lock the test holds (so they ran concurrently:
+    one after the other, the first would wait for ever and fail on its lock timeout); the closed port gives rows."""
     closed = free_port()
     dead = f"ssh://{sshd.user}@127.0.0.1:{closed}"
+    held: dict[str, TextIO] = {}
+    for name in ("lab", "lab2"):  # the test holds each board's on-device lock (the agent's bench.lock)
+        (tmp_path / f"{name}-wd").mkdir()
+        held[name] = (tmp_path / f"{name}-wd" / "bench.lock").open("a+")
+        fcntl.flock(held[name], fcntl.LOCK_EX)
+    waiting: set[str] = set()
+    guard = threading.Lock()
+
+    def on_event(target: str, artifact: str, event: dict[str, Any]) -> None:
+        with guard:
+            if event["event"] == "lock_wait" and held:
+                waiting.add(target)
+                if waiting == {"lab", "lab2"}:  # both agents are running now: let them go
+                    for handle in held.values():
+                        handle.close()
+                    held.clear()
+
     arts = [models["small"], models["big"]]
-    fleet = bench_fleet(arts, ["local", "lab", dead], runs=20, warmup=2, results_file=tmp_path / "r.jsonl",
-                        options=_options(sshd, _devices_file(sshd, tmp_path)), lock_dir=tmp_path / "locks")
-    local, lab, down = fleet.runs
-    assert (local.status, lab.status, down.status) == ("ok", "ok", "failed")
-    assert lab.device == sshd.url and [r.data["runs"] for r in [*local.results, *lab.results]] == [20] * 4
-    # concurrent: each device's bench started before the other's ended (run one after the other, they would not)
-    assert max(local.started_at, lab.started_at) < min(local.finished_at, lab.finished_at)  # type: ignore[type-var]
+    fleet = bench_fleet(arts, ["lab", "lab2", dead], runs=20, warmup=2, results_file=tmp_path / "r.jsonl",
+                        options=_options(sshd, _devices_file(sshd, tmp_path)), lock_dir=tmp_path / "locks",
+                        lock_timeout=60, on_event=on_event)
+    assert waiting == {"lab", "lab2"} and not held
+    lab, lab2, down = fleet.runs
+    assert (lab.status, lab2.status, down.status) == ("ok", "ok", "failed"), (lab.error, lab2.error)
+    assert (lab.device, lab2.device) == (sshd.url, f"ssh://{sshd.user}@localhost:{sshd.port}")
+    assert [r.data["runs"] for r in [*lab.results, *lab2.results]] == [20] * 4
+    assert lab.results[0].data["lock_wait_s"] > 0 and lab2.results[0].data["lock_wait_s"] > 0
+    assert max(lab.started_at, lab2.started_at) < min(lab.finished_at, lab2.finished_at)  # type: ignore[type-var]
     # the unreachable board: every artefact a failed row naming the host and what to do
     assert down.error and f"127.0.0.1:{closed} refused" in down.error and "start sshd on the device" in down.error
     assert [r.error for r in down.results] == [down.error, down.error]
     records = read_jsonl(tmp_path / "r.jsonl")
     assert sorted((r["target"], r["status"]) for r in records) == sorted(
-        [("local", "ok")] * 2 + [(sshd.url, "ok")] * 2 + [(dead, "failed")] * 2)
+        [(lab.device, "ok")] * 2 + [(lab2.device, "ok")] * 2 + [(dead, "failed")] * 2)
     assert all(r["error"] == down.error for r in records if r["status"] == "failed")
     summary = fleet.summary()
-    assert [t["target"] for t in summary["targets"]] == ["local", "lab", dead] and summary["failures"] == 2
+    assert [t["target"] for t in summary["targets"]] == ["lab", "lab2", dead] and summary["failures"] == 2
     for row, i in zip(summary["comparison"]["rows"], range(2), strict=True):
-        assert row["p50"]["lab"] == lab.results[i].p50 and row["p50"][dead] is None
-        assert row["ratio"]["lab"] == pytest.approx(lab.results[i].p50 / local.results[i].p50)  # type: ignore[operator]
-        assert row["ratio"]["local"] == 1.0 and row["ratio"][dead] is None
+        assert row["p50"]["lab2"] == lab2.results[i].p50 and row["p50"][dead] is None
+        assert row["ratio"]["lab2"] == pytest.approx(lab2.results[i].p50 / lab.results[i].p50)  # type: ignore[operator]
+        assert row["ratio"]["lab"] == 1.0 and row["ratio"][dead] is None
 
 
 def test_fleet_refuses_the_same_device_twice_before_running(sshd: SshServer, models: dict[str, Path],
@@ -66,6 +96,35 @@ def test_fleet_refuses_the_same_device_twice_before_running(sshd: SshServer, mod
         bench_fleet(models["small"], ["lab", sshd.url], options=_options(sshd, _devices_file(sshd, tmp_path)),
                     results_file=tmp_path / "r.jsonl", lock_dir=tmp_path / "locks")
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_a_board_that_hangs_up_in_the_handshake_is_a_failed_row(models: dict[str, Path], tmp_path: Path) -> None:
+    """A peer that sends an SSH banner and closes (an sshd over MaxStartups): paramiko's raw EOFError was a crash."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+
+    def hang_up() -> None:
+        conn, _ = server.accept()
+        conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+        conn.recv(4096)
+        conn.close()
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    closed = free_port()
+    options = DeviceOptions(known_hosts=str(tmp_path / "known_hosts"), allow_agent=False, connect_timeout=10.0)
+    fleet = bench_fleet(models["small"], [f"ssh://root@127.0.0.1:{port}", f"ssh://root@127.0.0.1:{closed}"],
+                        options=options, results_file=tmp_path / "r.jsonl", lock_dir=tmp_path / "locks")
+    thread.join(timeout=30)
+    server.close()
+    dropped, refused = fleet.runs
+    assert dropped.error == (f"ssh://root@127.0.0.1:{port} closed the connection during the SSH handshake: its sshd "
+                             "dropped it (too many connections at once (MaxStartups), an overloaded board, or a "
+                             "firewall); check the board's sshd log and try again")
+    assert refused.error is not None and f"127.0.0.1:{closed} refused" in refused.error
+    assert [r["error"] for r in read_jsonl(tmp_path / "r.jsonl")].count(dropped.error) == 1
 
 
 def test_device_lock_refuses_a_second_holder(tmp_path: Path) -> None:

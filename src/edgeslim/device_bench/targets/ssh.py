@@ -108,6 +108,11 @@ class SshDevice:
                 f"authentication failed for {where} with {key}: {exc}. Put the public key on the device with: "
                 f"ssh-copy-id -i {shlex.quote((identity or '~/.ssh/id_ed25519') + '.pub')} -p {self.port} "
                 f"{shlex.quote(self.user + '@' + self.host)}") from exc
+        except EOFError as exc:  # paramiko's word for "the server hung up during the handshake"
+            client.close()
+            raise DeviceError(f"{where} closed the connection during the SSH handshake: its sshd dropped it (too "
+                              "many connections at once (MaxStartups), an overloaded board, or a firewall); check "
+                              "the board's sshd log and try again") from exc
         except (paramiko.SSHException, OSError) as exc:
             client.close()
             if time.monotonic() - t0 >= t * 0.9 or "banner" in str(exc).lower():
