@@ -153,7 +153,7 @@ def _run(model: str, out: Path, *, epochs: float, lr: float, batch_size: int, te
             from edgeslim.plugin.quantization import convert, prepare_qat
             from edgeslim.plugin.quantization.qat import train_qat
 
-            prepared = prepare_qat(copy.deepcopy(net), x, config)
+            prepared = prepare_qat(net, x, config)  # net itself: the saved file records its architecture
             train_qat(prepared, train, steps=steps, lr=lr, teacher=tnet, cosine=True, seed=seed,
                       on_step=lambda s, _l: bar.update(task, completed=s))
             final: Any = convert(prepared)
