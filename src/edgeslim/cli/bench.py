@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeslim.cli.common import ForceOpt, console, emit_json, progress
+from edgeslim.cli.common import console, emit_json, progress
 
 
 def register(app: typer.Typer) -> None:
@@ -47,8 +47,9 @@ def device_options(*, identity: Path | None = None, known_hosts: Path | None = N
 def bench_cmd(
     artifacts: Annotated[list[Path], typer.Argument(help="Artefacts (.onnx, .tflite, .engine); ratios are to the first")],
     target: Annotated[list[str] | None, typer.Option(
-        help="local | ssh://user@host:port | a name from the devices file; repeat it to bench on several devices at "
-             "once (one table per device, a comparison table; exit status 1 if any device failed)")] = None,
+        metavar="TARGET",
+        help="local (default) | ssh://user@host:port | a name from the devices file; repeat it to bench on several "
+             "devices at once (one table per device, a comparison table; exit status 1 if any device failed)")] = None,
     runs: Annotated[int, typer.Option(help="Timed runs per artefact")] = 50,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up runs")] = 5,
     threads: Annotated[int, typer.Option(help="Runtime threads (0: runtime default)")] = 0,
@@ -73,7 +74,7 @@ def bench_cmd(
     report: Annotated[Path | None, typer.Option(
         help="Write the per-device tables and the comparison as JSON (this file) and Markdown (same name, .md); "
              "benches through the fleet path even with one --target")] = None,
-    force: ForceOpt = False,
+    force: Annotated[bool, typer.Option(help="Overwrite the --report files if they exist")] = False,
 ) -> None:
     """Benchmark ARTIFACTS on TARGET(s): latency percentiles, load time, peak memory, runtime, machine (and energy)."""
     from edgeslim.device_bench import bench
