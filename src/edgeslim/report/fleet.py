@@ -98,7 +98,7 @@ def render_fleet_markdown(summary: Mapping[str, Any]) -> str:
         The Markdown text.
     """
     devices = records(summary.get("targets"))
-    parts = [f"# edgeslim bench on {len(devices)} devices", ""]
+    parts = [f"# edgeslim bench on {len(devices)} device{'' if len(devices) == 1 else 's'}", ""]
     settings = mapping(summary.get("settings"))
     if settings:
         parts.append("- **Settings:** " + escape_md(", ".join(f"{k}={v}" for k, v in settings.items()
