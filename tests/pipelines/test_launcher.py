@@ -12,7 +12,7 @@ import pytest
 
 import edgeslim
 from edgeslim.io import read_header, state_sha256
-from edgeslim.pipelines.launcher import finetune_args, torchrun_command
+from edgeslim.pipelines.launcher import finetune_args, qat_args, torchrun_command
 from edgeslim.pipelines.recipe import Launcher, Recipe, RecipeError
 from edgeslim.pipelines.runner import compress, plan
 from tests.cli.test_finetune import NET_PY
@@ -30,8 +30,8 @@ def test_launcher_torchrun_accepted_and_round_trips() -> None:
 
 @pytest.mark.parametrize(("extra", "message"), [
     ({"launcher": "mpi"}, "launcher: 'mpi' is not allowed; allowed: local, torchrun"),
-    ({"launcher": "torchrun", "finetune": {"epochs": 0}}, "launcher: torchrun re-launches the fine-tune step, which "
-                                                          "this recipe does not have"),
+    ({"launcher": "torchrun", "finetune": {"epochs": 0}}, "launcher: torchrun re-launches the fine-tune and QAT "
+                                                          "steps, which this recipe does not have"),
     ({"launcher": "torchrun", "nproc_per_node": 0}, "nproc_per_node: must be >= 1, got 0"),
     ({"launcher": "torchrun", "pipeline": "alternating", "quantize": {"scheme": "int8"}},
      "pipeline 'alternating' trains inside its own step: use launcher: local"),
@@ -51,6 +51,17 @@ def test_command_line_built_for_the_fine_tune() -> None:
     assert " ".join(cmd[8:]) == (
         "finetune --model o/pruned.pt --data fashion-mnist --input-size 32 --epochs 0.5 --lr 0.05 --batch-size 32 "
         "--eval-limit 300 --seed 7 --out o/tmp --json --force --mean 0.5 --std 0.25 --teacher resnet18-fmnist")
+
+
+def test_command_line_built_for_qat() -> None:
+    r = Recipe.from_dict({"model": "resnet18-fmnist", "launcher": "torchrun", "nproc_per_node": 4,
+                          "quantize": {"scheme": "int8", "method": "qat", "qat_epochs": 0.25, "lr": 0.001}})
+    assert r.launcher is Launcher.TORCHRUN  # QAT alone is enough to launch
+    args = qat_args(r, "net.py:build", "w.pt", Path("o/tmp"))
+    assert " ".join(torchrun_command(args, r.nproc_per_node)[4:]) == (
+        "--nproc_per_node 4 -m edgeslim.cli finetune --model net.py:build --data fashion-mnist --input-size 32 "
+        "--qat int8 --epochs 0.25 --lr 0.001 --batch-size 64 --eval-limit 1000 --seed 0 --teacher net.py:build "
+        "--out o/tmp --json --force --weights w.pt --teacher-weights w.pt")
 
 
 def test_tiny_recipe_fine_tunes_on_two_processes(tmp_path: Path) -> None:

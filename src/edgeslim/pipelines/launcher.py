@@ -1,4 +1,4 @@
-"""``launcher: torchrun``: the fine-tune step of ``edgeslim compress`` re-launched on several processes.
+"""``launcher: torchrun``: the fine-tune and QAT steps of ``edgeslim compress`` re-launched on several processes.
 
 The step runs::
 
@@ -6,7 +6,10 @@ The step runs::
         --model OUT/pruned.pt --data D --epochs E ... --teacher MODEL --out OUT/.torchrun-finetune-* --json
 
 reads rank 0's JSON line back (``world_size`` must be N and ``ranks_agree`` true), and saves the
-fine-tuned model as ``finetuned.pt`` with the run's lineage, like the in-process step.
+fine-tuned model as ``finetuned.pt`` with the run's lineage, like the in-process step. With
+``quantize: {method: qat}`` the quantize step does the same per quantized variant
+(``edgeslim finetune --qat SCHEME`` on the variant's float model, distilled from it as the
+in-process QAT is) and saves ``quantized.pt`` / ``pruned_quantized.pt``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgeslim.pipelines.recipe import Recipe
+from edgeslim.pipelines.recipe import Pipeline, Recipe, Variant
 from edgeslim.pipelines.steps import CompressError, Context
 
 #: The file the fine-tune step writes (the same name as the in-process step's).
@@ -44,6 +47,23 @@ def finetune_args(recipe: Recipe, model: Path, out: Path) -> list[str]:
         args += ["--teacher", recipe.model]
         if recipe.weights:
             args += ["--teacher-weights", recipe.weights]
+    return args
+
+
+def qat_args(recipe: Recipe, model: str, weights: str, out: Path) -> list[str]:
+    """The ``edgeslim finetune --qat`` arguments of ``recipe``'s QAT of ``model`` (its own teacher), into ``out``."""
+    sec, data = recipe.quantize, recipe.data
+    assert sec is not None
+    args = ["finetune", "--model", model, "--data", data.source, "--input-size", str(recipe.input_size),
+            "--qat", sec.scheme, "--epochs", repr(float(sec.qat_epochs)), "--lr", repr(float(sec.lr)),
+            "--batch-size", "64", "--eval-limit", str(recipe.eval_samples), "--seed", str(recipe.seed),
+            "--teacher", model, "--out", str(out), "--json", "--force"]
+    if weights:
+        args += ["--weights", weights, "--teacher-weights", weights]
+    if data.mean is not None:
+        args += ["--mean", _floats(data.mean)]
+    if data.std is not None:
+        args += ["--std", _floats(data.std)]
     return args
 
 
@@ -113,4 +133,49 @@ def run_finetune_torchrun(ctx: Context) -> dict[str, Any]:
             "torchrun": {k: summary[k] for k in ("world_size", "backend", "ranks_agree", "weights_sha256", "rank_log")}}
 
 
-__all__ = ["finetune_args", "run_command", "run_finetune_torchrun", "torchrun_command"]
+def run_quantize_torchrun(ctx: Context) -> dict[str, Any]:
+    """The ``quantize`` step with ``method: qat`` under ``launcher: torchrun``: QAT of each variant on N processes."""
+    from edgeslim.pipelines.steps import float_file, quant_file
+
+    recipe = ctx.recipe
+    out: dict[str, Any] = {}
+    for variant in (Variant.QUANTIZED, Variant.PRUNED_QUANTIZED):
+        if variant not in recipe.variants() or (recipe.pipeline is Pipeline.ALTERNATING
+                                                and variant is Variant.PRUNED_QUANTIZED):
+            continue
+        if variant is Variant.QUANTIZED:
+            model, weights = recipe.model, recipe.weights
+        else:
+            model, weights = str(ctx.out / float_file(recipe)), ""
+        out[variant.value] = _qat_one(ctx, variant, model, weights, quant_file(variant))
+    return out
+
+
+def _qat_one(ctx: Context, variant: Variant, model: str, weights: str, name: str) -> dict[str, Any]:
+    from edgeslim import io as es_io
+    from edgeslim.lineage import extend
+    from edgeslim.plugin.quantization.saved import load_result
+
+    sec = ctx.recipe.quantize
+    assert sec is not None
+    nproc = ctx.recipe.nproc_per_node
+    with tempfile.TemporaryDirectory(prefix=".torchrun-qat-", dir=ctx.out) as tmp:
+        cmd = torchrun_command(qat_args(ctx.recipe, model, weights, Path(tmp)), nproc)
+        ctx.emit({"event": "info", "message": f"QAT ({variant.value}) on {nproc} processes: {' '.join(cmd)}"})
+        summary = run_command(cmd, nproc)
+        result = load_result(Path(tmp) / "model.pt")
+    top1 = ctx.top1(result.model)
+    float_variant = Variant.ORIGINAL if variant is Variant.QUANTIZED else Variant.PRUNED
+    lineage = extend(ctx.lineage(float_variant), "quantize", scheme=result.config.name, mode="qat",
+                     world_size=nproc, launcher="torchrun", top1={ctx.eval_key: top1})
+    meta = {"scheme": result.config.name, "mode": "qat", "calib": sec.calibration, "lineage": lineage}
+    size = es_io.save(result, ctx.path(name), meta=meta).stat().st_size
+    ctx.remember(name, result)
+    bits = {layer.name: layer.weight_bits for layer in result.report.layers}
+    return {"top1": top1, "bytes": size, "weight_bytes": result.weight_bytes, "scheme": result.config.name,
+            "mode": "qat", "left_float": list(result.left_float), "file": name, "bits": bits,
+            "torchrun": {k: summary[k] for k in ("world_size", "backend", "ranks_agree", "weights_sha256", "rank_log")}}
+
+
+__all__ = ["finetune_args", "qat_args", "run_command", "run_finetune_torchrun", "run_quantize_torchrun",
+           "torchrun_command"]

@@ -13,7 +13,7 @@ formats and the bench targets (every section but ``model`` is optional)::
     pipeline: sequential              # sequential | alternating | joint
     prune: {criterion: l1, target: params=0.5, allocation: uniform, round_to: 16}
     finetune: {epochs: 0.05, lr: 0.01, distill: true}
-    launcher: local                   # or torchrun: the fine-tune runs on nproc_per_node processes (DDP)
+    launcher: local                   # or torchrun: fine-tune and QAT run on nproc_per_node processes (DDP)
     nproc_per_node: 2
     quantize: {scheme: int8, method: ptq, calibration: 256}
     export: {formats: [onnx, tflite], max_drop: 1.0}
@@ -76,8 +76,9 @@ class Recipe:
             the ``finetune`` epochs.
         prune: The pruning config (``None``: no pruning).
         finetune: Fine-tune after pruning.
-        launcher: ``local`` (in this process) or ``torchrun``: the fine-tune step is re-launched as
-            ``python -m torch.distributed.run --standalone --nproc_per_node N -m edgeslim.cli finetune``.
+        launcher: ``local`` (in this process) or ``torchrun``: the fine-tune step (and a QAT
+            quantize step) is re-launched as ``python -m torch.distributed.run --standalone
+            --nproc_per_node N -m edgeslim.cli finetune [--qat SCHEME]``.
         nproc_per_node: Processes of ``launcher: torchrun`` (on the CPU each uses one thread).
         search: The joint search (``pipeline: joint``).
         quantize: The quantization (``None``: none).
@@ -328,7 +329,8 @@ def _recipe_from(data: Any) -> Recipe:
     _at_least("alternating_events", recipe.alternating_events, 1)
     _available(recipe.pipeline)
     check_launcher(recipe.launcher, recipe.nproc_per_node, recipe.pipeline, recipe.finetune,
-                   pruned=recipe.prune is not None or recipe.pipeline is Pipeline.JOINT)
+                   pruned=recipe.prune is not None or recipe.pipeline is Pipeline.JOINT,
+                   qat=recipe.quantize is not None and recipe.quantize.method is QuantMethod.QAT)
     if recipe.pipeline is Pipeline.JOINT and recipe.search is None:
         raise RecipeError("search: pipeline 'joint' needs a search section (budget: speedup=5, ...)")
     if recipe.pipeline is not Pipeline.JOINT and recipe.search is not None:

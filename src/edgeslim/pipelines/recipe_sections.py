@@ -314,17 +314,18 @@ class BenchSection:
         _at_least("bench.threads", self.threads, 0)
 
 
-def check_launcher(launcher: Launcher, nproc: int, pipeline: Pipeline, finetune: FinetuneSection, *, pruned: bool) -> None:
-    """Raise :class:`RecipeError` when ``launcher: torchrun`` has no fine-tune step to launch, or ``nproc_per_node < 1``."""
+def check_launcher(launcher: Launcher, nproc: int, pipeline: Pipeline, finetune: FinetuneSection, *, pruned: bool,
+                   qat: bool) -> None:
+    """Raise :class:`RecipeError` when ``launcher: torchrun`` has no fine-tune or QAT step to launch, or ``nproc_per_node < 1``."""
     _at_least("nproc_per_node", nproc, 1)
     if launcher is not Launcher.TORCHRUN:
         return
     if pipeline is Pipeline.ALTERNATING:
-        raise RecipeError("launcher: torchrun re-launches the fine-tune step; pipeline 'alternating' trains inside its "
-                          "own step: use launcher: local")
-    if finetune.epochs <= 0 or not pruned:
-        raise RecipeError("launcher: torchrun re-launches the fine-tune step, which this recipe does not have; give a "
-                          "prune section and finetune.epochs > 0, or use launcher: local")
+        raise RecipeError("launcher: torchrun re-launches the fine-tune and QAT steps; pipeline 'alternating' trains "
+                          "inside its own step: use launcher: local")
+    if (finetune.epochs <= 0 or not pruned) and not qat:
+        raise RecipeError("launcher: torchrun re-launches the fine-tune and QAT steps, which this recipe does not have; "
+                          "give a prune section and finetune.epochs > 0, or quantize.method qat, or use launcher: local")
 
 
 # ---- validation helpers --------------------------------------------------------------------

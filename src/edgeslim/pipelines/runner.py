@@ -287,10 +287,13 @@ def _run_steps(rec: Recipe, out: Path, state: dict[str, Any], handler: EventHand
 
 
 def _run_step(name: str, ctx: Context) -> dict[str, Any]:
-    if name == "finetune" and ctx.recipe.launcher is Launcher.TORCHRUN:
-        from edgeslim.pipelines.launcher import run_finetune_torchrun
+    if ctx.recipe.launcher is Launcher.TORCHRUN:
+        from edgeslim.pipelines import launcher
 
-        return run_finetune_torchrun(ctx)
+        if name == "finetune":
+            return launcher.run_finetune_torchrun(ctx)
+        if name == "quantize" and ctx.recipe.quantize is not None and ctx.recipe.quantize.method.value == "qat":
+            return launcher.run_quantize_torchrun(ctx)
     func = STEP_FUNCS.get(name)
     if func is None:
         raise CompressError(f"pipeline step {name!r} is not available in this edgeslim yet")
