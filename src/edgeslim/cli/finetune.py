@@ -12,7 +12,9 @@ Every rank loads the input and the check that all ranks hold the same model (str
 weights sha256) runs before training; DDP keeps the weights in sync and a second check proves
 the final weights agree. Rank 0 evaluates with the others (the evaluation split is sharded),
 saves ``OUT/model.pt`` and prints the JSON line; the other ranks print only their log lines
-(on stderr).
+(on stderr). ``weights_sha256`` is :func:`edgeslim.io.state_sha256` of the final model's
+state_dict: with ``--qat``, of the converted graph the ranks agree on (the saved file stores its
+integer weights, so a reloaded file hashes differently).
 """
 
 from __future__ import annotations
