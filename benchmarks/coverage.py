@@ -31,8 +31,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +109,7 @@ def _smallest_size(model: Any, name: str) -> int:
     raise RuntimeError(f"runs at none of the sizes {SIZES}: {one_line(last) if last else ''}")
 
 
-def worker(name: str, row_path: Path) -> None:
+def worker(name: str, row_path: Path, threads: int) -> None:
     """Run the four steps on one model, writing the row after each step."""
     import torch
 
@@ -116,7 +118,7 @@ def worker(name: str, row_path: Path) -> None:
     from edgeslim.errors import EdgeslimError
     from edgeslim.exporters.base import fashion_inputs
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     row: dict[str, Any] = json.loads(row_path.read_text())
     row.update(dict.fromkeys(STEPS, "not run"))
@@ -195,13 +197,14 @@ def run_one(name: str, params: int, args: argparse.Namespace, sha: str) -> dict[
     row: dict[str, Any] = {
         "model": name, "torchvision_params": params, "commit": sha, "machine": machine(),
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "time_limit_s": limit,
-        "memory_limit_gb": args.memory_gb, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "memory_limit_gb": args.memory_gb, "jobs": args.jobs, "torch_threads": args.threads, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     with tempfile.TemporaryDirectory() as tmp:
         row_path = Path(tmp) / "row.json"
         row_path.write_text(json.dumps(row))
         log = (Path(tmp) / "log").open("w+")
-        proc = subprocess.Popen([sys.executable, __file__, "--worker", name, "--row", str(row_path)],
+        cmd = [sys.executable, __file__, "--worker", name, "--row", str(row_path), "--threads", str(args.threads)]
+        proc = subprocess.Popen(cmd,
                                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         t0, killed, peak = time.monotonic(), "", 0.0
         while proc.poll() is None:
@@ -291,12 +294,14 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=900, help="seconds per model")
     ap.add_argument("--huge-timeout", type=int, default=2400, help="seconds per model over 100 M parameters")
     ap.add_argument("--memory-gb", type=float, default=14.0, help="resident memory limit per model")
+    ap.add_argument("--jobs", type=int, default=1, help="models run at once (models over 100 M parameters: alone)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per model")
     ap.add_argument("--skip-huge", action="store_true", help="do not start models over 100 M parameters")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--row", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.row)
+        worker(args.worker, args.row, args.threads)
         return
     cat = catalogue()
     names = dict(cat)
@@ -304,18 +309,32 @@ def main() -> None:
     if unknown:
         sys.exit(f"error: not torchvision classifiers: {', '.join(unknown)}")
     rows = {r["model"]: r for r in load_rows(RESULTS / "coverage.json")}
-    settings = {"steps": list(STEPS), "sizes_tried": list(SIZES), "timeout_s": args.timeout,
+    settings = {"steps": list(STEPS), "sizes_tried": list(SIZES), "timeout_s": args.timeout, "jobs": args.jobs,
+                "torch_threads": args.threads,
                 "huge_timeout_s": args.huge_timeout, "memory_gb": args.memory_gb}
     todo = [n for n, _ in cat if (n in (args.only or [])) or (not args.only and (args.force or n not in rows))]
     if args.skip_huge:
         todo = [n for n in todo if names[n] <= HUGE]
     sha = commit()
-    for i, name in enumerate(todo):
-        print(f"[{time.strftime('%H:%M:%S')}] {i + 1}/{len(todo)} {name}", file=sys.stderr, flush=True)
-        rows[name] = run_one(name, names[name], args, sha)
-        r = rows[name]
-        print(f"    {' | '.join(f'{s}: {r[s]}' for s in STEPS)}  ({r.get('wall_s')} s)", file=sys.stderr, flush=True)
-        write(list(rows.values()), cat, settings)
+    lock = threading.Lock()
+
+    def one(name: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] start {name}", file=sys.stderr, flush=True)
+        r = run_one(name, names[name], args, sha)
+        with lock:
+            for old in load_rows(RESULTS / "coverage.json"):  # rows another run wrote meanwhile
+                rows.setdefault(old["model"], old)
+            rows[name] = r
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: {' | '.join(f'{s}: {r[s]}' for s in STEPS)}  "
+                  f"({r.get('wall_s')} s)", file=sys.stderr, flush=True)
+            write(list(rows.values()), cat, settings)
+
+    small = [n for n in todo if names[n] <= HUGE]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # huge models afterwards, one at a time
+        list(pool.map(one, small))
+    for name in todo:
+        if names[name] > HUGE:
+            one(name)
     write(list(rows.values()), cat, settings)
 
 
