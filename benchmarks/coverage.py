@@ -319,6 +319,8 @@ def main() -> None:
     lock = threading.Lock()
 
     def one(name: str) -> None:
+        if not args.only and not args.force and any(r["model"] == name for r in load_rows(RESULTS / "coverage.json")):
+            return  # another run measured it meanwhile
         print(f"[{time.strftime('%H:%M:%S')}] start {name}", file=sys.stderr, flush=True)
         r = run_one(name, names[name], args, sha)
         with lock:
