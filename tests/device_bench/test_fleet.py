@@ -8,6 +8,7 @@ serialise them); the unreachable one is a closed port.
 from __future__ import annotations
 
 import fcntl
+import getpass
 import json
 import os
 import socket
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import pytest
-from bench_fixtures import SshServer, free_port
+from bench_fixtures import SSHD, SshServer, free_port, keygen, wait_banner
+from bench_fixtures import _stop as stop
 
 from edgeslim.device_bench import bench_fleet, read_jsonl
 from edgeslim.device_bench.errors import DeviceBusyError, DeviceConfigError
@@ -125,6 +127,31 @@ def test_a_board_that_hangs_up_in_the_handshake_is_a_failed_row(models: dict[str
                              "firewall); check the board's sshd log and try again")
     assert refused.error is not None and f"127.0.0.1:{closed} refused" in refused.error
     assert [r["error"] for r in read_jsonl(tmp_path / "r.jsonl")].count(dropped.error) == 1
+
+
+def test_a_board_without_sftp_is_a_failed_row_saying_how_to_enable_it(models: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    """A real sshd with no SFTP subsystem (as dropbear without sftp-server): paramiko's raw error was a crash."""
+    host_key, key = keygen(tmp_path / "host_key"), keygen(tmp_path / "client_key")
+    (tmp_path / "authorized_keys").write_text(Path(f"{key}.pub").read_text())
+    port = free_port()
+    (tmp_path / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile none\nAuthorizedKeysFile "
+        f"{tmp_path}/authorized_keys\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nLogLevel ERROR\nUseDNS no\n")
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(tmp_path / "sshd_config")], stderr=subprocess.DEVNULL)
+    try:
+        wait_banner("127.0.0.1", port)
+        pub = Path(f"{host_key}.pub").read_text().split()
+        (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
+        options = DeviceOptions(identity=str(key), known_hosts=str(tmp_path / "known_hosts"), allow_agent=False)
+        target = f"ssh://{getpass.getuser()}@127.0.0.1:{port}"
+        (run,) = bench_fleet(models["small"], [target], options=options, lock_dir=tmp_path / "locks").runs
+    finally:
+        stop(proc)
+    assert run.status == "failed" and run.error is not None
+    assert run.error.startswith(f"{target} accepted the login but no SFTP session could be opened (")
+    assert "enable it on the board (OpenSSH: 'Subsystem sftp internal-sftp' in sshd_config" in run.error
 
 
 def test_device_lock_refuses_a_second_holder(tmp_path: Path) -> None:

@@ -123,7 +123,16 @@ class SshDevice:
         transport = client.get_transport()
         assert transport is not None
         transport.set_keepalive(5)
-        return SshConnection(client, self)
+        try:
+            return SshConnection(client, self)
+        except DeviceError:
+            client.close()
+            raise
+        except (paramiko.SSHException, EOFError, OSError) as exc:  # e.g. no SFTP server (dropbear without sftp-server)
+            client.close()
+            raise DeviceError(f"{where} accepted the login but no SFTP session could be opened ({type(exc).__name__}: "
+                              f"{exc}); edgeslim uploads over SFTP: enable it on the board (OpenSSH: 'Subsystem sftp "
+                              "internal-sftp' in sshd_config; dropbear: install openssh-sftp-server)") from exc
 
     def trust(self, expected: str, hashed: bool = False) -> TrustResult:
         """Pin this device's host key in its known_hosts file, only if its fingerprint is ``expected``.
