@@ -226,7 +226,7 @@ class TransformerSpec:
         for qkv, h in self.num_heads.items():
             k = min(math.floor(ratio * h + 1e-9), h - 1)
             heads[qkv] = max(k / h - 1e-6, 0.0)
-            size = qkv.weight.numel() * (4 / 3 if qkv.out_features % 3 == 0 else 2)  # + the output projection
+            size = qkv.weight.numel() * 4 / 3  # q, k, v (fused or each of three) + their share of the output projection
             attn_total += size
             attn_removed += size * k / h
         mlp_total = sum(2.0 * m.weight.numel() for m in self.mlps)
@@ -273,6 +273,8 @@ def transformer_spec(model: nn.Module, config: TransformerConfig, keep: Iterable
             spec.mlps.append(first)
     if not found:
         return None
+    if not config.embed_dim:
+        spec.keep.extend(m for m in embedding_layers(model) if m not in spec.keep)
     for module in model.modules():
         if isinstance(module, _OWNED):
             continue
@@ -282,23 +284,14 @@ def transformer_spec(model: nn.Module, config: TransformerConfig, keep: Iterable
     return spec
 
 
-def residual_layers(dg: tp.DependencyGraph, candidates: Iterable[nn.Module]) -> list[nn.Module]:
-    """The layers whose output channels are the embedding width (their group reaches a norm or a bare parameter)."""
-    out: list[nn.Module] = []
-    seen: set[int] = set()
-    for m in candidates:
-        if id(m) in seen or m not in dg.module2node:
-            continue
-        pruner = dg.get_pruner_of_module(m)
-        if pruner is None or pruner.get_out_channels(m) is None:
-            continue
-        group = dg.get_pruning_group(m, pruner.prune_out_channels, [0])
-        hits = [dep for dep, _ in group]
-        residual = any(isinstance(d.target.module, _NORMS) or d.target.type == tp.ops.OPTYPE.PARAMETER for d in hits)
-        outs = [d.target.module for d in hits if dg.is_out_channel_pruning_fn(d.handler)]
-        seen.update(id(x) for x in outs)
-        if residual:
-            out.extend(x for x in outs if isinstance(x, nn.Module) and x not in out)
+def embedding_layers(model: nn.Module) -> list[nn.Module]:
+    """One producer of each embedding (residual) width: the first conv/linear (patch embedding) and every
+    patch-merging ``reduction`` (swin). torch-pruning skips a group when any of its layers is ignored, so
+    keeping these keeps the whole residual stream (norms, class token, position embedding, block outputs)."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)), None)
+    out: list[nn.Module] = [first] if first is not None else []
+    reductions = [getattr(m, "reduction", None) for m in model.modules()]
+    out += [r for r in reductions if isinstance(r, nn.Linear)]
     return out
 
 
@@ -326,9 +319,6 @@ class TransformerPruner(tp.pruner.BasePruner):
             unwrapped_parameters=list(spec.unwrapped) or None, in_channel_groups={}, out_channel_groups={},
             head_pruning_ratio_dict=head_ratios, pruning_ratio_dict=ratio_dict or None, **kwargs,
         )
-        if not spec.config.embed_dim:
-            candidates = [m for m in model.modules() if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)]
-            self.ignored_layers.extend(residual_layers(self.DG, candidates))
         self.spec = spec
 
     def step(self, interactive: bool = False) -> Any:
