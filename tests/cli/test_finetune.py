@@ -62,7 +62,7 @@ def test_torchrun_two_cpu_processes_agree_and_rank0_saves(files: tuple[Path, Pat
     """The issue's contract: ``torchrun --standalone --nproc_per_node 2 -m edgeslim.cli finetune ... --json``."""
     out = tmp_path / "OUT"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "edgeslim.cli", *_args(files, out, "--epochs", "3", "--lr", "0.2")]
+           "-m", "edgeslim.cli", *_args(files, out, "--epochs", "3", "--lr", "0.2", "--target", "ratio=0.5")]
     env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -79,10 +79,14 @@ def test_torchrun_two_cpu_processes_agree_and_rank0_saves(files: tuple[Path, Pat
     assert summary["model_path"] == str(model)
     assert state_sha256(edgeslim.load(model).state_dict()) == summary["weights_sha256"]
     steps = read_header(model)["meta"]["lineage"]
-    assert [s["step"] for s in steps] == ["float", "finetune"] and steps[-1]["world_size"] == 2
-    # both ranks log: the same input, and the same final weights
+    assert [s["step"] for s in steps] == ["float", "prune", "finetune"] and steps[-1]["world_size"] == 2
+    assert summary["params_after_prune"] == 450 == sum(p.numel() for p in edgeslim.load(model).parameters())
+    # both ranks log: the same input, the same pruned model (checked), and the same final weights
+    pruned_sha = steps[1]["sha256"][:16]
     for rank in (0, 1):
         assert f"[rank {rank}/2] {files[0]}:build: 1,474 parameters" in proc.stderr
+        assert f"[rank {rank}/2] pruned to ratio=0.5 (l1): 450 parameters, sha256 {pruned_sha}; the same on all 2 " \
+               "ranks" in proc.stderr
         assert f"[rank {rank}/2] final weights sha256 {summary['weights_sha256'][:16]}; ranks agree (2 of 2)" in proc.stderr
     assert "Traceback" not in proc.stderr
 

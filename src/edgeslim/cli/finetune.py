@@ -77,6 +77,8 @@ def finetune_cmd(
     teacher: Annotated[str | None, typer.Option(help=f"Distil from this model: '{ANCESTOR}' (the input's float ancestor, from its lineage) or any --model value")] = None,
     teacher_weights: Annotated[Path | None, typer.Option("--teacher-weights", help="A state_dict for a --teacher factory/torchvision name")] = None,
     qat: Annotated[str | None, typer.Option(help="Quantization-aware training with this scheme (int8, w8a16 ...): saves a quantized model")] = None,
+    target: Annotated[str | None, typer.Option(help="Prune on every rank first (ratio=0.5, params=0.5 ...; uniform allocation), checked identical across ranks")] = None,
+    criterion: Annotated[str, typer.Option(help="Importance criterion of --target (l1, l2, taylor ...)")] = "l1",
     eval_limit: Annotated[int, typer.Option(help="Evaluate top-1 before/after on the first N evaluation images")] = 10000,
     weights: WeightsOpt = None,
     data: DataOpt = None,
@@ -100,7 +102,8 @@ def finetune_cmd(
     try:
         with stdout_to_stderr():  # stdout carries only rank 0's JSON line
             summary = _run(model, out, epochs=epochs, lr=lr, batch_size=batch_size, teacher=teacher,
-                           teacher_weights=teacher_weights, qat=qat, eval_limit=eval_limit, weights=weights,
+                           teacher_weights=teacher_weights, qat=qat, target=target, criterion=criterion,
+                           eval_limit=eval_limit, weights=weights,
                            data=data, mean=mean, std=std, data_dir=data_dir, input_size=input_size, seed=seed)
         distributed.barrier()
     finally:
@@ -110,7 +113,8 @@ def finetune_cmd(
 
 
 def _run(model: str, out: Path, *, epochs: float, lr: float, batch_size: int, teacher: str | None,
-         teacher_weights: Path | None, qat: str | None, eval_limit: int, weights: Path | None, data: str | None,
+         teacher_weights: Path | None, qat: str | None, target: str | None, criterion: str, eval_limit: int,
+         weights: Path | None, data: str | None,
          mean: str | None, std: str | None, data_dir: Path | None, input_size: int, seed: int) -> dict[str, Any] | None:
     """The work of every rank; returns rank 0's summary (``None`` on the other ranks)."""
     import torch
@@ -140,6 +144,9 @@ def _run(model: str, out: Path, *, epochs: float, lr: float, batch_size: int, te
     log(f"{arg.source}: {sum(p.numel() for p in net.parameters()):,} parameters, sha256 {digest[:16]}"
         + (f"; the same on all {world} ranks" if world > 1 else ""))
     tnet = _teacher(teacher, teacher_weights, arg, net)
+    lineage = arg.lineage
+    if target is not None:  # every rank prunes; the check proves they pruned identically
+        net, lineage = _prune(net, ds, target, criterion, input_size, batch_size, seed, lineage)
     test = ds.source.eval_loader(250, limit=eval_limit)
     top1_before, n_eval = _top1(net, test)
     log(f"top-1 before: {100 * top1_before:.2f} % on {n_eval} evaluation images")
@@ -183,7 +190,9 @@ def _run(model: str, out: Path, *, epochs: float, lr: float, batch_size: int, te
         "eval_images": n_eval, "eval_key": key, "top1_before": top1_before, "top1_after": top1_after,
         "weights_sha256": sha, "ranks_agree": True,
     }
-    summary.update(_save(final, out, arg, ds, summary, qat is not None))
+    if target is not None:
+        summary.update(target=target, criterion=criterion, params_after_prune=sum(p.numel() for p in trained.parameters()))
+    summary.update(_save(final, out, arg, lineage, ds, summary, qat is not None))
     _print_table(summary)
     return summary
 
@@ -210,7 +219,29 @@ def _backend() -> str | None:
     return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else None
 
 
-def _save(final: Any, out: Path, arg: ModelArg, ds: DataArg, summary: dict[str, Any], quantized: bool) -> dict[str, Any]:
+def _prune(net: Any, ds: DataArg, target: str, criterion: str, input_size: int, batch_size: int, seed: int,
+           lineage: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
+    """Prune ``net`` on this rank (the same seeded data on every rank) and check that all ranks hold the same result."""
+    from edgeslim import distributed
+    from edgeslim.errors import ConfigError
+    from edgeslim.lineage import extend
+    from edgeslim.plugin.pruning import PruneConfig, Target, prune
+
+    try:
+        config = PruneConfig(criterion=criterion, target=Target.parse(target))
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--target") from None
+    stats = ds.source.train_loader(batch_size, seed=seed + 1)  # read by data-driven criteria only
+    result = prune(net, ds.example(input_size, random=False), config, data=stats)
+    digest = distributed.check_same(result.model, "the pruned model")
+    world = distributed.world_size()
+    log(f"pruned to {target} ({criterion}): {result.after.params:,} parameters, sha256 {digest[:16]}"
+        + (f"; the same on all {world} ranks" if world > 1 else ""))
+    return result.model, extend(lineage, "prune", sha256=digest, target=target, criterion=criterion, world_size=world)
+
+
+def _save(final: Any, out: Path, arg: ModelArg, base: list[dict[str, Any]], ds: DataArg, summary: dict[str, Any],
+          quantized: bool) -> dict[str, Any]:
     """Rank 0 writes ``OUT/model.pt`` (with lineage) and ``OUT/summary.json``."""
     from edgeslim import io as es_io
     from edgeslim.lineage import extend
@@ -220,9 +251,9 @@ def _save(final: Any, out: Path, arg: ModelArg, ds: DataArg, summary: dict[str, 
     info = {"finetune_epochs": summary["epochs"], "world_size": summary["world_size"], "top1": top1,
             "teacher": summary["teacher"] or None}
     if quantized:
-        lineage = extend(arg.lineage, "quantize", scheme=summary["scheme"], mode="qat", **info)
+        lineage = extend(base, "quantize", scheme=summary["scheme"], mode="qat", **info)
     else:
-        lineage = extend(arg.lineage, "finetune", source=str(dest), sha256=summary["weights_sha256"], **info)
+        lineage = extend(base, "finetune", source=str(dest), sha256=summary["weights_sha256"], **info)
     out.mkdir(parents=True, exist_ok=True)
     path = es_io.save(final, dest, meta={**summary, "lineage": lineage})
     extra = {"out": str(out), "model_path": str(path), "model_bytes": path.stat().st_size, "rank0_saved": True}
