@@ -53,6 +53,8 @@ NOTES = [
     "onnx / tflite: `edgeslim.export(int8_result, fmt, path, x)`, which runs the artefact in ONNX Runtime / LiteRT "
     "on 256 Fashion-MNIST test images and fails unless it agrees with the PyTorch int8 model (cosine, top-1 "
     "agreement); an export that does not verify is an error here.",
+    "Seconds are wall time on a 2-core machine shared with other jobs (load average 12-14 while this sweep ran, two "
+    "models at a time with one torch thread each): they show where the time goes within a row, not speed.",
     "A step that failed stops the model's later steps (`not run`). Each model runs in its own process with a time "
     "and memory limit; a limit hit is recorded as that step's error.",
 ]
@@ -297,6 +299,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="models run at once (models over 100 M parameters: alone)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per model")
     ap.add_argument("--skip-huge", action="store_true", help="do not start models over 100 M parameters")
+    ap.add_argument("--report", action="store_true", help="only rewrite the JSON/Markdown from the rows there")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--row", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -312,6 +315,10 @@ def main() -> None:
     settings = {"steps": list(STEPS), "sizes_tried": list(SIZES), "timeout_s": args.timeout, "jobs": args.jobs,
                 "torch_threads": args.threads,
                 "huge_timeout_s": args.huge_timeout, "memory_gb": args.memory_gb}
+    if args.report:
+        old = json.loads((RESULTS / "coverage.json").read_text())
+        write(list(rows.values()), cat, old.get("settings", settings) if isinstance(old, dict) else settings)
+        return
     todo = [n for n, _ in cat if (n in (args.only or [])) or (not args.only and (args.force or n not in rows))]
     if args.skip_huge:
         todo = [n for n in todo if names[n] <= HUGE]
