@@ -214,26 +214,32 @@ class TransformerSpec:
     unwrapped: list[tuple[nn.Parameter, int]] = field(default_factory=list)
     mlps: list[nn.Linear] = field(default_factory=list)
 
-    def ratios(self, ratio: float) -> tuple[dict[nn.Module, float], dict[nn.Module, float]]:
+    def ratios(
+        self, ratio: float, given: Mapping[nn.Module, float] | None = None
+    ) -> tuple[dict[nn.Module, float], dict[nn.Module, float]]:
         """Head and MLP ratios for a plan ratio, so that heads + MLPs lose ``ratio`` of their parameters.
 
         Heads go in whole steps (``floor(ratio * heads)``, at least one kept); the MLP widths make up
         the rest, so the parameter count falls continuously with ``ratio`` (the target search needs that).
+        ``given``: per-layer ratios of the plan (sensitivity allocation, layer rules): a qkv layer's
+        ratio there sets its heads' ratio, and an MLP listed there keeps its own ratio.
         """
+        given = given or {}
         heads: dict[nn.Module, float] = {}
         attn_total = attn_removed = 0.0
         qkv: Any
         for qkv, h in self.num_heads.items():
-            k = min(math.floor(ratio * h + 1e-9), h - 1)
+            r = given.get(qkv, ratio)
+            k = min(math.floor(r * h + 1e-9), h - 1)
             heads[qkv] = max(k / h - 1e-6, 0.0)
             size = qkv.weight.numel() * 4 / 3  # q, k, v (fused or each of three) + their share of the output projection
-            attn_total += size
+            attn_total += size * r
             attn_removed += size * k / h
-        mlp_total = sum(2.0 * m.weight.numel() for m in self.mlps)
+        mlp_total = sum(2.0 * m.weight.numel() for m in self.mlps if m not in given)
         if not mlp_total:
             return heads, {}
-        m_ratio = ratio + (ratio * attn_total - attn_removed) / mlp_total
-        return heads, dict.fromkeys(self.mlps, min(max(m_ratio, 0.0), 0.95))
+        m_ratio = ratio + (attn_total - attn_removed) / mlp_total
+        return heads, dict.fromkeys((m for m in self.mlps if m not in given), min(max(m_ratio, 0.0), 0.95))
 
     def fix(self, num_heads: Mapping[nn.Module, int]) -> None:
         """Update every block's size attributes after a pruning step."""
@@ -310,8 +316,8 @@ class TransformerPruner(tp.pruner.BasePruner):
         self, model: nn.Module, example_inputs: Any, *, spec: TransformerSpec, head_ratio: float, **kwargs: Any
     ) -> None:
         ignored = list(kwargs.pop("ignored_layers", None) or []) + spec.keep
-        head_ratios, mlp_ratios = spec.ratios(head_ratio)
         given = kwargs.pop("pruning_ratio_dict", None) or {}
+        head_ratios, mlp_ratios = spec.ratios(head_ratio, given)
         ratio_dict = {**{m: r for m, r in mlp_ratios.items() if m not in ignored}, **given}
         super().__init__(
             model, example_inputs, ignored_layers=ignored, num_heads=dict(spec.num_heads),
