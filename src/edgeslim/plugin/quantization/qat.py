@@ -176,7 +176,7 @@ def train_qat(
             total += float(loss.detach())
             done += 1
             if on_step is not None:
-                on_step(done, float(loss))
+                on_step(done, float(loss.detach()))
             if done >= steps:
                 break
         if seen == 0:
