@@ -24,6 +24,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from edgeslim.device_bench.errors import DeviceError
@@ -34,6 +35,7 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # .../edgeslim
 _FUTURE = "from __future__ import annotations"
 _MARKED = re.compile(r"^from (\w+(?:\.\w+)*) import ([\w, ]+?)\s+" + re.escape(INLINE_MARK) + r"\s*$")
 _BUILT: dict[str, Path] = {}
+_LOCK = threading.Lock()  # the fleet benches boards from threads; CPython 3.11's ast.parse is not thread-safe
 
 
 class AgentBuildError(DeviceError):
@@ -129,7 +131,15 @@ def build_agent() -> str:
 
 
 def agent_file() -> Path:
-    """The built agent written to a private temporary folder of this process (rebuilt if its sources change)."""
+    """The built agent written to a private temporary folder of this process (rebuilt if its sources change).
+
+    Thread-safe: the fleet calls it from one thread per board.
+    """
+    with _LOCK:
+        return _agent_file()
+
+
+def _agent_file() -> Path:
     text = build_agent()
     digest = hashlib.sha256(text.encode()).hexdigest()
     path = _BUILT.get(digest)
