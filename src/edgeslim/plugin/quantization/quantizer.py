@@ -46,8 +46,10 @@ ACTIVATIONS = CLAMPS | {
     aten.hardswish_.default, aten.gelu.default, aten.tanh.default,
 }
 ADDS = {aten.add.Tensor, aten.add_.Tensor}
-POOLS = {aten.adaptive_avg_pool2d.default, aten.avg_pool2d.default, aten.mean.dim}
-MAX_POOLS = {aten.max_pool2d.default}
+POOLS = {aten.adaptive_avg_pool2d.default, aten.mean.dim}
+# output scale = input scale: an int8 max pool then runs in int8 in ONNX Runtime, and LiteRT's
+# AVERAGE_POOL_2D requires one scale (its converter refuses a pool whose scales differ: DenseNet)
+SAME_SCALE_POOLS = {aten.max_pool2d.default, aten.avg_pool2d.default}
 #: Ops that only move data around (or vanish in eval): neither quantized nor reported.
 PASSTHROUGH = {
     aten.flatten.using_ints, aten.view.default, aten.reshape.default, aten.dropout.default,
@@ -142,7 +144,7 @@ class EdgeslimQuantizer(Quantizer):
         self.left_float: list[str] = []
         self._handlers: dict[Any, Callable[[Node], None]] = {}
         for ops, fn in ((WEIGHTED, self._weighted), (ADDS, self._add), ({aten.cat.default}, self._cat),
-                        (POOLS, self._pool), (MAX_POOLS, self._max_pool), (ACTIVATIONS, self._activation)):
+                        (POOLS, self._pool), (SAME_SCALE_POOLS, self._same_scale_pool), (ACTIVATIONS, self._activation)):
             for op in ops:
                 self._handlers[op] = fn
 
@@ -221,7 +223,7 @@ class EdgeslimQuantizer(Quantizer):
         if act is not None and isinstance(node.args[0], Node):
             _mark(node, {node.args[0]: act}, act)
 
-    def _max_pool(self, node: Node) -> None:
+    def _same_scale_pool(self, node: Node) -> None:
         act = self._act(node)
         if act is not None and isinstance(node.args[0], Node):
             _mark(node, {node.args[0]: act}, SharedQuantizationSpec((node.args[0], node)))
