@@ -50,6 +50,9 @@ POOLS = {aten.adaptive_avg_pool2d.default, aten.mean.dim}
 # output scale = input scale: an int8 max pool then runs in int8 in ONNX Runtime, and LiteRT's
 # AVERAGE_POOL_2D requires one scale (its converter refuses a pool whose scales differ: DenseNet)
 SAME_SCALE_POOLS = {aten.max_pool2d.default, aten.avg_pool2d.default}
+#: Slicing and padding: int8 in, int8 out at the input's scale (LiteRT's STRIDED_SLICE requires one scale: Swin's
+#: patch merging slices a quantized tensor into a quantized concat).
+SAME_SCALE_MOVES = {aten.slice.Tensor, aten.constant_pad_nd.default}
 #: Ops that only move data around (or vanish in eval): neither quantized nor reported.
 PASSTHROUGH = {
     aten.flatten.using_ints, aten.view.default, aten.reshape.default, aten.dropout.default,
@@ -114,6 +117,19 @@ def _only_user(node: Node, targets: set[Any]) -> Node | None:
     return None
 
 
+def _from_constants(node: Node, depth: int = 0) -> bool:
+    """Whether ``node`` is computed from parameters/buffers alone (no model input reaches it): ViT's
+    position embedding and class token, Swin's relative position bias. Such an operand is left in float:
+    a quantize on a constant is folded by LiteRT's converter into a bare int8 tensor that its
+    ``uniform_dequantize`` refuses."""
+    if node.op == "get_attr":
+        return True
+    if node.op != "call_function" or depth > 32:
+        return False
+    parents = list(node.all_input_nodes)
+    return bool(parents) and all(_from_constants(a, depth + 1) for a in parents)
+
+
 def _mark(node: Node, inputs: dict[Node, QuantizationSpecBase | None] | None = None, output: QuantizationSpecBase | None = None) -> None:
     node.meta["quantization_annotation"] = QuantizationAnnotation(
         input_qspec_map={k: v for k, v in (inputs or {}).items() if v is not None}, output_qspec=output, _annotated=True
@@ -144,7 +160,7 @@ class EdgeslimQuantizer(Quantizer):
         self.left_float: list[str] = []
         self._handlers: dict[Any, Callable[[Node], None]] = {}
         for ops, fn in ((WEIGHTED, self._weighted), (ADDS, self._add), ({aten.cat.default}, self._cat),
-                        (POOLS, self._pool), (SAME_SCALE_POOLS, self._same_scale_pool), (ACTIVATIONS, self._activation)):
+                        (POOLS, self._pool), (SAME_SCALE_POOLS | SAME_SCALE_MOVES, self._same_scale), (ACTIVATIONS, self._activation)):
             for op in ops:
                 self._handlers[op] = fn
 
@@ -205,7 +221,7 @@ class EdgeslimQuantizer(Quantizer):
         act = self._act(node)
         if act is None:
             return
-        tensors = [a for a in node.args if isinstance(a, Node)]
+        tensors = [a for a in node.args if isinstance(a, Node) and not _from_constants(a)]
         relu = _only_user(node, CLAMPS)
         _mark(node, dict.fromkeys(tensors, act), None if relu else act)
         if relu is not None:
@@ -215,7 +231,7 @@ class EdgeslimQuantizer(Quantizer):
         act = self._act(node)
         if act is None:
             return
-        tensors = [a for a in node.args[0] if isinstance(a, Node)]  # type: ignore[union-attr]
+        tensors = [a for a in node.args[0] if isinstance(a, Node) and not _from_constants(a)]  # type: ignore[union-attr]
         _mark(node, dict.fromkeys(tensors, act), act)
 
     def _pool(self, node: Node) -> None:
@@ -223,9 +239,9 @@ class EdgeslimQuantizer(Quantizer):
         if act is not None and isinstance(node.args[0], Node):
             _mark(node, {node.args[0]: act}, act)
 
-    def _same_scale_pool(self, node: Node) -> None:
+    def _same_scale(self, node: Node) -> None:
         act = self._act(node)
-        if act is not None and isinstance(node.args[0], Node):
+        if act is not None and isinstance(node.args[0], Node) and not _from_constants(node.args[0]):
             _mark(node, {node.args[0]: act}, SharedQuantizationSpec((node.args[0], node)))
 
     def _activation(self, node: Node) -> None:

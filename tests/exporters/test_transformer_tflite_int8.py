@@ -1,0 +1,55 @@
+"""int8 ViT and Swin convert to LiteRT: constant operands (position embedding, class token, relative position
+bias) stay float, slices keep their input's scale. Before, litert-torch refused both ('stablehlo.uniform_dequantize'
+on a bare int8 tensor; 'tfl.strided_slice' same-scale constraint)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from ai_edge_litert.interpreter import Interpreter
+from torchvision.models.swin_transformer import SwinTransformer
+
+import edgeslim
+from edgeslim.exporters import export
+
+
+def _vit() -> torch.nn.Module:
+    vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                               hidden_dim=32, mlp_dim=64, num_classes=4)
+    torch.nn.init.normal_(vit.heads.head.weight, std=0.5)  # torchvision starts the head at zero: outputs all 0
+    return vit
+
+
+def _swin() -> torch.nn.Module:
+    return SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[4, 4],
+                           num_classes=4)
+
+
+@pytest.mark.parametrize("build", [_vit, _swin], ids=["vit", "swin"])
+def test_int8_transformer_converts_runs_and_matches_pytorch(build, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.randn(1, 3, 32, 32)
+    calib = [(torch.randn(8, 3, 32, 32), torch.zeros(8, dtype=torch.long)) for _ in range(4)]
+    q = edgeslim.quantize(model, x, "int8", calibration=calib)
+    out = tmp_path / "q.tflite"
+    export(q, "tflite", out, x, verify=False)
+    interp = Interpreter(model_path=str(out))
+    interp.allocate_tensors()
+    kinds = {d["op_name"] for d in interp._get_ops_details()}
+    assert {"FULLY_CONNECTED", "QUANTIZE", "DEQUANTIZE"} <= kinds, kinds
+    fc = next(d for d in interp._get_ops_details() if d["op_name"] == "FULLY_CONNECTED")
+    assert interp.get_tensor_details()[fc["inputs"][1]]["dtype"] == np.int8  # weights really int8
+    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+    xs = torch.randn(1, 3, 32, 32)
+    arr = xs.numpy() if list(inp["shape"]) == [1, 3, 32, 32] else xs.numpy().transpose(0, 2, 3, 1)
+    interp.set_tensor(inp["index"], arr.astype(np.float32))
+    interp.invoke()
+    got = torch.from_numpy(interp.get_tensor(outp["index"]).copy()).flatten()
+    ref = q.model(xs).detach().flatten()
+    cos = torch.nn.functional.cosine_similarity(got, ref, dim=0).item()
+    assert cos > 0.98, cos
