@@ -12,9 +12,10 @@ from torch import nn
 
 from edgeslim.errors import TargetUnreachableError
 from edgeslim.plugin.pruning.config import Allocation, PruneConfig, TargetKind
+from edgeslim.plugin.pruning.graph import group_roots
 from edgeslim.plugin.pruning.importance.base import needs_data
 from edgeslim.plugin.pruning.metrics import Inputs, ModelStats, measure
-from edgeslim.plugin.pruning.structured import Plan, ignored_modules, make_pruner
+from edgeslim.plugin.pruning.structured import Plan, ignored_modules, make_pruner, rule_ratios
 
 Allocator = Callable[[float], dict[str, float]]  # lambda -> group ratios
 #: What every "cannot be reached" message offers.
@@ -205,11 +206,35 @@ def search_plan(
             if abs(err) <= tol / 2:
                 break
             a, b = (t, b) if err > 0 else (a, t)
+    if allocator is None and not global_rank and min(c[0] for c in candidates) > tol / 2:
+        _mix_uniform(model, example_inputs, config, lo, hi, tol, run)
     err_best, _, plan, stats = min(candidates, key=lambda c: c[0])
     if err_best > tol and not config.accept_nearest:
         raise _nearest_error(model, config, stats, before, goal, f" within ±{tol:.0%} (channel widths move in steps)",
                              "try round_to=None or a larger tolerance")
     return plan, stats
+
+
+def _mix_uniform(model: nn.Module, example_inputs: Inputs, config: PruneConfig, lo: float, hi: float, tol: float,
+                 run: Callable[[float, Callable[[float], Plan]], float]) -> None:
+    """Uniform allocation whose widths jump past the target (group convs: every group of one width moves
+    by a whole group at the same ratio, e.g. RegNet 0.487 vs 0.5): the first ``k`` groups get the
+    bracketing ratio ``hi`` (too much pruning), the rest ``lo`` (too little); ``k`` is bisected.
+    Each trial is recorded by ``run``."""
+    roots = [name for name, _ in group_roots(model, example_inputs, ignored_modules(model, config))]
+    ruled = rule_ratios(model, config.layer_rules)  # layers with their own ratio keep it
+    roots = [r for r in roots if r not in ruled]
+
+    def mixed(k: float) -> Plan:
+        return Plan(ratio=lo, group_ratios=dict.fromkeys(roots[: int(k)], hi))
+
+    a, b = 0, len(roots)  # err(a) > 0 (too little pruned), err(b) < 0
+    while b - a > 1:
+        k = (a + b) // 2
+        err = run(float(k), mixed)
+        if abs(err) <= tol / 2:
+            return
+        a, b = (k, b) if err > 0 else (a, k)
 
 
 def uniform_ratios(names: Sequence[str], ratio: float) -> dict[str, float]:
