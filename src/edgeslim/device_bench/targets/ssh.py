@@ -108,7 +108,9 @@ class SshDevice:
                 f"authentication failed for {where} with {key}: {exc}. Put the public key on the device with: "
                 f"ssh-copy-id -i {shlex.quote((identity or '~/.ssh/id_ed25519') + '.pub')} -p {self.port} "
                 f"{shlex.quote(self.user + '@' + self.host)}") from exc
-        except EOFError as exc:  # paramiko's word for "the server hung up during the handshake"
+        except (EOFError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
+            # the server hung up during the handshake: paramiko's EOFError, or a reset when it closed with our
+            # bytes unread (which of the two depends on timing)
             client.close()
             raise DeviceError(f"{where} closed the connection during the SSH handshake: its sshd dropped it (too "
                               "many connections at once (MaxStartups), an overloaded board, or a firewall); check "
