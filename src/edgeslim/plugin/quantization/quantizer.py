@@ -52,7 +52,7 @@ POOLS = {aten.adaptive_avg_pool2d.default, aten.mean.dim}
 SAME_SCALE_POOLS = {aten.max_pool2d.default, aten.avg_pool2d.default}
 #: Slicing and padding: int8 in, int8 out at the input's scale (LiteRT's STRIDED_SLICE requires one scale: Swin's
 #: patch merging slices a quantized tensor into a quantized concat).
-SAME_SCALE_MOVES = {aten.slice.Tensor, aten.constant_pad_nd.default}
+SAME_SCALE_MOVES = {aten.slice.Tensor, aten.constant_pad_nd.default, aten.pad.default}
 #: Ops that only move data around (or vanish in eval): neither quantized nor reported.
 PASSTHROUGH = {
     aten.flatten.using_ints, aten.view.default, aten.reshape.default, aten.dropout.default,
