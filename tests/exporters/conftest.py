@@ -60,3 +60,24 @@ def real_images() -> torch.Tensor:
 def example() -> torch.Tensor:
     """An example input of batch 1 (fixed batch of TFLite artefacts)."""
     return torch.randn(1, 3, 32, 32)
+
+
+@pytest.fixture
+def int8_litert(tmp_path):  # type: ignore[no-untyped-def]
+    """``build(model, x) -> (Interpreter, QuantResult)``: ``edgeslim.quantize`` int8 on 4 random batches shaped
+    like ``x``, exported to TFLite (the quantized file as it is) and loaded in LiteRT."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    import edgeslim
+    from edgeslim.exporters import export
+
+    def build(model: nn.Module, x: torch.Tensor):  # type: ignore[no-untyped-def]
+        calib = [(torch.randn(8, *x.shape[1:]), torch.zeros(8, dtype=torch.long)) for _ in range(4)]
+        q = edgeslim.quantize(model, x, "int8", calibration=calib)
+        out = tmp_path / "q.tflite"
+        export(q, "tflite", out, x, verify=False)
+        interp = Interpreter(model_path=str(out))
+        interp.allocate_tensors()
+        return interp, q
+
+    return build

@@ -4,17 +4,11 @@ on a bare int8 tensor; 'tfl.strided_slice' same-scale constraint)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torchvision
-from ai_edge_litert.interpreter import Interpreter
 from torchvision.models.swin_transformer import SwinTransformer
-
-import edgeslim
-from edgeslim.exporters import export
 
 
 def _vit() -> torch.nn.Module:
@@ -30,16 +24,11 @@ def _swin() -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("build", [_vit, _swin], ids=["vit", "swin"])
-def test_int8_transformer_converts_runs_and_matches_pytorch(build, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_int8_transformer_converts_runs_and_matches_pytorch(build, int8_litert) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     model = build().eval()
     x = torch.randn(1, 3, 32, 32)
-    calib = [(torch.randn(8, 3, 32, 32), torch.zeros(8, dtype=torch.long)) for _ in range(4)]
-    q = edgeslim.quantize(model, x, "int8", calibration=calib)
-    out = tmp_path / "q.tflite"
-    export(q, "tflite", out, x, verify=False)
-    interp = Interpreter(model_path=str(out))
-    interp.allocate_tensors()
+    interp, q = int8_litert(model, x)
     kinds = {d["op_name"] for d in interp._get_ops_details()}
     assert {"FULLY_CONNECTED", "QUANTIZE", "DEQUANTIZE"} <= kinds, kinds
     fc = next(d for d in interp._get_ops_details() if d["op_name"] == "FULLY_CONNECTED")
