@@ -44,6 +44,7 @@ STEPS = ("prune", "quantize", "onnx", "tflite")
 SIZES = (32, 64, 128, 224, 299)
 HUGE = 100_000_000  # parameters
 TRANSFORMERS = ("vit_", "swin_", "maxvit_")
+DEGENERATE = 1e-3  # float logit span below which a random network gets BN statistics from calibration images
 NOTES = [
     "Random weights (`weights=None`, seed 0): this measures op and architecture coverage, not accuracy.",
     "prune: `edgeslim.prune(model, x, PruneConfig(criterion='l1', target='params=0.5'))` (uniform allocation, "
@@ -53,8 +54,14 @@ NOTES = [
     "onnx / tflite: `edgeslim.export(int8_result, fmt, path, x)`, which runs the artefact in ONNX Runtime / LiteRT "
     "on 256 Fashion-MNIST test images and fails unless it agrees with the PyTorch int8 model (cosine, top-1 "
     "agreement); an export that does not verify is an error here.",
-    "Seconds are wall time on a 2-core machine shared with other jobs (load average 12-14 while this sweep ran, two "
-    "models at a time with one torch thread each): they show where the time goes within a row, not speed.",
+    "A random network whose float logits span less than 1e-3 on the calibration images (torchvision's init lets "
+    "efficientnet_v2_*'s activations vanish to ~1e-6, leaving int8 only rounding noise to verify) gets its BatchNorm "
+    "running statistics from those images (one train-mode pass; weights untouched): `bn_stats_from_calibration` "
+    "and `float_logit_span` in the row.",
+    "Top-1 agreement sets aside the reference's near-ties (top-1/top-2 margin within the typical output error), "
+    "whose arg-max any rounding flips; random networks have many (`edgeslim.exporters.verify.compare`).",
+    "Seconds are wall time on a 2-core machine shared with other jobs (two models at a time with one torch thread "
+    "each; the first rows ran at load average 12-14): they show where the time goes within a row, not speed.",
     "A step that failed stops the model's later steps (`not run`). Each model runs in its own process with a time "
     "and memory limit; a limit hit is recorded as that step's error.",
 ]
@@ -111,6 +118,33 @@ def _smallest_size(model: Any, name: str) -> int:
     raise RuntimeError(f"runs at none of the sizes {SIZES}: {one_line(last) if last else ''}")
 
 
+def _undegenerate(model: Any, calib: list[Any]) -> tuple[float, bool]:
+    """Give a degenerate random network (float logits spanning < DEGENERATE) BN statistics from ``calib``.
+
+    torchvision's random init lets some networks' activations vanish (efficientnet_v2_*: logits
+    span ~1e-6), leaving int8 nothing but rounding noise to verify. Such a network gets its
+    BatchNorm running statistics from the calibration images (one train-mode pass, weights
+    untouched), the scale a trained network has. Returns the original span and whether it was done.
+    """
+    import torch
+
+    batch = torch.cat(list(calib))
+    with torch.no_grad():
+        y = model(batch)
+    span = float(y.max() - y.min())
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if span >= DEGENERATE or not norms:
+        return span, False
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the one pass
+    model.train()
+    with torch.no_grad():
+        model(batch)
+    model.eval()
+    return span, True
+
+
 def worker(name: str, row_path: Path, threads: int) -> None:
     """Run the four steps on one model, writing the row after each step."""
     import torch
@@ -132,6 +166,8 @@ def worker(name: str, row_path: Path, threads: int) -> None:
     model = edgeslim.load_model(name)
     size = row["input_size"] = _smallest_size(model, name)
     x = torch.randn(1, 3, size, size)
+    calib = fashion_inputs(tuple(x.shape), 32, split="train")
+    row["float_logit_span"], row["bn_stats_from_calibration"] = _undegenerate(model, calib)
     state: dict[str, Any] = {}
     work = Path(tempfile.mkdtemp(prefix=f"coverage-{name}-"))
 
@@ -148,7 +184,6 @@ def worker(name: str, row_path: Path, threads: int) -> None:
         return "ok"
 
     def quantize() -> str:
-        calib = fashion_inputs(tuple(x.shape), 32, split="train")
         state["q"] = edgeslim.quantize(state["pruned"], x, "int8", calibration=calib)
         return "ok"
 
@@ -157,7 +192,9 @@ def worker(name: str, row_path: Path, threads: int) -> None:
         v = res.verification
         row[f"{fmt}_bytes"] = res.bytes
         if v is not None:
-            row[f"{fmt}_verification"] = {"cosine": round(v.cosine, 5), "top1_agreement": round(v.top1_agreement, 4)}
+            decisive = None if v.decisive_samples == 0 else round(v.decisive_top1_agreement, 4)
+            row[f"{fmt}_verification"] = {"cosine": round(v.cosine, 5), "top1_agreement": round(v.top1_agreement, 4),
+                                          "decisive_samples": v.decisive_samples, "decisive_top1_agreement": decisive}
         (work / f"model.{fmt}").unlink(missing_ok=True)
         return "ok"
 
@@ -194,7 +231,8 @@ def _rss_gb(pid: int) -> float:
     return 0.0
 
 
-def run_one(name: str, params: int, args: argparse.Namespace, sha: str) -> dict[str, Any]:
+def run_one(name: str, params: int, args: argparse.Namespace) -> dict[str, Any]:
+    sha = commit()  # per model: the tree may change between models of a long sweep
     limit = args.huge_timeout if params > HUGE else args.timeout
     row: dict[str, Any] = {
         "model": name, "torchvision_params": params, "commit": sha, "machine": machine(),
@@ -322,14 +360,13 @@ def main() -> None:
     todo = [n for n, _ in cat if (n in (args.only or [])) or (not args.only and (args.force or n not in rows))]
     if args.skip_huge:
         todo = [n for n in todo if names[n] <= HUGE]
-    sha = commit()
     lock = threading.Lock()
 
     def one(name: str) -> None:
         if not args.only and not args.force and any(r["model"] == name for r in load_rows(RESULTS / "coverage.json")):
             return  # another run measured it meanwhile
         print(f"[{time.strftime('%H:%M:%S')}] start {name}", file=sys.stderr, flush=True)
-        r = run_one(name, names[name], args, sha)
+        r = run_one(name, names[name], args)
         with lock:
             for old in load_rows(RESULTS / "coverage.json"):  # rows another run wrote meanwhile
                 rows.setdefault(old["model"], old)

@@ -32,6 +32,10 @@ class VerificationReport:
         top1_agreement: Fraction of samples whose arg-max agrees.
         tolerance: The thresholds applied.
         passed: Whether every threshold held.
+        decisive_samples: Samples whose reference top-1/top-2 margin is larger than the typical
+            error (the median over samples of the per-sample max|Δ|); on the others (near-ties)
+            any numerical noise may flip the arg-max.
+        decisive_top1_agreement: Top-1 agreement over the decisive samples (``nan`` if none).
     """
 
     samples: int
@@ -42,6 +46,8 @@ class VerificationReport:
     top1_agreement: float
     tolerance: Tolerance
     passed: bool
+    decisive_samples: int = 0
+    decisive_top1_agreement: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict."""
@@ -50,12 +56,25 @@ class VerificationReport:
     def __str__(self) -> str:
         return (
             f"{self.samples} samples: max|Δ| {self.max_abs_error:.4g} ({self.rel_max_abs_error:.2%} of range), "
-            f"cosine {self.cosine:.6f}, top-1 agreement {self.top1_agreement:.2%}"
+            f"cosine {self.cosine:.6f}, top-1 agreement {self.top1_agreement:.2%} "
+            f"({self.decisive_top1_agreement:.2%} of the {self.decisive_samples} samples that are not near-ties)"
         )
+
+
+#: Near-ties are only set aside when at least this fraction of the samples is decisive.
+MIN_DECISIVE_FRACTION = 0.1
 
 
 def compare(actual: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> VerificationReport:
     """Compare two ``(N, ...)`` output arrays.
+
+    Top-1 agreement passes when the raw agreement meets the tolerance, or when the agreement over
+    the *decisive* samples does and at least :data:`MIN_DECISIVE_FRACTION` of the samples are
+    decisive. A sample is decisive when the reference's top-1/top-2 margin exceeds the typical
+    output error of this batch (the median of the per-sample max|Δ|): the arg-max of a near-tie
+    flips under any numerical noise (random-weight networks have many), while a flip of a
+    decisive sample needs an error larger than the typical one. The cosine threshold applies to
+    every sample.
 
     Args:
         actual: The artefact's outputs.
@@ -74,10 +93,19 @@ def compare(actual: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> 
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(r, axis=1)
     cos = np.sum(a * r, axis=1) / np.where(norms == 0, 1.0, norms)
     cos = np.where(norms == 0, np.where(np.linalg.norm(a - r, axis=1) == 0, 1.0, 0.0), cos)
-    agree = float(np.mean(a.argmax(1) == r.argmax(1)))
+    same = a.argmax(1) == r.argmax(1)
+    agree = float(np.mean(same))
+    noise = float(np.median(diff.max(axis=1))) if diff.size else 0.0
+    top2 = np.sort(r, axis=1)[:, -2:] if r.shape[1] >= 2 else np.concatenate([r, r], axis=1)
+    decisive = (top2[:, 1] - top2[:, 0]) > noise
+    n_decisive = int(decisive.sum())
+    agree_decisive = float(np.mean(same[decisive])) if n_decisive else float("nan")
+    top1_ok = agree >= tolerance.min_top1_agreement or (
+        n_decisive >= MIN_DECISIVE_FRACTION * len(r) and agree_decisive >= tolerance.min_top1_agreement
+    )
     max_abs = float(diff.max())
     rel = max_abs / span
-    ok = bool(np.isfinite(a).all()) and float(cos.mean()) >= tolerance.min_cosine and agree >= tolerance.min_top1_agreement
+    ok = bool(np.isfinite(a).all()) and float(cos.mean()) >= tolerance.min_cosine and top1_ok
     if tolerance.max_abs_error is not None:
         ok = ok and rel <= tolerance.max_abs_error
     return VerificationReport(
@@ -89,6 +117,8 @@ def compare(actual: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> 
         top1_agreement=agree,
         tolerance=tolerance,
         passed=ok,
+        decisive_samples=n_decisive,
+        decisive_top1_agreement=agree_decisive,
     )
 
 
@@ -128,7 +158,8 @@ def verify(
     if raise_on_failure and not report.passed:
         raise ExportVerificationError(
             f"{what} does not reproduce the PyTorch model: {report}; required cosine >= "
-            f"{tolerance.min_cosine}, top-1 agreement >= {tolerance.min_top1_agreement:.0%}"
+            f"{tolerance.min_cosine}, top-1 agreement >= {tolerance.min_top1_agreement:.0%} (of all samples, or of "
+            f"the samples that are not near-ties when they are at least {MIN_DECISIVE_FRACTION:.0%})"
             + (f", max|Δ| <= {tolerance.max_abs_error:.2%} of range" if tolerance.max_abs_error is not None else "")
             + ". Try a larger calibration set, S8S8/U8S8 activations, w8a16, or keep the worst layer in float "
             "(see edgeslim.exporters.layerwise).",

@@ -1,0 +1,62 @@
+"""compare(): near-ties of the reference are set aside from top-1 agreement, decisive flips are not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeslim.exporters.config import Tolerance
+from edgeslim.exporters.verify import compare
+
+INT8 = Tolerance(0.98, 0.90)
+
+
+def _reference(n: int, tied: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` logit rows over 10 classes; the first ``tied`` have their top two within 0.001."""
+    ref = rng.normal(0.0, 1.0, (n, 10))
+    ref[:, 0] = ref.max(1) + 2.0  # decisive: class 0 leads by 2
+    ref[:tied, 1] = ref[:tied, 0] - 0.001  # near-tie: class 1 a hair behind
+    return ref
+
+
+def test_flipped_near_ties_are_not_counted() -> None:
+    rng = np.random.default_rng(0)
+    ref = _reference(200, 60, rng)
+    art = ref + rng.normal(0.0, 0.01, ref.shape)  # int8-like noise, much larger than the ties' margin
+    art[:60, 1] = art[:60, 0] + 0.005  # every near-tie flips
+    rep = compare(art, ref, INT8)
+    assert rep.top1_agreement == pytest.approx(140 / 200)  # raw agreement misses 90 %
+    assert rep.decisive_samples == 140 and rep.decisive_top1_agreement == 1.0
+    assert rep.passed
+    assert "140 samples that are not near-ties" in str(rep)
+
+
+def test_flipped_decisive_samples_fail() -> None:
+    rng = np.random.default_rng(1)
+    ref = _reference(200, 0, rng)
+    art = ref + rng.normal(0.0, 0.01, ref.shape)
+    art[:40, 3] = art[:40, 0] + 1.0  # 20 % of the clear decisions flip, with large errors on those rows
+    rep = compare(art, ref, INT8)
+    assert rep.decisive_samples >= 160
+    assert rep.decisive_top1_agreement == pytest.approx(0.8, abs=0.01)
+    assert not rep.passed
+
+
+def test_a_reference_made_of_near_ties_falls_back_to_raw_agreement() -> None:
+    rng = np.random.default_rng(2)
+    ref = _reference(100, 95, rng)  # 5 % decisive: below MIN_DECISIVE_FRACTION
+    art = ref.copy()
+    art[:95, 1] = art[:95, 0] + 0.005
+    rep = compare(art, ref, INT8)
+    assert rep.decisive_samples == 5 and rep.decisive_top1_agreement == 1.0
+    assert rep.top1_agreement == pytest.approx(0.05)
+    assert not rep.passed  # too few decisive samples to judge the top-1: raw agreement decides
+
+
+def test_cosine_still_applies_to_every_sample() -> None:
+    rng = np.random.default_rng(3)
+    ref = _reference(100, 0, rng)
+    art = ref.copy()
+    art[:50] = -ref[:50]  # half the outputs are negated
+    rep = compare(art, ref, INT8)
+    assert rep.cosine < 0.5 and not rep.passed
