@@ -44,6 +44,7 @@ STEPS = ("prune", "quantize", "onnx", "tflite")
 SIZES = (32, 64, 128, 224, 299)
 HUGE = 100_000_000  # parameters
 TRANSFORMERS = ("vit_", "swin_", "maxvit_")
+VERIFY_SAMPLES, HUGE_VERIFY_SAMPLES = 256, 64  # test images each artefact is verified on
 DEGENERATE = 1e-3  # float logit span below which a random network gets BN statistics from calibration images
 NOTES = [
     "Random weights (`weights=None`, seed 0): this measures op and architecture coverage, not accuracy.",
@@ -62,6 +63,8 @@ NOTES = [
     "whose arg-max any rounding flips; random networks have many (`edgeslim.exporters.verify.compare`).",
     "Seconds are wall time on a 2-core machine shared with other jobs (two models at a time with one torch thread "
     "each; the first rows ran at load average 12-14): they show where the time goes within a row, not speed.",
+    "Models over 100 M parameters run alone, with 2 torch threads, and are verified on 64 test images instead of 256 "
+    "(`torch_threads`, `verify_samples` in the row).",
     "A step that failed stops the model's later steps (`not run`). Each model runs in its own process with a time "
     "and memory limit; a limit hit is recorded as that step's error.",
 ]
@@ -154,9 +157,13 @@ def worker(name: str, row_path: Path, threads: int) -> None:
     from edgeslim.errors import EdgeslimError
     from edgeslim.exporters.base import fashion_inputs
 
+    row: dict[str, Any] = json.loads(row_path.read_text())
+    huge = row["torchvision_params"] > HUGE
+    # models over HUGE run alone: both cores, and a quarter of the verification images (hours otherwise)
+    row["torch_threads"] = threads = max(threads, 2) if huge else threads
+    row["verify_samples"] = verify_samples = HUGE_VERIFY_SAMPLES if huge else VERIFY_SAMPLES
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    row: dict[str, Any] = json.loads(row_path.read_text())
     row.update(dict.fromkeys(STEPS, "not run"))
     row["seconds"], row["clean"] = {}, {}
 
@@ -188,7 +195,8 @@ def worker(name: str, row_path: Path, threads: int) -> None:
         return "ok"
 
     def export(fmt: str) -> str:
-        res = edgeslim.export(state["q"], fmt, work / f"model.{fmt}", x, overwrite=True)
+        res = edgeslim.export(state["q"], fmt, work / f"model.{fmt}", x, overwrite=True,
+                              verify_samples=verify_samples)
         v = res.verification
         row[f"{fmt}_bytes"] = res.bytes
         if v is not None:
