@@ -42,15 +42,28 @@ def test_flipped_decisive_samples_fail() -> None:
     assert not rep.passed
 
 
-def test_a_reference_made_of_near_ties_falls_back_to_raw_agreement() -> None:
+def test_a_few_decisive_samples_judge_the_top1() -> None:
     rng = np.random.default_rng(2)
-    ref = _reference(100, 95, rng)  # 5 % decisive: below MIN_DECISIVE_FRACTION
+    ref = _reference(100, 95, rng)  # a random network: nearly every sample is a near-tie
     art = ref.copy()
     art[:95, 1] = art[:95, 0] + 0.005
     rep = compare(art, ref, INT8)
     assert rep.decisive_samples == 5 and rep.decisive_top1_agreement == 1.0
-    assert rep.top1_agreement == pytest.approx(0.05)
-    assert not rep.passed  # too few decisive samples to judge the top-1: raw agreement decides
+    assert rep.top1_agreement == pytest.approx(0.05) and rep.passed
+    art[95:, 4] = art[95:, 0] + 1.0  # the few clear decisions flip
+    rep = compare(art, ref, INT8)
+    assert rep.decisive_top1_agreement == 0.0 and not rep.passed
+
+
+def test_no_decisive_sample_leaves_the_cosine_to_decide() -> None:
+    ref = np.tile(np.linspace(0.0, 1.0, 10), (50, 1))
+    ref[:, 8] = ref[:, 9]  # every sample an exact tie
+    close = ref.copy()
+    close[:, 9] += 0.01  # flips every tie (the reference picks the first of a tie), tiny error
+    rep = compare(close, ref, INT8)
+    assert rep.decisive_samples == 0 and rep.top1_agreement == 0.0 and rep.passed
+    far = -ref  # same ties, wrong outputs
+    assert not compare(far, ref, INT8).passed
 
 
 def test_cosine_still_applies_to_every_sample() -> None:
