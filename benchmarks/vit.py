@@ -167,8 +167,8 @@ def markdown(data: dict[str, Any]) -> str:
         lines += [f"Fine-tune: {ft.get('epochs')} epochs, {ft.get('seconds')} s; {ft.get('recipe', '')}."]
     if data.get("goal"):
         g = data["goal"]
-        lines += ["", f"Goal (issue 11): pruned + int8 within 1 pt of fp32 top-1. ORT: {g['drop_onnx_pt']:+.2f} pt, "
-                  f"LiteRT: {g['drop_litert_pt']:+.2f} pt → {'met' if g['met'] else 'NOT met'}."]
+        lines += ["", f"Goal (issue 11): pruned + int8 within 1 pt of fp32 top-1. ORT: {-g['drop_onnx_pt']:+.2f} pt, "
+                  f"LiteRT: {-g['drop_litert_pt']:+.2f} pt → {'met' if g['met'] else 'NOT met'}."]
     return "\n".join(lines) + "\n"
 
 
