@@ -66,6 +66,16 @@ def test_no_decisive_sample_leaves_the_cosine_to_decide() -> None:
     assert not compare(far, ref, INT8).passed
 
 
+def test_a_badly_wrong_artefact_cannot_call_every_sample_a_tie() -> None:
+    rng = np.random.default_rng(4)
+    ref = _reference(100, 0, rng)
+    art = ref + rng.normal(0.0, 1.0, ref.shape)  # errors as large as the margins everywhere
+    art[:, 5] = art[:, 0] + 0.5  # ... and every sample picks class 5
+    rep = compare(art, ref, Tolerance(0.5, 0.9))
+    assert rep.cosine > 0.5  # a lax cosine alone would pass it
+    assert rep.decisive_samples == 100 and rep.decisive_top1_agreement == 0.0 and not rep.passed
+
+
 def test_cosine_still_applies_to_every_sample() -> None:
     rng = np.random.default_rng(3)
     ref = _reference(100, 0, rng)
