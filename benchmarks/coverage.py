@@ -200,7 +200,7 @@ def worker(name: str, row_path: Path, threads: int) -> None:
         v = res.verification
         row[f"{fmt}_bytes"] = res.bytes
         if v is not None:
-            decisive = None if v.decisive_samples == 0 else round(v.decisive_top1_agreement, 4)
+            decisive = None if v.decisive_top1_agreement is None else round(v.decisive_top1_agreement, 4)
             row[f"{fmt}_verification"] = {"cosine": round(v.cosine, 5), "top1_agreement": round(v.top1_agreement, 4),
                                           "decisive_samples": v.decisive_samples, "decisive_top1_agreement": decisive}
         (work / f"model.{fmt}").unlink(missing_ok=True)

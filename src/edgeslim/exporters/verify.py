@@ -36,7 +36,7 @@ class VerificationReport:
             error (the median over samples of the per-sample max|Δ|, at most 2 % of the
             reference outputs' range); on the others (near-ties) any numerical noise may flip
             the arg-max.
-        decisive_top1_agreement: Top-1 agreement over the decisive samples (``nan`` if none).
+        decisive_top1_agreement: Top-1 agreement over the decisive samples (``None`` if none).
     """
 
     samples: int
@@ -48,7 +48,7 @@ class VerificationReport:
     tolerance: Tolerance
     passed: bool
     decisive_samples: int = 0
-    decisive_top1_agreement: float = float("nan")
+    decisive_top1_agreement: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict."""
@@ -58,7 +58,8 @@ class VerificationReport:
         return (
             f"{self.samples} samples: max|Δ| {self.max_abs_error:.4g} ({self.rel_max_abs_error:.2%} of range), "
             f"cosine {self.cosine:.6f}, top-1 agreement {self.top1_agreement:.2%} "
-            f"({self.decisive_top1_agreement:.2%} of the {self.decisive_samples} samples that are not near-ties)"
+            + (f"({self.decisive_top1_agreement:.2%} of the {self.decisive_samples} samples that are not near-ties)"
+               if self.decisive_top1_agreement is not None else "(every sample a near-tie)")
         )
 
 
@@ -102,8 +103,10 @@ def compare(actual: np.ndarray, reference: np.ndarray, tolerance: Tolerance) -> 
     top2 = np.sort(r, axis=1)[:, -2:] if r.shape[1] >= 2 else np.concatenate([r, r], axis=1)
     decisive = (top2[:, 1] - top2[:, 0]) > noise
     n_decisive = int(decisive.sum())
-    agree_decisive = float(np.mean(same[decisive])) if n_decisive else float("nan")
-    top1_ok = agree >= tolerance.min_top1_agreement or n_decisive == 0 or agree_decisive >= tolerance.min_top1_agreement
+    agree_decisive = float(np.mean(same[decisive])) if n_decisive else None
+    top1_ok = agree >= tolerance.min_top1_agreement or agree_decisive is None or (
+        agree_decisive >= tolerance.min_top1_agreement
+    )
     max_abs = float(diff.max())
     rel = max_abs / span
     ok = bool(np.isfinite(a).all()) and float(cos.mean()) >= tolerance.min_cosine and top1_ok
