@@ -1,5 +1,5 @@
 """int8 ViT and Swin convert to LiteRT: constant operands (position embedding, class token, relative position
-bias) stay float, slices keep their input's scale. Before, litert-torch refused both ('stablehlo.uniform_dequantize'
+bias, Swin V2's position-bias MLP) stay float, slices keep their input's scale. Before, litert-torch refused both ('stablehlo.uniform_dequantize'
 on a bare int8 tensor; 'tfl.strided_slice' same-scale constraint)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from torchvision.models.swin_transformer import SwinTransformer
+from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
 
 
 def _vit() -> torch.nn.Module:
@@ -23,7 +23,13 @@ def _swin() -> torch.nn.Module:
                            num_classes=4)
 
 
-@pytest.mark.parametrize("build", [_vit, _swin], ids=["vit", "swin"])
+def _swin_v2() -> torch.nn.Module:
+    # its continuous position bias is an MLP on a constant coordinate table: computed from buffers alone, it stays float
+    return SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[4, 4],
+                           num_classes=4, block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2)
+
+
+@pytest.mark.parametrize("build", [_vit, _swin, _swin_v2], ids=["vit", "swin", "swin_v2"])
 def test_int8_transformer_converts_runs_and_matches_pytorch(build, int8_litert) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     model = build().eval()

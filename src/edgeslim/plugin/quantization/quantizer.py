@@ -174,6 +174,8 @@ class EdgeslimQuantizer(Quantizer):
         for node in model.graph.nodes:
             if node.op != "call_function" or _annotated(node):
                 continue
+            if _from_constants(node):  # parameters/buffers only (Swin V2's position-bias MLP): stays float
+                continue
             handler = self._handlers.get(node.target)
             if handler is not None:
                 handler(node)
