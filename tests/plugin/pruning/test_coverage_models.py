@@ -1,5 +1,5 @@
 """torchvision architectures that used to fail structured pruning (issue 11): ShuffleNetV2's channel
-shuffle, MNASNet's state_dict version on reload, ConvNeXt's layer scale and torch.export."""
+shuffle, MNASNet's state_dict version on reload, ConvNeXt's layer scale and torch.export, deep Swin (S/B)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from torch.export import Dim
 from torchvision.models.convnext import CNBlockConfig, ConvNeXt
 from torchvision.models.mnasnet import MNASNet
 from torchvision.models.shufflenetv2 import ShuffleNetV2
+from torchvision.models.swin_transformer import SwinTransformer
 
 import edgeslim
 from edgeslim import PruneConfig
@@ -163,3 +164,18 @@ def test_pruned_convnext_exports_to_onnx_from_a_batch_1_example(tmp_path: Path) 
     (out,) = sess.run(None, {sess.get_inputs()[0].name: x3.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), pm(x3), rtol=1e-3, atol=1e-4)
+
+
+def test_a_deep_swin_prunes_although_its_patch_merging_concat_sizes_are_not_inferred() -> None:
+    # an 18-block stage (Swin-S/B) exceeds torch-pruning's shape-inference depth: a patch-merging concat's input
+    # sizes come back None, and torch-pruning 1.6 summed them (TypeError, reported as untraceable)
+    torch.manual_seed(0)
+    model = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 18, 2], num_heads=[2, 2, 2],
+                            window_size=[2, 2], num_classes=4).eval()
+    x = torch.randn(1, 3, 32, 32)
+    res = edgeslim.prune(model, x, PruneConfig(criterion="l1", target="params=0.5"))
+    assert abs(res.summary()["params_fraction"] - 0.5) <= 0.02
+    assert res.model(x).shape == (1, 4)
+    blocks = [b for stage in res.model.features[1::2] for b in stage]
+    assert len(blocks) == 22
+    assert all(b.mlp[0].out_features < 4 * b.mlp[0].in_features for b in blocks)  # every MLP (4x wide) narrowed

@@ -164,6 +164,21 @@ def _install_shuffle_handling() -> None:
     if getattr(index_mapping.update_index_mapping, "_edgeslim", False):
         return
     reshape, update = index_mapping.update_reshape_index_mapping, index_mapping.update_index_mapping
+    concat = index_mapping.update_concat_index_mapping
+
+    def update_concat(graph: tp.DependencyGraph, node: Node) -> None:
+        # torch-pruning sums the input sizes before checking them for None (an input whose channels it cannot
+        # infer: Swin-S/B's patch merging): TypeError. Such a concat gets no index mapping, as it intends.
+        if node.type is tp.ops.OPTYPE.CONCAT:
+            from torch_pruning.dependency import shape_infer
+
+            sizes = node.module.concat_sizes
+            if sizes is None:
+                sizes = [shape_infer.infer_channels_between(graph, n, node) for n in node.inputs]
+            if any(s is None for s in sizes):
+                node.module.concat_sizes = sizes
+                return
+        concat(graph, node)
 
     def update_reshape(graph: tp.DependencyGraph, node: Node) -> None:
         if _is_shuffle(node):
@@ -182,6 +197,7 @@ def _install_shuffle_handling() -> None:
 
     update_all._edgeslim = True  # type: ignore[attr-defined]
     index_mapping.update_reshape_index_mapping = update_reshape
+    index_mapping.update_concat_index_mapping = update_concat
     index_mapping.update_index_mapping = update_all
     assert tp_graph.index_mapping is index_mapping
 
