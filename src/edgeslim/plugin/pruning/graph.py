@@ -156,10 +156,11 @@ def _install_shuffle_handling() -> None:
     Its reshape index mapping treats a reshape as a flatten: for a shuffle's reshapes it divides by
     zero (ShuffleNetV2) or maps channels wrongly. Those reshapes are skipped and recorded, and once a
     graph's index mappings are set, the groups through them are tied (:func:`_tie_shuffled`).
-    Other reshapes are mapped by torch-pruning as before. Installed once, on import.
+    Other reshapes are mapped by torch-pruning as before. A concat whose input sizes cannot be inferred
+    gets no index mapping (torch-pruning 1.6 raises a TypeError there). Installed once, on import.
     """
     from torch_pruning.dependency import graph as tp_graph
-    from torch_pruning.dependency import index_mapping
+    from torch_pruning.dependency import index_mapping, shape_infer
 
     if getattr(index_mapping.update_index_mapping, "_edgeslim", False):
         return
@@ -170,8 +171,6 @@ def _install_shuffle_handling() -> None:
         # torch-pruning sums the input sizes before checking them for None (an input whose channels it cannot
         # infer: Swin-S/B's patch merging): TypeError. Such a concat gets no index mapping, as it intends.
         if node.type is tp.ops.OPTYPE.CONCAT:
-            from torch_pruning.dependency import shape_infer
-
             sizes = node.module.concat_sizes
             if sizes is None:
                 sizes = [shape_infer.infer_channels_between(graph, n, node) for n in node.inputs]
