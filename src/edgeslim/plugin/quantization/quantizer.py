@@ -59,6 +59,11 @@ PASSTHROUGH = {
     aten.permute.default, aten.transpose.int, aten.contiguous.default, aten.clone.default,
     aten.squeeze.dim, aten.unsqueeze.default, aten.sym_size.int, aten.size.default,
 }
+#: The pass-through ops that return a tensor: one whose input is int8 carries it on at the same scale.
+#: Without this the next consumer observes the moved tensor again; a sampled calibrator (mse, percentile,
+#: entropy) then picks a slightly different scale from the permuted layout, and LiteRT's converter refuses
+#: a TRANSPOSE whose input and output scales differ (MaxViT's window partition after the MBConv add).
+MOVES = PASSTHROUGH - {aten.sym_size.int, aten.size.default}
 
 
 def module_name(node: Node) -> str:
@@ -136,6 +141,12 @@ def _mark(node: Node, inputs: dict[Node, QuantizationSpecBase | None] | None = N
     )
 
 
+def _int8_output(node: Node) -> bool:
+    """Whether ``node``'s output is annotated to be quantized (its own spec or one it shares)."""
+    ann = node.meta.get("quantization_annotation")
+    return bool(ann is not None and ann.output_qspec is not None)
+
+
 def _annotated(node: Node) -> bool:
     ann = node.meta.get("quantization_annotation")
     return bool(ann is not None and ann._annotated)
@@ -177,7 +188,9 @@ class EdgeslimQuantizer(Quantizer):
             if _from_constants(node):  # parameters/buffers only (Swin V2's position-bias MLP): stays float
                 continue
             handler = self._handlers.get(node.target)
-            if handler is not None:
+            if node.target in MOVES:
+                self._move(node)
+            elif handler is not None:
                 handler(node)
             elif node.target not in PASSTHROUGH and node.target not in BATCH_NORM and "getitem" not in str(node.target):
                 unknown.append(f"{node.target} ({module_name(node) or 'top level'})")
@@ -245,6 +258,11 @@ class EdgeslimQuantizer(Quantizer):
         act = self._act(node)
         if act is not None and isinstance(node.args[0], Node) and not _from_constants(node.args[0]):
             _mark(node, {node.args[0]: act}, SharedQuantizationSpec((node.args[0], node)))
+
+    def _move(self, node: Node) -> None:
+        src = node.args[0] if node.args else None
+        if isinstance(src, Node) and _int8_output(src):
+            _mark(node, {src: SharedQuantizationSpec(src)}, SharedQuantizationSpec((src, node)))
 
     def _activation(self, node: Node) -> None:
         act = self._act(node)

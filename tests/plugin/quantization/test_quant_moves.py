@@ -1,0 +1,58 @@
+"""A tensor that is only moved (permute, view, reshape) between two int8 ops keeps one scale: the consumer
+reuses the producer's observer. Before, the consumer observed the permuted tensor again and a sampled
+calibrator picked another scale, which LiteRT's converter refuses on a TRANSPOSE (MaxViT-T)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from edgeslim.plugin.quantization import QuantConfig, quantize
+
+QUANT = "quantized_decomposed.quantize_per_tensor.default"
+DEQUANT = "quantized_decomposed.dequantize_per_tensor.default"
+
+
+class _Partition(nn.Module):
+    """MaxViT's shape: a residual add, a window partition (view → permute → reshape), then a residual add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x + self.conv(x)
+        b, c, h, w = y.shape
+        z = y.view(b, c, h // 4, 4, w // 4, 4).permute(0, 2, 4, 3, 5, 1).reshape(b, -1, c)
+        z = z + self.fc(torch.nn.functional.layer_norm(z, (c,)))
+        return self.head(z.mean(1))
+
+
+@pytest.mark.parametrize("calibrator", ["mse", "percentile", "minmax"])
+def test_moved_tensor_keeps_its_scale(calibrator: str) -> None:
+    torch.manual_seed(0)
+    data = [(torch.randn(4, 8, 16, 16), torch.zeros(4)) for _ in range(3)]
+    r = quantize(_Partition().eval(), torch.zeros(1, 8, 16, 16), QuantConfig.from_spec("int8", calibrator=calibrator), calibration=data)
+    nodes = list(r.model.graph.nodes)
+    permute = next(n for n in nodes if n.target == torch.ops.aten.permute.default)
+    # the permute runs between a dequantize and a quantize of one scale and zero point: the converters fold it to int8
+    src = permute.args[0]
+    while str(src.target) != DEQUANT:  # the view before it is carried the same way
+        assert src.target in (torch.ops.aten.view.default, torch.ops.aten.reshape.default), src.target
+        src = src.args[0]
+    quants = [u for u in permute.users if str(u.target) == QUANT]
+    assert len(quants) == 1, list(permute.users)
+    assert src.args[1:3] == quants[0].args[1:3], (src.args, quants[0].args)
+    # the add after the partition reads the tensor at that scale: no second quantize with other parameters
+    add = next(n for n in nodes if n.target == torch.ops.aten.add.Tensor and n is not nodes[-1] and n.meta.get("val") is not None and n.meta["val"].dim() == 3)
+    for arg in add.args:
+        q = arg.args[0] if str(arg.target) == DEQUANT else None
+        if q is not None and str(q.target) == QUANT and q.args[0].target == torch.ops.aten.reshape.default:
+            assert q.args[1:3] == src.args[1:3], (q.args, src.args)
+            break
+    else:
+        raise AssertionError(f"the add does not read the partitioned tensor through one quantize: {add.args}")
+    assert r.model(data[0][0]).shape == (4, 3)
