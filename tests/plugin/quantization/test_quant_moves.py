@@ -56,3 +56,32 @@ def test_moved_tensor_keeps_its_scale(calibrator: str) -> None:
     else:
         raise AssertionError(f"the add does not read the partitioned tensor through one quantize: {add.args}")
     assert r.model(data[0][0]).shape == (4, 3)
+
+
+class _ChannelsLast(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 6, 1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc((x[:, :6] + self.conv(x)).permute(0, 2, 3, 1)).mean((1, 2))
+
+
+def test_input_means_of_a_layer_reading_a_shared_observer() -> None:
+    """The linear reads the add's observer through the permute: that observer now runs twice per batch
+    (NCHW, then NHWC); the bias correction's input means must still be the linear's, per input feature."""
+    from edgeslim.plugin.quantization.api import Mode, calibrate, prepare
+    from edgeslim.plugin.quantization.bias_correction import InputMeans
+
+    torch.manual_seed(0)
+    model = _ChannelsLast().eval()
+    x = torch.randn(4, 8, 5, 7) + torch.arange(8.0).reshape(1, 8, 1, 1)
+    prepared = prepare(model, x[:1], QuantConfig.from_spec("int8"), mode=Mode.PTQ)
+    means = InputMeans(prepared)
+    calibrate(prepared, [(x[:2], torch.zeros(2)), (x[2:], torch.zeros(2))])
+    got = means.finish()
+    with torch.no_grad():
+        y = x[:, :6] + model.conv(x)
+    torch.testing.assert_close(got["fc"], y.mean((0, 2, 3)), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got["conv"], x.mean((0, 2, 3)), atol=1e-4, rtol=1e-4)

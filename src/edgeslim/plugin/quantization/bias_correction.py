@@ -19,30 +19,52 @@ from edgeslim.plugin.quantization.quantizer import WEIGHTED, module_name
 
 
 class InputMeans:
-    """Forward hooks on the input observers of conv/linear layers recording per-channel input means."""
+    """Forward hooks on the input observers of conv/linear layers recording per-channel input means.
+
+    One observer module can run at several places of the graph (an int8 tensor that is only permuted or
+    reshaped shares its producer's observer), so a call is matched to its graph node by its rank among that
+    module's calls in one forward pass; the channel axis is the layer's (1 for a conv, the last for a linear).
+    """
 
     def __init__(self, prepared: GraphModule) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, int] = {}
-        self.layer_of: dict[str, list[str]] = {}
-        self._handles: list[RemovableHandle] = []
+        self.sums: dict[tuple[str, int], torch.Tensor] = {}
+        self.counts: dict[tuple[str, int], int] = {}
+        self.layer_of: dict[tuple[str, int], list[str]] = {}
+        self.axis_of: dict[tuple[str, int], int] = {}
+        self._calls: dict[str, int] = {}
+        rank: dict[Node, tuple[str, int]] = {}
+        canonical: dict[int, str] = {}  # a shared observer is one module registered under several names
         for node in prepared.graph.nodes:
-            if node.op == "call_function" and node.target in WEIGHTED and isinstance(node.args[0], Node):
-                src = node.args[0]
-                if src.op == "call_module":
-                    self.layer_of.setdefault(str(src.target), []).append(module_name(node))
-        for target in self.layer_of:
+            if node.op == "call_module":
+                target = canonical.setdefault(id(prepared.get_submodule(str(node.target))), str(node.target))
+                rank[node] = (target, self._calls.get(target, 0))
+                self._calls[target] = rank[node][1] + 1
+        for node in prepared.graph.nodes:
+            if node.op == "call_function" and node.target in WEIGHTED and isinstance(node.args[0], Node) and node.args[0] in rank:
+                key = rank[node.args[0]]
+                self.layer_of.setdefault(key, []).append(module_name(node))
+                self.axis_of[key] = -1 if node.target == torch.ops.aten.linear.default else 1
+        self._calls = {}
+        self._handles: list[RemovableHandle] = [prepared.register_forward_pre_hook(self._reset)]
+        for target in {t for t, _ in self.layer_of}:
             mod = prepared.get_submodule(target)
             self._handles.append(mod.register_forward_hook(self._hook(target)))
 
+    def _reset(self, _m: nn.Module, _a: Any) -> None:
+        self._calls = {}
+
     def _hook(self, target: str) -> Any:
         def hook(_m: nn.Module, _a: Any, out: torch.Tensor) -> None:
+            key = (target, self._calls.get(target, 0))
+            self._calls[target] = key[1] + 1
+            if key not in self.layer_of:
+                return
             x = out.detach()
-            dims = [d for d in range(x.dim()) if d != (1 if x.dim() > 2 else x.dim() - 1)]
-            s = x.to(torch.float64).sum(dim=dims)
+            axis = self.axis_of[key] % x.dim()
+            s = x.to(torch.float64).sum(dim=[d for d in range(x.dim()) if d != axis])
             n = x.numel() // s.numel()
-            self.sums[target] = self.sums[target] + s if target in self.sums else s
-            self.counts[target] = self.counts.get(target, 0) + n
+            self.sums[key] = self.sums[key] + s if key in self.sums else s
+            self.counts[key] = self.counts.get(key, 0) + n
 
         return hook
 
@@ -51,9 +73,9 @@ class InputMeans:
         for h in self._handles:
             h.remove()
         out: dict[str, torch.Tensor] = {}
-        for target, layers in self.layer_of.items():
-            if target in self.sums:
-                mean = (self.sums[target] / max(self.counts[target], 1)).to(torch.float32)
+        for key, layers in self.layer_of.items():
+            if key in self.sums:
+                mean = (self.sums[key] / max(self.counts[key], 1)).to(torch.float32)
                 for layer in layers:
                     out[layer] = mean
         return out
