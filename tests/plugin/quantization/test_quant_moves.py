@@ -85,3 +85,41 @@ def test_input_means_of_a_layer_reading_a_shared_observer() -> None:
         y = x[:, :6] + model.conv(x)
     torch.testing.assert_close(got["fc"], y.mean((0, 2, 3)), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got["conv"], x.mean((0, 2, 3)), atol=1e-4, rtol=1e-4)
+
+
+class _Departition(nn.Module):
+    """MaxViT's grid departition: swapaxes, permute, reshape between two residual adds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.conv = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 8, 16, 16]
+        b = x.shape[0]
+        t = x.reshape(b, 8, 4, 4, 16).permute(0, 2, 3, 4, 1).reshape(b, 16, 16, 8)
+        t = t + self.fc(t)
+        y = t.swapaxes(1, 2).movedim(3, 1).reshape(b, 8, 16, 16)
+        return (y + self.conv(y)).mean((2, 3))
+
+
+def test_every_move_chain_keeps_one_scale() -> None:
+    from edgeslim.plugin.quantization.quantizer import MOVES
+
+    torch.manual_seed(0)
+    data = [(torch.randn(4, 8, 16, 16), torch.zeros(4)) for _ in range(3)]
+    r = quantize(_Departition().eval(), torch.zeros(1, 8, 16, 16), "int8", calibration=data)
+    checked = 0
+    for n in r.model.graph.nodes:
+        if str(n.target) != QUANT or n.args[0].target not in MOVES:
+            continue
+        src = n.args[0]
+        while src.op == "call_function" and src.target in MOVES:
+            src = src.args[0]
+        if str(src.target) != DEQUANT:  # moves of a float tensor (the model input): quantized once, after them
+            continue
+        assert src.args[1:3] == n.args[1:3], (n.name, n.args[1:3], src.args[1:3])
+        checked += 1
+    ops = {n.target for n in r.model.graph.nodes}
+    assert {torch.ops.aten.swapaxes.default, torch.ops.aten.movedim.int} & ops, ops
+    assert checked >= 3

@@ -58,11 +58,13 @@ PASSTHROUGH = {
     aten.flatten.using_ints, aten.view.default, aten.reshape.default, aten.dropout.default,
     aten.permute.default, aten.transpose.int, aten.contiguous.default, aten.clone.default,
     aten.squeeze.dim, aten.unsqueeze.default, aten.sym_size.int, aten.size.default,
+    aten.swapaxes.default, aten.swapdims.default, aten.movedim.int, aten.movedim.intlist, aten.t.default,
+    aten.unflatten.int, aten.squeeze.default, aten.squeeze.dims,
 }
 #: The pass-through ops that return a tensor: one whose input is int8 carries it on at the same scale.
 #: Without this the next consumer observes the moved tensor again; a sampled calibrator (mse, percentile,
 #: entropy) then picks a slightly different scale from the permuted layout, and LiteRT's converter refuses
-#: a TRANSPOSE whose input and output scales differ (MaxViT's window partition after the MBConv add).
+#: a TRANSPOSE whose input and output scales differ (MaxViT's grid departition: swapaxes, permute, reshape).
 MOVES = PASSTHROUGH - {aten.sym_size.int, aten.size.default}
 
 
