@@ -31,20 +31,20 @@ class InputMeans:
         self.counts: dict[tuple[str, int], int] = {}
         self.layer_of: dict[tuple[str, int], list[str]] = {}
         self.axis_of: dict[tuple[str, int], int] = {}
-        self._calls: dict[str, int] = {}
+        self._calls: dict[str, int] = {}  # observer calls so far in the current forward pass
+        calls: dict[str, int] = {}
         rank: dict[Node, tuple[str, int]] = {}
         canonical: dict[int, str] = {}  # a shared observer is one module registered under several names
         for node in prepared.graph.nodes:
             if node.op == "call_module":
                 target = canonical.setdefault(id(prepared.get_submodule(str(node.target))), str(node.target))
-                rank[node] = (target, self._calls.get(target, 0))
-                self._calls[target] = rank[node][1] + 1
+                rank[node] = (target, calls.get(target, 0))
+                calls[target] = rank[node][1] + 1
         for node in prepared.graph.nodes:
             if node.op == "call_function" and node.target in WEIGHTED and isinstance(node.args[0], Node) and node.args[0] in rank:
                 key = rank[node.args[0]]
                 self.layer_of.setdefault(key, []).append(module_name(node))
                 self.axis_of[key] = -1 if node.target == torch.ops.aten.linear.default else 1
-        self._calls = {}
         self._handles: list[RemovableHandle] = [prepared.register_forward_pre_hook(self._reset)]
         for target in {t for t, _ in self.layer_of}:
             mod = prepared.get_submodule(target)
