@@ -58,7 +58,11 @@ NOTES = [
     "A random network whose float logits span less than 1e-3 on the calibration images (torchvision's init lets "
     "efficientnet_v2_*'s activations vanish to ~1e-6, leaving int8 only rounding noise to verify) gets its BatchNorm "
     "running statistics from those images (one train-mode pass; weights untouched): `bn_stats_from_calibration` "
-    "and `float_logit_span` in the row.",
+    "and `float_logit_span` in the row. torchvision's ViTs initialise their classifier to zero (every logit 0, which "
+    "any constant artefact would match): a Linear whose weights are all zero gets PyTorch's default init, seed 0 "
+    "(`zero_layers_reinitialised`). Exports are verified only when the float logits then span at least 1e-3 "
+    "(`verified_logit_span`); otherwise the step fails with 'nothing to verify'. Rows without these fields predate "
+    "the check (see their `commit`).",
     "Top-1 agreement sets aside the reference's near-ties (top-1/top-2 margin within the typical output error), "
     "whose arg-max any rounding flips; random networks have many (`edgeslim.exporters.verify.compare`).",
     "Seconds are wall time on a 2-core machine shared with other jobs (two models at a time with one torch thread "
@@ -121,31 +125,48 @@ def _smallest_size(model: Any, name: str) -> int:
     raise RuntimeError(f"runs at none of the sizes {SIZES}: {one_line(last) if last else ''}")
 
 
-def _undegenerate(model: Any, calib: list[Any]) -> tuple[float, bool]:
-    """Give a degenerate random network (float logits spanning < DEGENERATE) BN statistics from ``calib``.
+def _span(model: Any, batch: Any) -> float:
+    import torch
+
+    with torch.no_grad():
+        y = model(batch)
+    return float(y.max() - y.min())
+
+
+def _undegenerate(model: Any, calib: list[Any]) -> tuple[float, bool, list[str], float]:
+    """Give a degenerate random network (float logits spanning < DEGENERATE) outputs worth verifying.
 
     torchvision's random init lets some networks' activations vanish (efficientnet_v2_*: logits
     span ~1e-6), leaving int8 nothing but rounding noise to verify. Such a network gets its
     BatchNorm running statistics from the calibration images (one train-mode pass, weights
-    untouched), the scale a trained network has. Returns the original span and whether it was done.
+    untouched), the scale a trained network has. torchvision's ViTs initialise their classifier
+    to zero, so every logit is 0 and any artefact that also prints 0 would "verify": a Linear
+    whose weights are all zero gets ``reset_parameters()`` (PyTorch's default init, seed 0).
+    Returns the original span, whether BN statistics were set, the re-initialised layers and
+    the span after both.
     """
     import torch
 
     batch = torch.cat(list(calib))
-    with torch.no_grad():
-        y = model(batch)
-    span = float(y.max() - y.min())
+    span = _span(model, batch)
+    if span >= DEGENERATE:
+        return span, False, [], span
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if span >= DEGENERATE or not norms:
-        return span, False
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the one pass
-    model.train()
-    with torch.no_grad():
-        model(batch)
-    model.eval()
-    return span, True
+    if norms:
+        model.train()
+        with torch.no_grad():
+            model(batch)
+        model.eval()
+    zeroed = [n for n, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear) and not bool(m.weight.detach().any())]
+    if zeroed:
+        torch.manual_seed(0)
+        for n in zeroed:
+            model.get_submodule(n).reset_parameters()
+    return span, bool(norms), zeroed, _span(model, batch)
 
 
 def worker(name: str, row_path: Path, threads: int) -> None:
@@ -174,7 +195,8 @@ def worker(name: str, row_path: Path, threads: int) -> None:
     size = row["input_size"] = _smallest_size(model, name)
     x = torch.randn(1, 3, size, size)
     calib = fashion_inputs(tuple(x.shape), 32, split="train")
-    row["float_logit_span"], row["bn_stats_from_calibration"] = _undegenerate(model, calib)
+    (row["float_logit_span"], row["bn_stats_from_calibration"], row["zero_layers_reinitialised"],
+     row["verified_logit_span"]) = _undegenerate(model, calib)
     state: dict[str, Any] = {}
     work = Path(tempfile.mkdtemp(prefix=f"coverage-{name}-"))
 
@@ -195,6 +217,9 @@ def worker(name: str, row_path: Path, threads: int) -> None:
         return "ok"
 
     def export(fmt: str) -> str:
+        if row["verified_logit_span"] < DEGENERATE:
+            raise RuntimeError(f"nothing to verify: the float logits span only {row['verified_logit_span']:.3g} "
+                               "on the calibration images, so any constant output would agree")
         res = edgeslim.export(state["q"], fmt, work / f"model.{fmt}", x, overwrite=True,
                               verify_samples=verify_samples)
         v = res.verification

@@ -14,7 +14,7 @@ from torch import nn
 from edgeslim.exporters.accuracy import AccuracyCheck, check_accuracy, eval_key, labelled_batches
 from edgeslim.exporters.base import ExportJob, batches_from, fashion_inputs, get_exporter, is_prequantized
 from edgeslim.exporters.config import ExportOptions, Format, Method, Precision, QuantSpec
-from edgeslim.exporters.errors import ExportConfigError, OutputExistsError
+from edgeslim.exporters.errors import ExportConfigError, ExportVerificationError, OutputExistsError
 from edgeslim.exporters.verify import VerificationReport
 from edgeslim.exporters.verify import verify as verify_runner
 
@@ -237,7 +237,14 @@ def export(
             with torch.no_grad():
                 tolerance = opts.tolerance or getattr(exporter, "tolerances", {}).get(spec.precision) or opts.effective_tolerance
                 runner = exporter.open(tmp, job)
-                report = verify_runner(runner, module, inputs, tolerance, what=f"{fmt} {spec.label} artefact")
+                try:
+                    report = verify_runner(runner, module, inputs, tolerance, what=f"{fmt} {spec.label} artefact")
+                except ExportVerificationError as exc:
+                    retry = getattr(exporter, "retry_after_verification_failure", None)
+                    if retry is None or not retry(job, tmp, exc):
+                        raise
+                    runner = exporter.open(tmp, job)
+                    report = verify_runner(runner, module, inputs, tolerance, what=f"{fmt} {spec.label} artefact")
         accuracy = None
         if eval_data is not None:
             batches = labelled_batches(eval_data, tuple(example.shape), opts.eval_samples)

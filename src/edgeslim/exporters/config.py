@@ -54,14 +54,19 @@ class Layout(str, Enum):
 
 
 class ActivationType(str, Enum):
-    """Signedness of int8 activations in an ONNX QDQ model (weights are always signed).
+    """Signedness of int8 activations and weights in an ONNX QDQ model.
 
     U8S8 ran ~2.5x faster than S8S8 in ONNX Runtime 1.32 on x86-64 (2 threads); S8S8 is what
-    ARM NPUs and most mobile kernels prefer.
+    ARM NPUs and most mobile kernels prefer. U8U8 stores the weights as uint8 too (value-preserving,
+    zero point + 128): ONNX Runtime's U8S8 kernels on x86 CPUs without VNNI add pairs of u8·s8
+    products in int16 and saturate on large neighbouring weights, its U8U8 kernels do not. A
+    ``u8s8`` export that does not verify on such a CPU is re-encoded as ``u8u8`` and verified again
+    (``metadata["activations"]`` and ``metadata["u8u8_reason"]`` say so).
     """
 
     U8S8 = "u8s8"
     S8S8 = "s8s8"
+    U8U8 = "u8u8"
 
 
 class IODType(str, Enum):

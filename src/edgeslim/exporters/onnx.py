@@ -5,7 +5,8 @@ Routes (measured on ONNX Runtime 1.32, x86-64):
 - ``fp32``: ``torch.onnx.export(..., dynamo=True, external_data=False)`` with a dynamic batch.
 - ``int8`` / ``w8a16`` of a float model: ``onnxruntime.quantization.quantize_static`` (QDQ,
   per-channel int8 weights, calibrated on real images); activations ``u8s8`` (default, ~2.5x
-  faster on x86) or ``s8s8``; ``w8a16`` uses int16 activations (opset 21); ``int16`` (W16A16)
+  faster on x86), ``s8s8`` or ``u8u8`` (uint8 weights too: ONNX Runtime's x86 U8S8 kernels without
+  VNNI saturate int16 pair sums; a ``u8s8`` artefact that does not verify is re-encoded so); ``w8a16`` uses int16 activations (opset 21); ``int16`` (W16A16)
   int16 weights and activations (opset 21).
 - A model already quantized by ``edgeslim.quantize`` (a PT2E-converted graph) is exported as
   it is: its Q/DQ ops become ``QuantizeLinear``/``DequantizeLinear``; int8 activations are
@@ -41,7 +42,7 @@ from edgeslim.device_bench.runtimes.onnxruntime import (
 from edgeslim.exporters.base import EXPORTERS, ExportJob, Runner, is_prequantized, quiet_stdout, raise_unsupported
 from edgeslim.exporters.config import ActivationType, Layout, Precision
 from edgeslim.exporters.errors import ExportConfigError, ExportError
-from edgeslim.exporters.qdq import activations_to_uint8
+from edgeslim.exporters.qdq import activations_to_uint8, weights_to_uint8
 from edgeslim.registry import Registry
 
 INPUT_NAME = "input"
@@ -132,7 +133,9 @@ def _ort_static(job: ExportJob, dest: Path) -> None:
     act = {
         ActivationType.U8S8: QuantType.QUInt16 if w16 else QuantType.QUInt8,
         ActivationType.S8S8: QuantType.QInt16 if w16 else QuantType.QInt8,
+        ActivationType.U8U8: QuantType.QUInt16 if w16 else QuantType.QUInt8,
     }[job.options.activations]
+    unsigned_weights = job.options.activations is ActivationType.U8U8 and not wide_weights
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
         job.metadata["dynamic_axes"] = torch_to_onnx(
@@ -150,9 +153,11 @@ def _ort_static(job: ExportJob, dest: Path) -> None:
             weight_type=QuantType.QInt16 if wide_weights else QuantType.QInt8,
             extra_options={"ActivationSymmetric": job.options.activations is ActivationType.S8S8},
         )
-    sign = "u" if job.options.activations is ActivationType.U8S8 else "s"
+    if unsigned_weights:
+        weights_to_uint8(dest)
+    sign = "s" if job.options.activations is ActivationType.S8S8 else "u"
     job.metadata["route"] = "onnxruntime.quantization.quantize_static (QDQ, per-channel)"
-    job.metadata["activations"] = f"{sign}{16 if w16 else 8}s{16 if wide_weights else 8}"
+    job.metadata["activations"] = f"{sign}{16 if w16 else 8}{'u' if unsigned_weights else 's'}{16 if wide_weights else 8}"
 
 
 def _signed_activations(job: ExportJob, dest: Path) -> None:
@@ -160,11 +165,15 @@ def _signed_activations(job: ExportJob, dest: Path) -> None:
     if job.options.quant.precision in {Precision.W8A16, Precision.INT16} or uses_16bit_activations(dest):
         job.metadata["activations"] = "s16s16" if job.options.quant.precision is Precision.INT16 else "s16s8"
         return
-    if job.options.activations is ActivationType.U8S8:
-        n = activations_to_uint8(dest)
-        job.metadata["activations"] = "u8s8" if n else "s8s8"
-    else:
+    if job.options.activations is ActivationType.S8S8:
         job.metadata["activations"] = "s8s8"
+        return
+    n = activations_to_uint8(dest)
+    if job.options.activations is ActivationType.U8U8:
+        w = weights_to_uint8(dest)
+        job.metadata["activations"] = ("u8" if n else "s8") + ("u8" if w else "s8")
+    else:
+        job.metadata["activations"] = "u8s8" if n else "s8s8"
 
 
 def _prequantized_or_runtime(job: ExportJob, dest: Path) -> None:
@@ -308,6 +317,26 @@ class OnnxExporter:
         disabled = entries[GRAPH_OPTIMIZATION_KEY] == "disable_all"
         job.metadata["ort_graph_optimization"] = "disabled (16-bit activations)" if disabled else "enabled"
         job.metadata["onnx_metadata_props"] = entries
+
+    def retry_after_verification_failure(self, job: ExportJob, path: Path, error: Exception) -> bool:
+        """Re-encode a ``u8s8`` artefact's weights as uint8 after it failed verification.
+
+        ONNX Runtime's U8S8 GEMM/conv kernels on x86 CPUs without VNNI (SSE4.1, AVX2, AVX-512F)
+        add pairs of u8·s8 products in int16 (``vpmaddubsw``), which saturates when neighbouring
+        weights are large: the file is right, this CPU's kernel is not. The U8U8 kernels widen
+        first. Returns whether ``path`` was changed (and must be verified again).
+        """
+        if job.metadata.get("activations") != "u8s8" or job.options.activations is not ActivationType.U8S8:
+            return False
+        if not weights_to_uint8(path):
+            return False
+        job.metadata["activations"] = "u8u8"
+        job.metadata["u8u8_reason"] = (
+            f"the u8s8 artefact did not verify on this CPU ({str(error).splitlines()[0][:200]}); ONNX Runtime's "
+            "U8S8 kernels on x86 without VNNI saturate int16 pair sums, so the weights were re-encoded as uint8 "
+            "(same values, U8U8 kernels)"
+        )
+        return True
 
     def open(self, path: Path, job: ExportJob | None = None) -> Runner:
         """An ONNX Runtime session over ``path``."""

@@ -71,4 +71,50 @@ def activations_to_uint8(path: Path) -> int:
     return done
 
 
-__all__ = ["activations_to_uint8"]
+
+def weights_to_uint8(path: Path) -> int:
+    """Re-encode the int8 weight initializers of the ONNX file ``path`` as uint8, in place.
+
+    A weight is an int8 initializer read by ``DequantizeLinear``; ``w_u8 = w_s8 + 128`` with
+    zero point ``z + 128`` dequantizes to exactly the same float. ONNX Runtime then picks its
+    U8U8 kernels, which do not overflow: on x86 CPUs without VNNI (SSE4.1, AVX2, AVX-512F) its
+    U8S8 kernels add pairs of u8·s8 products in int16 (``vpmaddubsw``), which saturates when
+    two neighbouring weights are large (e.g. ±127 and ±64) against large activation codes.
+
+    Returns:
+        The number of weight initializers re-encoded.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    new: dict[str, str] = {}
+
+    def as_uint8(name: str) -> str:
+        if name not in new:
+            v = numpy_helper.to_array(inits[name]).astype(np.int16) + 128
+            init = numpy_helper.from_array(v.astype(np.uint8), f"{name}_as_uint8")
+            graph.initializer.append(init)
+            new[name] = init.name
+        return new[name]
+
+    done = 0
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3:
+            continue
+        w, zp = node.input[0], node.input[2]
+        if w not in inits or zp not in inits or inits[w].data_type != onnx.TensorProto.INT8:
+            continue
+        node.input[0], node.input[2] = as_uint8(w), as_uint8(zp)
+        done += 1
+    if done:
+        used = {name for n in graph.node for name in n.input}
+        for init in [i for i in graph.initializer if i.name in new and i.name not in used]:
+            graph.initializer.remove(init)
+        onnx.save(model, str(path))
+    return done
+
+
+__all__ = ["activations_to_uint8", "weights_to_uint8"]

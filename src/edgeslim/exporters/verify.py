@@ -165,7 +165,7 @@ def verify(
             f"{tolerance.min_cosine}, top-1 agreement >= {tolerance.min_top1_agreement:.0%} (of all samples, or of "
             "the samples that are not near-ties)"
             + (f", max|Δ| <= {tolerance.max_abs_error:.2%} of range" if tolerance.max_abs_error is not None else "")
-            + ". Try a larger calibration set, S8S8/U8S8 activations, w8a16, or keep the worst layer in float "
+            + ". Try a larger calibration set, u8u8/s8s8 ONNX encodings, w8a16, or keep the worst layer in float "
             "(see edgeslim.exporters.layerwise).",
             report,
         )
