@@ -45,6 +45,8 @@ SIZES = (32, 64, 128, 224, 299)
 HUGE = 100_000_000  # parameters
 TRANSFORMERS = ("vit_", "swin_", "maxvit_")
 VERIFY_SAMPLES, HUGE_VERIFY_SAMPLES = 256, 64  # test images each artefact is verified on
+NORMS = (  # module class names whose parameters are never re-initialised
+    "BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "LocalResponseNorm")
 DEGENERATE = 1e-3  # float logit span below which a random network gets BN statistics from calibration images
 NOTES = [
     "Random weights (`weights=None`, seed 0): this measures op and architecture coverage, not accuracy.",
@@ -59,8 +61,10 @@ NOTES = [
     "efficientnet_v2_*'s activations vanish to ~1e-6, leaving int8 only rounding noise to verify) gets its BatchNorm "
     "running statistics from those images (one train-mode pass; weights untouched): `bn_stats_from_calibration` "
     "and `float_logit_span` in the row. torchvision's ViTs initialise their classifier to zero (every logit 0, which "
-    "any constant artefact would match): a Linear whose weights are all zero gets PyTorch's default init, seed 0 "
-    "(`zero_layers_reinitialised`). Exports are verified only when the float logits then span at least 1e-3 "
+    "any constant artefact would match) and their class token to zero (it then carries almost nothing of the image; "
+    "int8 rounding swamps the trace, unlike a trained ViT's class token): in a network whose logits span < 1e-3, "
+    "every all-zero parameter other than a bias or a norm's gets a random value, seed 0 (a Linear's weight "
+    "PyTorch's default init, anything else N(0, 1)); `zero_parameters_reinitialised` in the row. Exports are verified only when the float logits then span at least 1e-3 "
     "(`verified_logit_span`); otherwise the step fails with 'nothing to verify'. Rows without these fields predate "
     "the check (see their `commit`).",
     "Top-1 agreement sets aside the reference's near-ties (top-1/top-2 margin within the typical output error), "
@@ -140,8 +144,12 @@ def _undegenerate(model: Any, calib: list[Any]) -> tuple[float, bool, list[str],
     span ~1e-6), leaving int8 nothing but rounding noise to verify. Such a network gets its
     BatchNorm running statistics from the calibration images (one train-mode pass, weights
     untouched), the scale a trained network has. torchvision's ViTs initialise their classifier
-    to zero, so every logit is 0 and any artefact that also prints 0 would "verify": a Linear
-    whose weights are all zero gets ``reset_parameters()`` (PyTorch's default init, seed 0).
+    to zero, so every logit is 0 and any artefact that also prints 0 would "verify", and their
+    class token to zero, so it carries almost nothing of the image and the logits are a constant
+    plus a trace that int8 rounding swamps (a trained class token has the patch tokens' scale or
+    more: vit-fmnist's std 8.6 vs 4.8). Every all-zero parameter other than a bias or a norm's
+    gets a random value, seed 0: a Linear's weight ``reset_parameters()`` (PyTorch's default
+    init), anything else N(0, 1).
     Returns the original span, whether BN statistics were set, the re-initialised layers and
     the span after both.
     """
@@ -160,12 +168,18 @@ def _undegenerate(model: Any, calib: list[Any]) -> tuple[float, bool, list[str],
         with torch.no_grad():
             model(batch)
         model.eval()
-    zeroed = [n for n, m in model.named_modules()
-              if isinstance(m, torch.nn.Linear) and not bool(m.weight.detach().any())]
-    if zeroed:
-        torch.manual_seed(0)
+    norm_params = {id(p) for m in model.modules() if any(k in type(m).__name__ for k in NORMS) for p in m.parameters()}
+    zeroed = [n for n, p in model.named_parameters()
+              if not n.endswith("bias") and id(p) not in norm_params and not bool(p.detach().any())]
+    torch.manual_seed(0)
+    with torch.no_grad():
         for n in zeroed:
-            model.get_submodule(n).reset_parameters()
+            owner, _, leaf = n.rpartition(".")
+            module = model.get_submodule(owner) if owner else model
+            if isinstance(module, torch.nn.Linear) and leaf == "weight":
+                module.reset_parameters()
+            else:
+                getattr(module, leaf).normal_()
     return span, bool(norms), zeroed, _span(model, batch)
 
 
@@ -195,7 +209,7 @@ def worker(name: str, row_path: Path, threads: int) -> None:
     size = row["input_size"] = _smallest_size(model, name)
     x = torch.randn(1, 3, size, size)
     calib = fashion_inputs(tuple(x.shape), 32, split="train")
-    (row["float_logit_span"], row["bn_stats_from_calibration"], row["zero_layers_reinitialised"],
+    (row["float_logit_span"], row["bn_stats_from_calibration"], row["zero_parameters_reinitialised"],
      row["verified_logit_span"]) = _undegenerate(model, calib)
     state: dict[str, Any] = {}
     work = Path(tempfile.mkdtemp(prefix=f"coverage-{name}-"))
