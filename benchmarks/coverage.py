@@ -65,8 +65,9 @@ NOTES = [
     "int8 rounding swamps the trace, unlike a trained ViT's class token): in a network whose logits span < 1e-3, "
     "every all-zero parameter other than a bias or a norm's gets a random value, seed 0 (a Linear's weight "
     "PyTorch's default init, anything else N(0, 1)); `zero_parameters_reinitialised` in the row. Exports are verified only when the float logits then span at least 1e-3 "
-    "(`verified_logit_span`); otherwise the step fails with 'nothing to verify'. Rows without these fields predate "
-    "the check (see their `commit`).",
+    "(`verified_logit_span`); otherwise the step fails with 'nothing to verify'. Rows measured before this check got "
+    "their float logit span measured afterwards (`float_logit_span_measured_at`, same seed, size and images); one "
+    "below 1e-3 without BN statistics marks the row `verification_vacuous` and it does not count as a pass.",
     "Top-1 agreement sets aside the reference's near-ties (top-1/top-2 margin within the typical output error), "
     "whose arg-max any rounding flips; random networks have many (`edgeslim.exporters.verify.compare`).",
     "Seconds are wall time on a 2-core machine shared with other jobs (two models at a time with one torch thread "
@@ -181,6 +182,25 @@ def _undegenerate(model: Any, calib: list[Any]) -> tuple[float, bool, list[str],
             else:
                 getattr(module, leaf).normal_()
     return span, bool(norms), zeroed, _span(model, batch)
+
+
+def fill_spans(rows: list[dict[str, Any]]) -> None:
+    """Measure the float logit span of rows that predate it: the same random model, size and images as the worker."""
+    import torch
+
+    import edgeslim
+    from edgeslim.exporters.base import fashion_inputs
+
+    for row in rows:
+        if "float_logit_span" in row or "input_size" not in row:
+            continue
+        torch.manual_seed(0)
+        model = edgeslim.load_model(row["model"])
+        size = row["input_size"]
+        calib = fashion_inputs((1, 3, size, size), 32, split="train")
+        row["float_logit_span"] = _span(model, torch.cat(list(calib)))
+        row["float_logit_span_measured_at"] = commit()
+        print(f"{row['model']}: float logit span {row['float_logit_span']:.3g}", flush=True)
 
 
 def worker(name: str, row_path: Path, threads: int) -> None:
@@ -335,11 +355,25 @@ def _cell(v: str) -> str:
     return v.replace("|", "\\|").replace("\n", " ")
 
 
+def vacuous(row: dict[str, Any]) -> bool:
+    """True when the row's exports were "verified" on logits spanning < DEGENERATE (rows from before the check)."""
+    if "verified_logit_span" in row:
+        return bool(row["verified_logit_span"] < DEGENERATE)
+    span = row.get("float_logit_span")
+    return span is not None and span < DEGENERATE and not row.get("bn_stats_from_calibration")
+
+
+def passes(row: dict[str, Any]) -> bool:
+    return all(row.get(s) == "ok" for s in STEPS) and not vacuous(row)
+
+
 def write(rows: list[dict[str, Any]], cat: list[tuple[str, int]], settings: dict[str, Any]) -> None:
     order = {n: i for i, (n, _) in enumerate(cat)}
     rows = sorted(rows, key=lambda r: order.get(r["model"], 1 << 30))
     done = {r["model"] for r in rows}
-    passed = [r for r in rows if all(r.get(s) == "ok" for s in STEPS)]
+    for r in rows:
+        r["verification_vacuous"] = vacuous(r)
+    passed = [r for r in rows if passes(r)]
     missing = [n for n, _ in cat if n not in done]
     summary = {
         "models_total": len(cat), "models_measured": len(rows), "models_passing_every_step": len(passed),
@@ -364,7 +398,11 @@ def write(rows: list[dict[str, Any]], cat: list[tuple[str, int]], settings: dict
     for r in rows:
         sec = r.get("seconds", {})
         kept = f"{r['params_fraction']:.3f}" if "params_fraction" in r else ""
-        cells = [f"{_cell(str(r.get(s, '')))} | {sec.get(s, '')}" for s in STEPS]
+        shown = {s: str(r.get(s, "")) for s in STEPS}
+        if r["verification_vacuous"]:
+            for s in ("onnx", "tflite"):
+                shown[s] += " (nothing verified: constant logits)"
+        cells = [f"{_cell(shown[s])} | {sec.get(s, '')}" for s in STEPS]
         lines.append(f"| {r['model']} | {r.get('input_size', '')} | {r['torchvision_params'] / 1e6:.1f} | {kept} | "
                      + " | ".join(cells) + " |")
     lines += ["", "Per row in the JSON: commit (with the uncommitted files under src/ the run used, in a shared "
@@ -384,6 +422,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="models run at once (models over 100 M parameters: alone)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per model")
     ap.add_argument("--skip-huge", action="store_true", help="do not start models over 100 M parameters")
+    ap.add_argument("--fill-spans", action="store_true",
+                    help="measure float_logit_span for rows from before the check (no steps rerun), then report")
     ap.add_argument("--report", action="store_true", help="only rewrite the JSON/Markdown from the rows there")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--row", type=Path, help=argparse.SUPPRESS)
@@ -400,7 +440,9 @@ def main() -> None:
     settings = {"steps": list(STEPS), "sizes_tried": list(SIZES), "timeout_s": args.timeout, "jobs": args.jobs,
                 "torch_threads": args.threads,
                 "huge_timeout_s": args.huge_timeout, "memory_gb": args.memory_gb}
-    if args.report:
+    if args.fill_spans:
+        fill_spans(list(rows.values()))
+    if args.report or args.fill_spans:
         old = json.loads((RESULTS / "coverage.json").read_text())
         write(list(rows.values()), cat, old.get("settings", settings) if isinstance(old, dict) else settings)
         return
@@ -408,6 +450,7 @@ def main() -> None:
     if args.skip_huge:
         todo = [n for n in todo if names[n] <= HUGE]
     lock = threading.Lock()
+    measured: set[str] = set()
 
     def one(name: str) -> None:
         if not args.only and not args.force and any(r["model"] == name for r in load_rows(RESULTS / "coverage.json")):
@@ -415,9 +458,11 @@ def main() -> None:
         print(f"[{time.strftime('%H:%M:%S')}] start {name}", file=sys.stderr, flush=True)
         r = run_one(name, names[name], args)
         with lock:
-            for old in load_rows(RESULTS / "coverage.json"):  # rows another run wrote meanwhile
-                rows.setdefault(old["model"], old)
+            for old in load_rows(RESULTS / "coverage.json"):  # rows another run wrote (or filled) meanwhile
+                if old["model"] not in measured:
+                    rows[old["model"]] = old
             rows[name] = r
+            measured.add(name)
             print(f"[{time.strftime('%H:%M:%S')}] {name}: {' | '.join(f'{s}: {r[s]}' for s in STEPS)}  "
                   f"({r.get('wall_s')} s)", file=sys.stderr, flush=True)
             write(list(rows.values()), cat, settings)
