@@ -81,3 +81,10 @@ def int8_litert(tmp_path):  # type: ignore[no-untyped-def]
         return interp, q
 
     return build
+
+
+def u8s8_overflows() -> bool:
+    """x86 without VNNI: ONNX Runtime's U8S8 kernels add u8·s8 pairs in int16 (``vpmaddubsw``)."""
+    from edgeslim.exporters.onnx import x86_u8s8_overflows
+
+    return x86_u8s8_overflows()

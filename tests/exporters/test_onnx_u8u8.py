@@ -13,21 +13,13 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 from onnx import helper as oh
+from tests.exporters.conftest import u8s8_overflows
 from torch import nn
 
 from edgeslim.exporters import export, inspect_artifact
 from edgeslim.exporters.config import ActivationType, Tolerance
 from edgeslim.exporters.onnx import OnnxExporter
 from edgeslim.exporters.qdq import weights_to_uint8
-
-
-def _u8s8_overflows() -> bool:
-    """x86 without VNNI: ONNX Runtime's U8S8 kernels add u8·s8 pairs in int16 (``vpmaddubsw``)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx2" in flags and not any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def _session(path: Path, level: ort.GraphOptimizationLevel) -> ort.InferenceSession:
@@ -68,7 +60,7 @@ def test_uint8_weights_compute_the_exact_matmul_where_u8s8_may_saturate(tmp_path
     assert not any(i.name in {"w", "wz"} for i in saved.graph.initializer)  # the int8 copies are gone
     fused = _session(u8, ort.GraphOptimizationLevel.ORT_ENABLE_ALL).run(None, {"x": x})[0]
     assert np.abs(fused - exact).max() / np.abs(exact).max() < 1e-5
-    if _u8s8_overflows():  # what the re-encoding is for, on this CPU: the int8 file's fused kernel saturates
+    if u8s8_overflows():  # what the re-encoding is for, on this CPU: the int8 file's fused kernel saturates
         s8 = _session(path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL).run(None, {"x": x})[0]
         assert np.abs(s8 - exact).max() / np.abs(exact).max() > 0.05
 
@@ -109,14 +101,41 @@ def test_a_u8s8_export_that_fails_verification_is_reencoded_and_verified_again(
     res = export(wide_linear_q8, "onnx", tmp_path / "q.onnx", x, verify_inputs=real_images[:64], tolerance=strict)
     assert res.verification is not None and res.verification.cosine >= 0.9999
     if res.metadata["activations"] == "u8u8":  # the u8s8 file failed here: the reason is kept
-        assert "did not verify on this CPU" in res.metadata["u8u8_reason"] and "cosine" in res.metadata["u8u8_reason"]
-    if _u8s8_overflows():
+        assert "the file failed as it was" in res.metadata["u8u8_reason"] and "cosine" in res.metadata["u8u8_reason"]
+    if u8s8_overflows():
         assert res.metadata["activations"] == "u8u8"
-    # the hook itself: only a default u8s8 artefact is re-encoded
-    for acts, expected in (("u8s8", True), ("s8s8", False)):
+    # the hook itself: a default u8s8 file is re-encoded in place, an s8s8 file is kept and a u8u8 copy verified
+    if not u8s8_overflows():
+        return
+    for acts in ("u8s8", "s8s8"):
         path = tmp_path / f"{acts}.onnx"
         out = export(wide_linear_q8, "onnx", path, x, activations=acts, verify=False)
         job = SimpleNamespace(metadata=dict(out.metadata), options=SimpleNamespace(activations=ActivationType(acts)))
-        assert OnnxExporter().retry_after_verification_failure(job, path, RuntimeError("cosine 0.9")) is expected
-        assert job.metadata["activations"] == ("u8u8" if expected else "s8s8")
-        assert ("int8" in inspect_artifact(path).weight_dtypes()) is not expected
+        got = OnnxExporter().retry_after_verification_failure(job, path, RuntimeError("cosine 0.9"))
+        assert got is not None
+        note, check = got
+        if acts == "u8s8":
+            assert check == path and note == "the u8s8 file failed first and was re-encoded as u8u8"
+            assert job.metadata["activations"] == "u8u8" and "int8" not in inspect_artifact(path).weight_dtypes()
+        else:
+            assert check != path and check.parent != tmp_path and "value-identical u8u8 copy" in note
+            assert job.metadata["activations"] == "s8s8" and "cosine 0.9" in job.metadata["verified_as"]
+            assert "int8" in inspect_artifact(path).weight_dtypes()  # the asked-for file is untouched
+            assert set(inspect_artifact(check).weight_dtypes()) - {"float32"} == {"uint8"}
+            check.unlink()
+
+
+def test_when_both_encodings_fail_the_error_says_so_and_no_file_is_left(wide_linear_q8, real_images, tmp_path: Path) -> None:
+    from edgeslim.exporters import ExportVerificationError
+
+    out = tmp_path / "q.onnx"
+    with pytest.raises(ExportVerificationError) as info:
+        export(wide_linear_q8, "onnx", out, real_images[:1], verify_inputs=real_images[:64],
+               tolerance=Tolerance(min_cosine=1.5, min_top1_agreement=0.5))  # no artefact can pass
+    msg = str(info.value)
+    if u8s8_overflows():
+        assert "the u8s8 file failed first and was re-encoded as u8u8; it fails too" in msg
+    else:  # no saturation to work around: one try
+        assert "re-encoded" not in msg
+    assert "required cosine >= 1.5" in str(info.value) and info.value.report.cosine > 0.9
+    assert not out.exists() and list(tmp_path.iterdir()) == []

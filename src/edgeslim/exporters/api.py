@@ -241,10 +241,18 @@ def export(
                     report = verify_runner(runner, module, inputs, tolerance, what=f"{fmt} {spec.label} artefact")
                 except ExportVerificationError as exc:
                     retry = getattr(exporter, "retry_after_verification_failure", None)
-                    if retry is None or not retry(job, tmp, exc):
+                    instead = retry(job, tmp, exc) if retry is not None else None
+                    if not instead:
                         raise
-                    runner = exporter.open(tmp, job)
-                    report = verify_runner(runner, module, inputs, tolerance, what=f"{fmt} {spec.label} artefact")
+                    note, check = instead
+                    try:
+                        runner = exporter.open(check, job)
+                        report = verify_runner(runner, module, inputs, tolerance, what=f"{fmt} {spec.label} artefact")
+                    except ExportVerificationError as again:
+                        raise ExportVerificationError(f"{again} ({note}; it fails too)", again.report) from exc
+                    finally:
+                        if check != tmp:
+                            check.unlink(missing_ok=True)
         accuracy = None
         if eval_data is not None:
             batches = labelled_batches(eval_data, tuple(example.shape), opts.eval_samples)

@@ -25,6 +25,8 @@ agent on a board, applies it.
 from __future__ import annotations
 
 import os
+import platform
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -318,29 +320,54 @@ class OnnxExporter:
         job.metadata["ort_graph_optimization"] = "disabled (16-bit activations)" if disabled else "enabled"
         job.metadata["onnx_metadata_props"] = entries
 
-    def retry_after_verification_failure(self, job: ExportJob, path: Path, error: Exception) -> bool:
-        """Re-encode a ``u8s8`` artefact's weights as uint8 after it failed verification.
+    def retry_after_verification_failure(self, job: ExportJob, path: Path, error: Exception) -> tuple[str, Path] | None:
+        """After a failed verification on a CPU whose ONNX Runtime U8S8 kernels saturate: what to verify instead.
 
         ONNX Runtime's U8S8 GEMM/conv kernels on x86 CPUs without VNNI (SSE4.1, AVX2, AVX-512F)
         add pairs of u8·s8 products in int16 (``vpmaddubsw``), which saturates when neighbouring
-        weights are large: the file is right, this CPU's kernel is not. The U8U8 kernels widen
-        first. Returns whether ``path`` was changed (and must be verified again).
+        weights are large (S8S8 files run on the same kernels there). The U8U8 kernels widen first.
+        A default ``u8s8`` file gets its weights re-encoded as uint8 in place (same values; the
+        artefact then runs right on this CPU too); an ``s8s8`` file, asked for as it is (ARM
+        kernels prefer it), stays as it is and a value-identical ``u8u8`` copy is verified instead.
+
+        Returns:
+            ``(note, path to verify)``, or None when this does not apply.
         """
-        if job.metadata.get("activations") != "u8s8" or job.options.activations is not ActivationType.U8S8:
-            return False
-        if not weights_to_uint8(path):
-            return False
-        job.metadata["activations"] = "u8u8"
-        job.metadata["u8u8_reason"] = (
-            f"the u8s8 artefact did not verify on this CPU ({str(error).splitlines()[0][:200]}); ONNX Runtime's "
-            "U8S8 kernels on x86 without VNNI saturate int16 pair sums, so the weights were re-encoded as uint8 "
-            "(same values, U8U8 kernels)"
-        )
-        return True
+        if not x86_u8s8_overflows() or job.options.activations is ActivationType.U8U8:
+            return None
+        reason = (f"ONNX Runtime's U8S8 kernels on this CPU (x86 without VNNI) saturate int16 pair sums; the file "
+                  f"failed as it was: {str(error).splitlines()[0][:200]}")
+        if job.metadata.get("activations") == "u8s8":
+            if not weights_to_uint8(path):
+                return None
+            job.metadata["activations"] = "u8u8"
+            job.metadata["u8u8_reason"] = reason + "; weights re-encoded as uint8 (same values, U8U8 kernels)"
+            return "the u8s8 file failed first and was re-encoded as u8u8", path
+        if job.metadata.get("activations") == "s8s8":
+            fd, name = tempfile.mkstemp(prefix="edgeslim-u8u8-check-", suffix=".onnx")
+            os.close(fd)
+            copy = Path(name)
+            shutil.copyfile(path, copy)
+            activations_to_uint8(copy)
+            weights_to_uint8(copy)
+            job.metadata["verified_as"] = reason + "; the s8s8 file is kept and a value-identical u8u8 copy was verified"
+            return "the s8s8 file failed first on this CPU; a value-identical u8u8 copy was verified", copy
+        return None
 
     def open(self, path: Path, job: ExportJob | None = None) -> Runner:
         """An ONNX Runtime session over ``path``."""
         return OrtRunner(path, threads=int(os.environ.get("EDGESLIM_ORT_THREADS", "0")) or None)
+
+
+def x86_u8s8_overflows() -> bool:
+    """True on x86 CPUs without VNNI, where ONNX Runtime's U8S8 kernels add u8·s8 pairs in int16 (``vpmaddubsw``)."""
+    if platform.machine().lower() not in {"x86_64", "amd64", "i686", "x86"}:
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return not any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def optimized_copy_path(path: Path) -> Path:
@@ -375,5 +402,14 @@ def write_optimized_copy(path: Path, *, overwrite: bool = False) -> Path:
     return out
 
 
-__all__ = ["ONNX_ROUTES", "OnnxExporter", "OrtRunner", "optimized_copy_path", "torch_to_onnx", "uses_16bit_activations", "write_optimized_copy",
-           "write_runtime_metadata"]
+__all__ = [
+    "ONNX_ROUTES",
+    "OnnxExporter",
+    "OrtRunner",
+    "optimized_copy_path",
+    "torch_to_onnx",
+    "uses_16bit_activations",
+    "write_optimized_copy",
+    "write_runtime_metadata",
+    "x86_u8s8_overflows",
+]
