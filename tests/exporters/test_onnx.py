@@ -105,12 +105,11 @@ def test_edgeslim_pt2e_int8_and_coded_log2(tiny_model, real_images, example, tmp
     r8 = export(q8, "onnx", tmp_path / "pt2e.onnx", example, verify_inputs=real_images[:64])
     assert r8.quant == "int8" and "PT2E" in r8.metadata["route"]
     assert inspect_artifact(r8.path).float_compute_ops() == []
-    v8 = r8.verification
-    assert v8 is not None and v8.passed
-    # on x86 without VNNI ORT's U8S8 kernels saturate (93.75 % raw agreement here); decisive samples still agree
-    assert (v8.decisive_top1_agreement or 0.0 if u8s8_overflows() else v8.top1_agreement) >= 0.95
-    # PT2E graphs come out S8S8; the default re-encodes activations as uint8 (U8S8, ORT's fast x86 kernels)
-    assert r8.metadata["activations"] == "u8s8" and set(inspect_artifact(r8.path).compute_dtypes()) == {"uint8"}
+    assert r8.verification is not None and r8.verification.top1_agreement >= 0.95
+    # PT2E graphs come out S8S8; the default re-encodes activations as uint8 (U8S8, ORT's fast x86 kernels), and
+    # the weights too on x86 without VNNI, where ORT's U8S8 kernels saturate (U8U8)
+    assert r8.metadata["activations"] == ("u8u8" if u8s8_overflows() else "u8s8")
+    assert set(inspect_artifact(r8.path).compute_dtypes()) == {"uint8"}
     s8 = export(q8, "onnx", tmp_path / "pt2e_s8.onnx", example, activations="s8s8", verify_inputs=real_images[:64])
     assert s8.metadata["activations"] == "s8s8" and set(inspect_artifact(s8.path).compute_dtypes()) == {"int8"}
     plain = ort.SessionOptions()
@@ -135,8 +134,7 @@ def test_edgeslim_pt2e_int8_and_coded_log2(tiny_model, real_images, example, tmp
     rp = export(qp, "onnx", tmp_path / "pwl.onnx", example, verify_inputs=real_images[:64])
     pwl_bytes, pwl_float = _initializer_bytes(rp.path)
     assert rp.quant == "pwl:4" and pwl_float == int8_float and pwl_bytes < 0.7 * int8_bytes
-    # vs the PT2E pwl model; 0.993 where ORT's U8S8 kernels saturate (x86 without VNNI)
-    assert rp.verification is not None and rp.verification.cosine > (0.99 if u8s8_overflows() else 0.999)
+    assert rp.verification is not None and rp.verification.cosine > 0.999
 
 
 def test_onnx_refuses_options_it_cannot_honour(tiny_model, example, tmp_path: Path) -> None:

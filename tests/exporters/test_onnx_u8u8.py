@@ -81,7 +81,7 @@ def wide_linear_q8(real_images):  # type: ignore[no-untyped-def]
 
 def test_u8u8_keeps_every_value_of_the_u8s8_artefact(wide_linear_q8, real_images, tmp_path: Path) -> None:
     x = real_images[:1]
-    a = export(wide_linear_q8, "onnx", tmp_path / "u8s8.onnx", x, verify_inputs=real_images[:64],
+    a = export(wide_linear_q8, "onnx", tmp_path / "u8s8.onnx", x, activations="u8s8", verify_inputs=real_images[:64],
                tolerance=Tolerance(0.9, 0.5))
     b = export(wide_linear_q8, "onnx", tmp_path / "u8u8.onnx", x, activations="u8u8", verify_inputs=real_images[:64])
     assert a.metadata["activations"] == "u8s8" and b.metadata["activations"] == "u8u8"
@@ -98,7 +98,8 @@ def test_a_u8s8_export_that_fails_verification_is_reencoded_and_verified_again(
 ) -> None:
     strict = Tolerance(min_cosine=0.9999, min_top1_agreement=0.99)
     x = real_images[:1]
-    res = export(wide_linear_q8, "onnx", tmp_path / "q.onnx", x, verify_inputs=real_images[:64], tolerance=strict)
+    res = export(wide_linear_q8, "onnx", tmp_path / "q.onnx", x, activations="u8s8", verify_inputs=real_images[:64],
+                 tolerance=strict)
     assert res.verification is not None and res.verification.cosine >= 0.9999
     if res.metadata["activations"] == "u8u8":  # the u8s8 file failed here: the reason is kept
         assert "the file failed as it was" in res.metadata["u8u8_reason"] and "cosine" in res.metadata["u8u8_reason"]
@@ -130,7 +131,7 @@ def test_when_both_encodings_fail_the_error_says_so_and_no_file_is_left(wide_lin
 
     out = tmp_path / "q.onnx"
     with pytest.raises(ExportVerificationError) as info:
-        export(wide_linear_q8, "onnx", out, real_images[:1], verify_inputs=real_images[:64],
+        export(wide_linear_q8, "onnx", out, real_images[:1], activations="u8s8", verify_inputs=real_images[:64],
                tolerance=Tolerance(min_cosine=1.5, min_top1_agreement=0.5))  # no artefact can pass
     msg = str(info.value)
     if u8s8_overflows():
@@ -139,3 +140,11 @@ def test_when_both_encodings_fail_the_error_says_so_and_no_file_is_left(wide_lin
         assert "re-encoded" not in msg
     assert "required cosine >= 1.5" in str(info.value) and info.value.report.cosine > 0.9
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_default_encoding_is_u8u8_exactly_where_u8s8_saturates(wide_linear_q8, real_images, tmp_path: Path) -> None:
+    res = export(wide_linear_q8, "onnx", tmp_path / "q.onnx", real_images[:1], verify_inputs=real_images[:64])
+    assert res.options["activations"] == "auto"
+    expected = "u8u8" if u8s8_overflows() else "u8s8"
+    assert res.metadata["activations"] == expected and res.metadata["activations_auto"].startswith(expected)
+    assert res.verification is not None and res.verification.cosine > 0.999

@@ -36,7 +36,7 @@ def export_cmd(
     format: Annotated[str, typer.Option("--format", help="onnx | tflite | tensorrt (needs an NVIDIA GPU and the tensorrt package)")] = "onnx",
     quant: Annotated[str | None, typer.Option(help="fp32 | fp16 | dynamic | int8 | w8a16 (16x8) | int16 | log2:N | codebook:N | pwl:N; default: the model's own quantization (fp32 for a float model)")] = None,
     layout: Annotated[str, typer.Option(help="Input layout: nchw (default) | nhwc (TFLite only)")] = "nchw",
-    activations: Annotated[str, typer.Option(help="ONNX int8 activations+weights: u8s8 (fastest in ORT on x86) | s8s8 | u8u8 (no int16 saturation on x86 without VNNI)")] = "u8s8",
+    activations: Annotated[str, typer.Option(help="ONNX int8 encoding: auto (u8u8 on x86 without VNNI, else u8s8) | u8s8 (fastest in ORT on x86) | s8s8 | u8u8")] = "auto",
     io_dtype: Annotated[str, typer.Option("--io-dtype", help="TFLite int8 model input/output: float | int8 (carries scale/zero point)")] = "float",
     method: Annotated[str, typer.Option(help="auto | runtime (ORT/ai-edge-quantizer) | edgeslim (edgeslim.quantize PT2E first)")] = "auto",
     calibration_size: Annotated[int, typer.Option("--calibration-size", help="Real training images for calibration (from --data; default Fashion-MNIST)")] = 256,

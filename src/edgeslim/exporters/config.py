@@ -61,9 +61,11 @@ class ActivationType(str, Enum):
     zero point + 128): ONNX Runtime's U8S8 kernels on x86 CPUs without VNNI add pairs of u8·s8
     products in int16 and saturate on large neighbouring weights, its U8U8 kernels do not. A
     ``u8s8`` export that does not verify on such a CPU is re-encoded as ``u8u8`` and verified again
-    (``metadata["activations"]`` and ``metadata["u8u8_reason"]`` say so).
+    (``metadata["activations"]`` and ``metadata["u8u8_reason"]`` say so). AUTO (the default) is
+    U8U8 on such a CPU (the export is verified and measured here) and U8S8 elsewhere.
     """
 
+    AUTO = "auto"
     U8S8 = "u8s8"
     S8S8 = "s8s8"
     U8U8 = "u8u8"
@@ -226,7 +228,7 @@ class ExportOptions:
     Attributes:
         quant: The precision (parsed from a string with :meth:`QuantSpec.parse`).
         layout: Input layout of the artefact (TFLite can take NHWC; ONNX is NCHW).
-        activations: ONNX int8 activation signedness (U8S8 default: fastest in ONNX Runtime on x86).
+        activations: ONNX int8 encoding (AUTO default: U8U8 on x86 without VNNI, else U8S8, fastest in ORT on x86).
         io_dtype: Input/output dtype of a fully quantized TFLite model (float by default: the
             model quantizes its input itself; ``int8`` ships the input scale/zero point).
         method: How float models are quantized (see :class:`Method`).
@@ -242,7 +244,7 @@ class ExportOptions:
 
     quant: QuantSpec = field(default_factory=QuantSpec)
     layout: Layout = Layout.NCHW
-    activations: ActivationType = ActivationType.U8S8
+    activations: ActivationType = ActivationType.AUTO
     io_dtype: IODType = IODType.FLOAT
     method: Method = Method.AUTO
     calibration_size: int = 256

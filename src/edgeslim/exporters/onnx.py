@@ -28,6 +28,7 @@ import os
 import platform
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,17 @@ def _reader(batches: list[torch.Tensor]) -> Any:
     return _Reader()
 
 
+def resolve_activations(job: ExportJob) -> ActivationType:
+    """Turn AUTO into U8U8 where ONNX Runtime's U8S8 kernels saturate (x86 without VNNI), else U8S8; in place."""
+    if job.options.activations is ActivationType.AUTO:
+        chosen = ActivationType.U8U8 if x86_u8s8_overflows() else ActivationType.U8S8
+        job.options = replace(job.options, activations=chosen)
+        job.metadata["activations_auto"] = (
+            "u8u8: this CPU is x86 without VNNI, where ONNX Runtime's U8S8 kernels saturate int16 pair sums"
+            if chosen is ActivationType.U8U8 else "u8s8: ONNX Runtime's fast x86 kernels, exact on this CPU")
+    return job.options.activations
+
+
 def _ort_static(job: ExportJob, dest: Path) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -136,7 +148,7 @@ def _ort_static(job: ExportJob, dest: Path) -> None:
         ActivationType.U8S8: QuantType.QUInt16 if w16 else QuantType.QUInt8,
         ActivationType.S8S8: QuantType.QInt16 if w16 else QuantType.QInt8,
         ActivationType.U8U8: QuantType.QUInt16 if w16 else QuantType.QUInt8,
-    }[job.options.activations]
+    }[resolve_activations(job)]
     unsigned_weights = job.options.activations is ActivationType.U8U8 and not wide_weights
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         fp32, pre = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx"
@@ -164,6 +176,7 @@ def _ort_static(job: ExportJob, dest: Path) -> None:
 
 def _signed_activations(job: ExportJob, dest: Path) -> None:
     """Apply the asked int8 activation signedness to a PT2E export (it comes out S8S8)."""
+    resolve_activations(job)
     if job.options.quant.precision in {Precision.W8A16, Precision.INT16} or uses_16bit_activations(dest):
         job.metadata["activations"] = "s16s16" if job.options.quant.precision is Precision.INT16 else "s16s8"
         return
