@@ -15,6 +15,30 @@ from typing import Any
 import numpy as np
 
 
+class _Uint8Copies:
+    """uint8 copies (value + 128) of int8 initializers of ``graph``, made once each; ``made`` maps old -> new name."""
+
+    def __init__(self, graph: Any) -> None:
+        self.graph = graph
+        self.inits = {i.name: i for i in graph.initializer}
+        self.made: dict[str, str] = {}
+
+    def __call__(self, name: str) -> str:
+        from onnx import numpy_helper
+
+        if name not in self.made:
+            v = numpy_helper.to_array(self.inits[name]).astype(np.int16) + 128
+            init = numpy_helper.from_array(v.astype(np.uint8), f"{name}_as_uint8")
+            self.graph.initializer.append(init)
+            self.made[name] = init.name
+        return self.made[name]
+
+    def drop_unused_originals(self) -> None:
+        used = {name for n in self.graph.node for name in n.input}
+        for init in [i for i in self.graph.initializer if i.name in self.made and i.name not in used]:
+            self.graph.initializer.remove(init)
+
+
 def activations_to_uint8(path: Path) -> int:
     """Re-encode the int8 activation Q/DQ pairs of the ONNX file ``path`` as uint8, in place.
 
@@ -26,24 +50,15 @@ def activations_to_uint8(path: Path) -> int:
         The number of QuantizeLinear nodes re-encoded.
     """
     import onnx
-    from onnx import numpy_helper
 
     model = onnx.load(str(path))
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
+    uint8_zero_point = _Uint8Copies(graph)
+    inits, made = uint8_zero_point.inits, uint8_zero_point.made
     consumers: dict[str, list[Any]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    made: dict[str, str] = {}
-
-    def uint8_zero_point(name: str) -> str:
-        if name not in made:
-            z = numpy_helper.to_array(inits[name]).astype(np.int16) + 128
-            new = numpy_helper.from_array(z.astype(np.uint8), f"{name}_as_uint8")
-            graph.initializer.append(new)
-            made[name] = new.name
-        return made[name]
 
     done = 0
     for node in list(graph.node):
@@ -63,10 +78,7 @@ def activations_to_uint8(path: Path) -> int:
                 info.type.tensor_type.elem_type = onnx.TensorProto.UINT8
         done += 1
     if done:
-        used = {name for n in graph.node for name in n.input}
-        stale = [i for i in graph.initializer if i.name in made and i.name not in used]
-        for init in stale:  # int8 zero points nothing reads any more
-            graph.initializer.remove(init)
+        uint8_zero_point.drop_unused_originals()  # int8 zero points nothing reads any more
         onnx.save(model, str(path))
     return done
 
@@ -85,20 +97,11 @@ def weights_to_uint8(path: Path) -> int:
         The number of weight initializers re-encoded.
     """
     import onnx
-    from onnx import numpy_helper
 
     model = onnx.load(str(path))
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    new: dict[str, str] = {}
-
-    def as_uint8(name: str) -> str:
-        if name not in new:
-            v = numpy_helper.to_array(inits[name]).astype(np.int16) + 128
-            init = numpy_helper.from_array(v.astype(np.uint8), f"{name}_as_uint8")
-            graph.initializer.append(init)
-            new[name] = init.name
-        return new[name]
+    as_uint8 = _Uint8Copies(graph)
+    inits = as_uint8.inits
 
     done = 0
     for node in graph.node:
@@ -110,9 +113,7 @@ def weights_to_uint8(path: Path) -> int:
         node.input[0], node.input[2] = as_uint8(w), as_uint8(zp)
         done += 1
     if done:
-        used = {name for n in graph.node for name in n.input}
-        for init in [i for i in graph.initializer if i.name in new and i.name not in used]:
-            graph.initializer.remove(init)
+        as_uint8.drop_unused_originals()
         onnx.save(model, str(path))
     return done
 
