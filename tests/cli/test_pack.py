@@ -117,19 +117,30 @@ def _packed_ints(esz_file: Path) -> dict[str, np.ndarray]:
 
 
 def _onnx_weight_ints(path: Path) -> list[np.ndarray]:
-    """The int8 weights the ONNX file's DequantizeLinear nodes read (4-bit codes decoded through their codebook)."""
+    """The integer weights (minus their zero point) the ONNX file's DequantizeLinear nodes read.
+
+    4-bit codes are decoded through their codebook; a u8u8 file's uint8 weights (+128, zero point
+    +128) give back the same integers as an int8 file's.
+    """
     model = onnx.load(str(path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     out = []
     for node in model.graph.node:
-        if node.op_type != "DequantizeLinear":
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3:
             continue
-        w = node.input[0]
-        if w in inits and inits[w].dtype == np.int8 and inits[w].ndim >= 2:
-            out.append(inits[w].astype(np.int64))
+        w, zp = node.input[0], inits[node.input[2]].astype(np.int64)
+        if w in inits and inits[w].dtype in (np.int8, np.uint8) and inits[w].ndim >= 2:
+            q = inits[w].astype(np.int64)
         elif f"{w}__codes" in inits:
             codes, book = inits[f"{w}__codes"].astype(np.int64), inits[f"{w}__codebook"]
-            out.append(np.take_along_axis(book, codes, 1).reshape(inits[f"{w}__shape"]).astype(np.int64))
+            q = np.take_along_axis(book, codes, 1).reshape(inits[f"{w}__shape"]).astype(np.int64)
+        else:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = [1] * q.ndim
+        if zp.ndim:
+            shape[axis] = -1
+        out.append(q - zp.reshape(shape))
     return out
 
 

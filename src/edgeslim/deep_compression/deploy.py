@@ -132,7 +132,9 @@ def quantize_unpacked(
 
 
 def lower_narrow_weights(path: Path) -> dict[str, Any] | None:
-    """Store the int8 weights of ``path`` with <= 16 distinct values per row as 4-bit codes (in place).
+    """Store the 8-bit weights of ``path`` with <= 16 distinct values per row as 4-bit codes (in place).
+
+    The weights are int8, or uint8 in a ``u8u8`` file (the default on x86 CPUs without VNNI).
 
     Returns:
         The lowering statistics, or ``None`` when no weight is that narrow (the file is left alone).
@@ -146,7 +148,9 @@ def lower_narrow_weights(path: Path) -> dict[str, Any] | None:
     inits = {i.name: i for i in model.graph.initializer}
     weights = [n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
     if not any(
-        (q := numpy_helper.to_array(inits[w])).dtype == np.int8 and q.ndim >= 2 and encode(q, 4) is not None
+        (q := numpy_helper.to_array(inits[w])).dtype in (np.int8, np.uint8)
+        and q.ndim >= 2
+        and encode(q, 4) is not None
         for w in weights
     ):
         return None

@@ -8,7 +8,7 @@ with at most ``2**bits`` distinct values per output channel. Each such weight is
       -> the original DequantizeLinear (scale per channel) -> Conv / Gemm
 
 so the file really holds ``bits`` per weight, and the decoded tensor is bit-identical to the
-int8 weight (checked while lowering). ONNX Runtime folds the decode into a constant when it
+int8 weight (checked while lowering). A ``u8u8`` file's uint8 weights get a uint8 codebook. ONNX Runtime folds the decode into a constant when it
 loads the model, then fuses the QDQ pattern into its integer kernels as for plain int8.
 """
 
@@ -22,6 +22,7 @@ import numpy as np
 from edgeslim.exporters.errors import ExportError
 
 _MIN_ELEMENTS = 64  # smaller weights are not worth a decode subgraph
+_CODED_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8))  # uint8: a u8u8 file (weights + 128, zero point + 128)
 
 
 def _pack_uint4(codes: np.ndarray) -> bytes:
@@ -54,7 +55,7 @@ def lower_coded_weights(path: Path, coded_weights: dict[str, Any], *, bits: int)
     """Rewrite the ONNX file at ``path`` in place (see the module docstring).
 
     Args:
-        path: A QDQ ONNX file (opset >= 21).
+        path: A QDQ ONNX file (opset >= 21) with int8 or uint8 weights.
         coded_weights: The ``CodedWeight`` dict of the ``QuantResult`` (used for the report).
         bits: Code width (2..8).
 
@@ -81,7 +82,7 @@ def lower_coded_weights(path: Path, coded_weights: dict[str, Any], *, bits: int)
         if w is None or w not in inits or users.get(w, 0) != 1:
             continue
         q = numpy_helper.to_array(inits[w])
-        if q.dtype != np.int8 or q.ndim < 2 or q.size < _MIN_ELEMENTS:
+        if q.dtype not in _CODED_DTYPES or q.ndim < 2 or q.size < _MIN_ELEMENTS:
             continue
         enc = encode(q, bits)
         if enc is None:
@@ -106,7 +107,7 @@ def lower_coded_weights(path: Path, coded_weights: dict[str, Any], *, bits: int)
         lowered += 1
     if not lowered:
         raise ExportError(
-            f"no int8 weight of {path.name} has <= {1 << bits} levels per channel: the model was not quantized "
+            f"no 8-bit weight of {path.name} has <= {1 << bits} levels per channel: the model was not quantized "
             f"with a {bits}-bit log2/codebook scheme"
         )
     kept = [i for i in g.initializer if i.name not in drop]

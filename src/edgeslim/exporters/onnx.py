@@ -11,8 +11,8 @@ Routes (measured on ONNX Runtime 1.32, x86-64):
 - A model already quantized by ``edgeslim.quantize`` (a PT2E-converted graph) is exported as
   it is: its Q/DQ ops become ``QuantizeLinear``/``DequantizeLinear``; int8 activations are
   re-encoded as uint8 for ``u8s8`` (the default; value-preserving, :mod:`edgeslim.exporters.qdq`).
-- ``log2:N`` / ``codebook:N``: the PT2E export, then the weights are lowered to N-bit codes
-  (:mod:`edgeslim.exporters.coded`).
+- ``log2:N`` / ``codebook:N``: the PT2E export, its activation/weight encoding, then the weights
+  are lowered to N-bit codes (:mod:`edgeslim.exporters.coded`; a ``u8u8`` file's codebooks are uint8).
 
 Graphs with 16-bit activations are run with ``ORT_DISABLE_ALL``: ONNX Runtime 1.32 computed
 a W16A16 ResNet-18 at 22 % accuracy with its graph optimizations on (93.7 % with them off).
@@ -215,8 +215,8 @@ def _coded(job: ExportJob, dest: Path) -> None:
             f"'{job.options.quant.label}') (a QuantResult with coded_weights)"
         )
     _fp32(job, dest)
+    _signed_activations(job, dest)  # before the lowering, so that u8u8 codebooks are uint8 too
     stats = lower_coded_weights(dest, job.coded_weights, bits=int(job.options.quant.bits or 4))
-    _signed_activations(job, dest)
     job.metadata["route"] = "PT2E QDQ export + coded-weight lowering (UINTn codes + GatherElements codebook)"
     job.metadata["coded"] = stats
 
