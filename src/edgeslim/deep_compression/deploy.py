@@ -142,13 +142,13 @@ def lower_narrow_weights(path: Path) -> dict[str, Any] | None:
     import onnx
     from onnx import numpy_helper
 
-    from edgeslim.exporters.coded import encode, lower_coded_weights
+    from edgeslim.exporters.coded import CODED_DTYPES, encode, lower_coded_weights
 
     model = onnx.load(str(path))
     inits = {i.name: i for i in model.graph.initializer}
     weights = [n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
     if not any(
-        (q := numpy_helper.to_array(inits[w])).dtype in (np.int8, np.uint8)
+        (q := numpy_helper.to_array(inits[w])).dtype in CODED_DTYPES
         and q.ndim >= 2
         and encode(q, 4) is not None
         for w in weights

@@ -8,8 +8,9 @@ with at most ``2**bits`` distinct values per output channel. Each such weight is
       -> the original DequantizeLinear (scale per channel) -> Conv / Gemm
 
 so the file really holds ``bits`` per weight, and the decoded tensor is bit-identical to the
-int8 weight (checked while lowering). A ``u8u8`` file's uint8 weights get a uint8 codebook. ONNX Runtime folds the decode into a constant when it
-loads the model, then fuses the QDQ pattern into its integer kernels as for plain int8.
+int8 weight (checked while lowering); a ``u8u8`` file's uint8 weights get a uint8 codebook.
+ONNX Runtime folds the decode into a constant when it loads the model, then fuses the QDQ
+pattern into its integer kernels as for plain int8.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from edgeslim.exporters.errors import ExportError
 
 _MIN_ELEMENTS = 64  # smaller weights are not worth a decode subgraph
-_CODED_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8))  # uint8: a u8u8 file (weights + 128, zero point + 128)
+CODED_DTYPES = (np.dtype(np.int8), np.dtype(np.uint8))  # uint8: a u8u8 file (weights + 128, zero point + 128)
 
 
 def _pack_uint4(codes: np.ndarray) -> bytes:
@@ -82,7 +83,7 @@ def lower_coded_weights(path: Path, coded_weights: dict[str, Any], *, bits: int)
         if w is None or w not in inits or users.get(w, 0) != 1:
             continue
         q = numpy_helper.to_array(inits[w])
-        if q.dtype not in _CODED_DTYPES or q.ndim < 2 or q.size < _MIN_ELEMENTS:
+        if q.dtype not in CODED_DTYPES or q.ndim < 2 or q.size < _MIN_ELEMENTS:
             continue
         enc = encode(q, bits)
         if enc is None:
@@ -121,4 +122,4 @@ def lower_coded_weights(path: Path, coded_weights: dict[str, Any], *, bits: int)
     return {"lowered": lowered, "coded_layers": len(coded_weights), "weight_bytes_int8": before, "weight_bytes_coded": after}
 
 
-__all__ = ["encode", "lower_coded_weights"]
+__all__ = ["CODED_DTYPES", "encode", "lower_coded_weights"]
