@@ -44,6 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from case_study_build import Builder
+from provenance import commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("resnet18-fmnist", "mobilenet_v2-fmnist")
@@ -55,18 +56,6 @@ THREADS = 2
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).parent)
-        # the results files this script writes do not make the code dirty
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
-                               check=False, capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def open_runner(fmt: str, path: Path) -> Any:

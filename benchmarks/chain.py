@@ -46,6 +46,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from provenance import commit
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = ("resnet18-fmnist", "mobilenet_v2-fmnist")
@@ -107,15 +109,6 @@ class Step:
         """A JSON-able dict."""
         return {"command": self.command, "rc": self.rc, "out": self.out, "error": self.error,
                 "seconds": round(self.seconds, 2), "reused": self.reused}
-
-
-def git_commit() -> str:
-    """``git rev-parse --short HEAD``, plus ``+dirty`` when the checkout (results folder aside) has changes."""
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout.strip()
-    status = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!benchmarks/results"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout
-    return sha + ("+dirty" if status.strip() else "")
 
 
 def _version(dist: str) -> str | None:
@@ -274,7 +267,7 @@ class Bench:
         self.args = args
         self.work: Path = args.work
         self.out: Path = args.out
-        self.commit = git_commit()
+        self.commit = commit()
         self.runner = Runner(args.edgeslim, self.work, self.commit, args.fresh)
         self.settings = {"calib": args.calib, "eval_images": args.eval_images, "threads": args.threads,
                          "runs": args.runs, "qat_epochs": args.qat_epochs, "budget": args.budget,

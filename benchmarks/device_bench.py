@@ -27,6 +27,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from edgeslim.data import FashionMNIST
 from edgeslim.device_bench import bench
 from edgeslim.models import load
+from provenance import record
 
 OUT = Path(__file__).parent / "results"
 SIZE, RUNS, WARMUP, THREADS, N_CALIB, N_EVAL = 224, 30, 5, 2, 64, 64
@@ -53,6 +54,7 @@ class Calibration(CalibrationDataReader):
 
 def main() -> None:
     torch.manual_seed(0)
+    prov = record("device_bench.py")
     work = Path(tempfile.mkdtemp(prefix="edgeslim-devbench-"))
     model = load("resnet18-fmnist").eval()
     fp32 = work / "resnet18_fp32.onnx"
@@ -86,12 +88,13 @@ def main() -> None:
     meta = {"runtime": f"{first['runtime']} {first['runtime_version']}", "machine": first["machine"],
             "cpu_model": first["cpu_model"], "cpu_cores": first["cpu_cores"], "threads": THREADS, "runs": RUNS,
             "warmup": WARMUP, "input": f"1x3x{SIZE}x{SIZE}", "python": platform.python_version(),
-            "torch": torch.__version__, "calibration_images": N_CALIB, "eval_images": N_EVAL}
+            "torch": torch.__version__, "calibration_images": N_CALIB, "eval_images": N_EVAL, **prov}
     OUT.mkdir(exist_ok=True)
     (OUT / "device_bench.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     lines = ["# device_bench: ResNet-18 fp32 vs int8 (ONNX Runtime, local)", "",
              f"{meta['runtime']} on {meta['cpu_model']} ({meta['machine']}, {meta['cpu_cores']} cores), "
              f"{THREADS} threads, input {meta['input']}, {WARMUP} warm-up + {RUNS} timed runs each, one bench call.",
+             "", f"Command: `{prov['command']}` at commit `{prov['commit']}` ({prov['date']}).",
              "", "| artefact | size MiB | p50 ms | p90 ms | p99 ms | load ms | peak RSS MiB | top-1 (upsampled) | speed-up vs fp32 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

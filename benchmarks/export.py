@@ -21,6 +21,7 @@ import argparse
 import copy
 import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -29,6 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from edgeslim.exporters.onnx import x86_u8s8_overflows
+from provenance import record, runs_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NOTES = [
@@ -39,7 +43,8 @@ NOTES = [
     "rounded to multiples of 16) and fine-tuned for a quarter epoch with distillation from the fp32 model "
     "(`edgeslim.finetune`).",
     "Every quantized variant is calibrated on the same 512 seeded training images.",
-    "ONNX int8 = U8S8 unless marked s8s8; W8A16 ONNX runs with ORT_DISABLE_ALL (ORT's optimised int16 graph is wrong). "
+    "ONNX int8 = the default `auto` encoding (u8s8, or u8u8 on x86 without VNNI where ORT's U8S8 kernels saturate; "
+    "the machine line says which) unless marked s8s8; W8A16 ONNX runs with ORT_DISABLE_ALL (ORT's optimised int16 graph is wrong). "
     "edgeslim-int8: edgeslim's own PT2E int8 model (MSE calibrator) exported as a QDQ graph.",
     "log2:4 / codebook:4 ONNX: 4-bit codes (UINT4) + per-channel int8 codebook feeding DequantizeLinear; ORT folds "
     "the decode at load time. PT2E graphs (edgeslim-int8, log2, codebook) have a static H/W: their 224x224 latency "
@@ -187,7 +192,7 @@ def run_model(name: str, args: argparse.Namespace, rows: list[dict[str, Any]], s
             "compute_dtypes": res.dtypes.get("compute_dtypes"), "float_compute_ops": res.dtypes.get("float_compute_ops"),
             "route": res.metadata.get("route"), "ort_graph_optimization": res.metadata.get("ort_graph_optimization"),
             "coded": res.metadata.get("coded"), "prune": prune_how if src_key == "pruned" else None,
-            "calibration_images": args.calibration, "latency_file": str(lat_file),
+            "calibration_images": args.calibration, "latency_file": str(lat_file), **args.provenance,
         }
         row["delta_pt"] = 100 * (row["top1_runtime"] - row["top1_torch"])
         rows.append(row)
@@ -269,6 +274,7 @@ def write_markdown(data: dict[str, Any]) -> str:
             f"{100 * r['top1_torch']:.2f} | {r['delta_pt']:+.2f} | {100 * r['agreement']:.2f} | {r['bytes'] / 2**20:.2f} | "
             f"{r['latency_ms_224']:.1f} ({r['latency_reps']}) | {ratio} |"
         )
+    lines += [line for text in runs_line(data["rows"]) for line in ("", text)]
     notes = data.get("notes", [])
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
@@ -298,12 +304,15 @@ def main() -> None:
     ap.add_argument("--prune", default="sensitivity", choices=["uniform", "sensitivity"], help="pruning allocation")
     ap.add_argument("--tag", default="", help="suffix of the per-model rows file (parallel partial runs)")
     args = ap.parse_args()
+    args.provenance = record("export.py")
     torch.set_num_threads(THREADS)
     os.environ.setdefault("EDGESLIM_ORT_THREADS", str(THREADS))
     RESULTS.mkdir(parents=True, exist_ok=True)
     jpath = RESULTS / "export.json"
     data: dict[str, Any] = json.loads(jpath.read_text()) if jpath.exists() else {"rows": [], "notes": []}
-    data["machine"] = f"{os.cpu_count()} CPU cores, x86-64; torch {torch.__version__}"
+    data["machine"] = f"{os.cpu_count()} CPU cores, {platform.machine()}; torch {torch.__version__}; " + (
+        "x86 without VNNI (ONNX Runtime's U8S8 kernels saturate: the auto ONNX encoding is u8u8)"
+        if x86_u8s8_overflows() else "ONNX Runtime's U8S8 kernels exact here (the auto ONNX encoding is u8s8)")
 
     def save() -> None:
         jpath.write_text(json.dumps(data, indent=1, default=str))

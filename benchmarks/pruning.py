@@ -36,6 +36,7 @@ from edgeslim.data import evaluate, fashion_mnist_loader
 from edgeslim.plugin.pruning import Allocation, Method, PruneConfig, Target, prune
 from edgeslim.plugin.pruning.finetune import finetune
 from edgeslim.plugin.pruning.metrics import measure
+from provenance import record, runs_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -118,12 +119,13 @@ def write(report: dict[str, Any]) -> None:
                   f"{100 * r['top1_after_finetune']:.2f} % | {r['finetune_epochs']} | {r['prune_seconds']:.0f} | {r['finetune_seconds']:.0f} |"
                   for r in report["rows"]]
     lines += ["", f"Unpruned: {100 * report['top1_fp32']:.2f} %.", ""]
+    lines += [line for text in runs_line(report["rows"]) for line in (text, "")]
     if report.get("latency"):
         lines += ["## 2. At 224x224: size and ONNX Runtime latency (2 threads, batch 1, median)", "",
                   "| model | params | MACs | fp32 MB | latency ms | speed-up |", "|---|---|---|---|---|---|"]
         for r in report["latency"]:
             lines.append(f"| {r['name']} | {r['params']:,} | {r['macs'] / 1e9:.3f} G | {r['bytes'] / 1e6:.2f} | {r['latency_ms']:.2f} | {r['speedup']:.2f}x |")
-        lines.append("")
+        lines += ["", *runs_line(report["latency"][:1]), ""]
     if report.get("sparsity"):
         lines += ["## 3. Unstructured magnitude sparsity (no fine-tune), dense ONNX Runtime", "",
                   "| sparsity | top-1 | nonzero params | latency ms | speed-up |", "|---|---|---|---|---|"]
@@ -131,6 +133,7 @@ def write(report: dict[str, Any]) -> None:
             lines.append(f"| {r['sparsity']:.0%} | {100 * r['top1']:.2f} % | {r['nonzero_params']:,} | {r['latency_ms']:.2f} | {r['speedup']:.2f}x |")
         lines.append("")
         lines.append("Zeros are stored and multiplied like any other weight by a dense runtime: no speed-up without a sparse kernel.")
+        lines += ["", *runs_line(report["sparsity"][:1])]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
@@ -146,6 +149,7 @@ def main() -> None:
     ap.add_argument("--name", default="pruning", help="results file stem (benchmarks/results/NAME.json|md)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    prov = record("pruning.py")
     torch.manual_seed(0)
     ref = models.load("resnet18-fmnist")
     x32 = torch.randn(1, 3, 32, 32)
@@ -179,7 +183,7 @@ def main() -> None:
             "model": "resnet18-fmnist", "method": "edgeslim (sensitivity alloc. + KD fine-tune)", "criterion": crit,
             "params_fraction": res.after.params / res.before.params, "params_after": res.after.params,
             "top1_before_finetune": before, "top1_after_finetune": after, "finetune_epochs": args.epochs if ft_s else 0,
-            "prune_seconds": t_prune, "finetune_seconds": ft_s, "device": "cpu",
+            "prune_seconds": t_prune, "finetune_seconds": ft_s, "device": "cpu", **prov,
         })
         print(json.dumps(report["rows"][-1]), flush=True)
         write(report)
@@ -197,6 +201,7 @@ def main() -> None:
             "params_fraction": measure(peer, x32).params / measure(ref, x32).params, "params_after": measure(peer, x32).params,
             "top1_before_finetune": before, "top1_after_finetune": evaluate(peer, test) if ft_s else before,
             "finetune_epochs": epochs if ft_s else 0, "prune_seconds": t_prune, "finetune_seconds": ft_s, "device": "cpu",
+            **prov,
         }
         if "rows" not in skip:
             report["rows"].append(row)
@@ -210,7 +215,7 @@ def main() -> None:
         for name, m in named.items():
             st = measure(m, x224)
             report["latency"].append({"name": name, "params": st.params, "macs": st.macs, "bytes": st.bytes,
-                                      "latency_ms": lat[name], "speedup": lat["unpruned"] / lat[name]})
+                                      "latency_ms": lat[name], "speedup": lat["unpruned"] / lat[name], **prov})
         write(report)
     if "sparsity" not in skip:
         sparse: dict[str, nn.Module] = {"0.0": ref}
@@ -222,7 +227,8 @@ def main() -> None:
         lat = ort_latencies(sparse, args.latency_runs)
         report["sparsity"] = [
             {"sparsity": float(k), "top1": report["top1_fp32"] if k == "0.0" else evaluate(m, test),
-             "nonzero_params": measure(m, x32).nonzero_params, "latency_ms": lat[k], "speedup": lat["0.0"] / lat[k]}
+             "nonzero_params": measure(m, x32).nonzero_params, "latency_ms": lat[k], "speedup": lat["0.0"] / lat[k],
+             **prov}
             for k, m in sparse.items()
         ]
     write(report)

@@ -28,6 +28,7 @@ from edgeslim.data import calibration_subset, evaluate, fashion_mnist_loader
 from edgeslim.models import load
 from edgeslim.plugin.quantization.api import convert, prepare_qat, quantize
 from edgeslim.plugin.quantization.qat import train_qat
+from provenance import record, runs_line
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("resnet18-fmnist", "mobilenet_v2-fmnist")
@@ -60,6 +61,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         sq = "" if r.get("sqnr_db") is None or not math.isfinite(r["sqnr_db"]) else f"{r['sqnr_db']:.1f}"
         out.append(f"| {r['model']} | {r['scheme']} | {r['mode']} | {r['top1'] * 100:.2f} | {delta:+.2f} | "
                    f"{r['weight_bytes'] / 2**20:.2f} | {sq} | {r.get('notes', '')} |")
+    out += [line for text in runs_line(rows) for line in ("", text)]
     return "\n".join(out) + "\n"
 
 
@@ -119,7 +121,10 @@ def main() -> None:
     test = fashion_mnist_loader("test", batch_size=500)
     calib = calibration_subset("train", 512)
 
+    prov = record("quantization.py")
+
     def add(row: dict[str, Any]) -> None:
+        row.update(prov)
         with open(Path(tempfile.gettempdir()) / "edgeslim-quantization-bench.lock", "w") as lock:  # parallel sections
             fcntl.flock(lock, fcntl.LOCK_EX)
             current = [r for r in _load_rows(args.out)

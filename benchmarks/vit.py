@@ -31,12 +31,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import edgeslim
-from case_study import THREADS, commit, interleaved_latency, open_runner
+from case_study import THREADS, interleaved_latency, open_runner
 from edgeslim.data import calibration_subset, fashion_mnist_loader
 from edgeslim.exporters import export
 from edgeslim.plugin.pruning.config import PruneConfig
 from edgeslim.plugin.pruning.finetune import finetune
 from edgeslim.plugin.pruning.metrics import measure
+from provenance import commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "vit-fmnist"
