@@ -154,13 +154,15 @@ class SearchResult:
 
     Attributes:
         candidates: Every plan evaluated.
-        front: Up to ``max_front`` members of the predicted Pareto front (proxy, bytes, predicted ms)
-            and the chosen one, all re-timed together with the references in one final session;
+        front: Up to ``max_front`` members of the predicted Pareto front (proxy, bytes, predicted ms),
+            plus up to ``FINAL_RETRIES`` plans of further descents (when a final session found no member
+            meeting the budget: a loaded machine), all re-timed together with the references in one final session;
             kept where non-dominated in (proxy or top-1, bytes, measured ms). Each carries
             ``measured_ms``, ``speedup`` and ``reference_ms`` (of that session) and ``rounds``.
         chosen: The most accurate front member meeting the budget in the final session.
         trace: One row per evaluated move: step, change, bytes, macs, predicted_ms,
-            measured_ms (latest, or None), proxy, top1 (or None), rejected (top-1 collapsed), accepted.
+            measured_ms (latest, or None), proxy, top1 (or None), from_top1 (the top-1 of the plan the step
+            started from, or None), rejected (top-1 collapsed), accepted.
         measurements: Device measurements used (layer entries, whole models and references per session).
         table_key: The latency table's key.
         budget: The budget; ``limits`` its values (``latency_ms``, ``speedup``, ``bytes``, ``macs``)

@@ -333,7 +333,8 @@ def descend(s: Search, start: Candidate, bits_ladder: Sequence[int]) -> Candidat
         for _, change, c in moves:
             s.trace.append({"step": step, "change": change, "bytes": c.bytes, "macs": c.macs,
                             "predicted_ms": c.predicted_ms, "measured_ms": c.measured_ms, "proxy": c.proxy,
-                            "top1": c.top1, "rejected": id(c) in rejected, "accepted": c is best[2]})
+                            "top1": c.top1, "from_top1": cur.top1, "rejected": id(c) in rejected,
+                            "accepted": c is best[2]})
             s.trace_refs.append(c)
         s.event("step", step=step, change=best[1], predicted_ms=best[2].predicted_ms, proxy=best[2].proxy,
                 top1=best[2].top1)
