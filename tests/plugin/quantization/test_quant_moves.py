@@ -123,3 +123,41 @@ def test_every_move_chain_keeps_one_scale() -> None:
     ops = {n.target for n in r.model.graph.nodes}
     assert {torch.ops.aten.swapaxes.default, torch.ops.aten.movedim.int} & ops, ops
     assert checked >= 3
+
+
+class _OneByOneTail(nn.Module):
+    """RegNet's tail at 32x32: the trunk ends 1x1, so the global average pool averages single values.
+    Wide (4096 channels, like RegNetY-128GF's pruned trunk) so a batch holds more values than a sampled
+    calibrator keeps: two observers of the same values then pick slightly different ranges."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4096, 3, stride=32, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4096, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+
+def _pool_scales(model: nn.Module, x: torch.Tensor) -> tuple[tuple[object, ...], tuple[object, ...]]:
+    torch.manual_seed(0)
+    data = [(torch.randn(16, *x.shape[1:]), torch.zeros(16)) for _ in range(2)]
+    r = quantize(model.eval(), x, QuantConfig.from_spec("int8", calibrator="mse"), calibration=data)
+    pool = next(n for n in r.model.graph.nodes if n.target == torch.ops.aten.adaptive_avg_pool2d.default)
+    assert str(pool.args[0].target) == DEQUANT, pool.args[0].target
+    (q,) = (u for u in pool.users if str(u.target) == QUANT)
+    return tuple(pool.args[0].args[1:3]), tuple(q.args[1:3])
+
+
+def test_a_pool_over_a_1x1_map_keeps_its_input_scale() -> None:
+    """LiteRT lowers such a pool (with the flatten after it) to one RESHAPE and refuses two scales on it:
+    RegNetY-128GF's were 0.4 % apart (two sampled observers of the same values)."""
+    before, after = _pool_scales(_OneByOneTail(), torch.zeros(1, 3, 32, 32))
+    assert before == after
+
+
+def test_a_real_global_pool_gets_its_own_scale() -> None:
+    """Averaging a 4x4 map narrows the range: its output keeps its own (finer) scale."""
+    before, after = _pool_scales(_OneByOneTail(), torch.zeros(1, 3, 128, 128))
+    assert after[0] < before[0]

@@ -9,6 +9,7 @@ listed (or refused in strict mode).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -149,6 +150,20 @@ def _int8_output(node: Node) -> bool:
     return bool(ann is not None and ann.output_qspec is not None)
 
 
+def _identity_pool(node: Node) -> bool:
+    """Whether a global/adaptive average pool averages single values (its input is already 1x1: a reshape)."""
+    src = node.args[0] if node.args else None
+    a = src.meta.get("val") if isinstance(src, Node) else None
+    b = node.meta.get("val")
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dim() and b.dim()):
+        return False
+    try:  # the batch may be symbolic (dynamic): the pool keeps it, the rest must be static
+        per_sample = [math.prod(int(d) for d in t.shape[1:]) for t in (a, b)]
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return str(a.shape[0]) == str(b.shape[0]) and per_sample[0] == per_sample[1]
+
+
 def _annotated(node: Node) -> bool:
     ann = node.meta.get("quantization_annotation")
     return bool(ann is not None and ann._annotated)
@@ -252,6 +267,9 @@ class EdgeslimQuantizer(Quantizer):
         _mark(node, dict.fromkeys(tensors, act), act)
 
     def _pool(self, node: Node) -> None:
+        if _identity_pool(node):  # LiteRT lowers it to a RESHAPE, which must keep one scale (RegNetY-128GF at 32x32)
+            self._same_scale(node)
+            return
         act = self._act(node)
         if act is not None and isinstance(node.args[0], Node):
             _mark(node, {node.args[0]: act}, act)
