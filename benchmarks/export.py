@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from edgeslim.exporters.onnx import x86_u8s8_overflows
-from provenance import record, runs_line
+from provenance import record, runs_lines
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NOTES = [
@@ -274,7 +274,7 @@ def write_markdown(data: dict[str, Any]) -> str:
             f"{100 * r['top1_torch']:.2f} | {r['delta_pt']:+.2f} | {100 * r['agreement']:.2f} | {r['bytes'] / 2**20:.2f} | "
             f"{r['latency_ms_224']:.1f} ({r['latency_reps']}) | {ratio} |"
         )
-    lines += [line for text in runs_line(data["rows"]) for line in ("", text)]
+    lines += runs_lines(data["rows"])
     notes = data.get("notes", [])
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]

@@ -1,7 +1,7 @@
 """What produced a results row: the command, the commit (``+dirty`` for uncommitted code), the date.
 
 Every benchmark stamps its rows with :func:`record` so a stale row can be told from a fresh one, and
-its Markdown names the runs behind the table with :func:`runs_line`.
+its Markdown names the runs behind the table with :func:`runs_lines`.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ def record(script: str, argv: list[str] | None = None) -> dict[str, str]:
     }
 
 
-def runs_line(rows: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Markdown lines naming the runs behind ``rows``, and how many rows have no record (to regenerate)."""
+def runs_lines(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Markdown paragraphs (each after a blank line) naming the runs behind ``rows``, and how many rows have
+    no record (to regenerate)."""
     rows = list(rows)
     runs = sorted({(r["command"], r["commit"], r["date"]) for r in rows if r.get("commit")}, key=lambda t: t[2])
     lines = []
@@ -49,7 +50,7 @@ def runs_line(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     stale = sum(1 for r in rows if not r.get("commit"))
     if stale:
         lines.append(f"{stale} of {len(rows)} rows predate provenance records (no command or commit): regenerate them.")
-    return lines
+    return [line for text in lines for line in ("", text)]
 
 
-__all__ = ["commit", "record", "runs_line"]
+__all__ = ["commit", "record", "runs_lines"]

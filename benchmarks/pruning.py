@@ -36,7 +36,7 @@ from edgeslim.data import evaluate, fashion_mnist_loader
 from edgeslim.plugin.pruning import Allocation, Method, PruneConfig, Target, prune
 from edgeslim.plugin.pruning.finetune import finetune
 from edgeslim.plugin.pruning.metrics import measure
-from provenance import record, runs_line
+from provenance import record, runs_lines
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -118,14 +118,13 @@ def write(report: dict[str, Any]) -> None:
         lines += [f"| {r['method']} | {r['criterion']} | {r['params_fraction']:.3f} | {100 * r['top1_before_finetune']:.2f} % | "
                   f"{100 * r['top1_after_finetune']:.2f} % | {r['finetune_epochs']} | {r['prune_seconds']:.0f} | {r['finetune_seconds']:.0f} |"
                   for r in report["rows"]]
-    lines += ["", f"Unpruned: {100 * report['top1_fp32']:.2f} %.", ""]
-    lines += [line for text in runs_line(report["rows"]) for line in (text, "")]
+    lines += ["", f"Unpruned: {100 * report['top1_fp32']:.2f} %.", *runs_lines(report["rows"]), ""]
     if report.get("latency"):
         lines += ["## 2. At 224x224: size and ONNX Runtime latency (2 threads, batch 1, median)", "",
                   "| model | params | MACs | fp32 MB | latency ms | speed-up |", "|---|---|---|---|---|---|"]
         for r in report["latency"]:
             lines.append(f"| {r['name']} | {r['params']:,} | {r['macs'] / 1e9:.3f} G | {r['bytes'] / 1e6:.2f} | {r['latency_ms']:.2f} | {r['speedup']:.2f}x |")
-        lines += ["", *runs_line(report["latency"][:1]), ""]
+        lines += [*runs_lines(report["latency"]), ""]
     if report.get("sparsity"):
         lines += ["## 3. Unstructured magnitude sparsity (no fine-tune), dense ONNX Runtime", "",
                   "| sparsity | top-1 | nonzero params | latency ms | speed-up |", "|---|---|---|---|---|"]
@@ -133,7 +132,7 @@ def write(report: dict[str, Any]) -> None:
             lines.append(f"| {r['sparsity']:.0%} | {100 * r['top1']:.2f} % | {r['nonzero_params']:,} | {r['latency_ms']:.2f} | {r['speedup']:.2f}x |")
         lines.append("")
         lines.append("Zeros are stored and multiplied like any other weight by a dense runtime: no speed-up without a sparse kernel.")
-        lines += ["", *runs_line(report["sparsity"][:1])]
+        lines += runs_lines(report["sparsity"])
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 

@@ -28,7 +28,7 @@ from edgeslim.data import calibration_subset, evaluate, fashion_mnist_loader
 from edgeslim.models import load
 from edgeslim.plugin.quantization.api import convert, prepare_qat, quantize
 from edgeslim.plugin.quantization.qat import train_qat
-from provenance import record, runs_line
+from provenance import record, runs_lines
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("resnet18-fmnist", "mobilenet_v2-fmnist")
@@ -61,7 +61,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         sq = "" if r.get("sqnr_db") is None or not math.isfinite(r["sqnr_db"]) else f"{r['sqnr_db']:.1f}"
         out.append(f"| {r['model']} | {r['scheme']} | {r['mode']} | {r['top1'] * 100:.2f} | {delta:+.2f} | "
                    f"{r['weight_bytes'] / 2**20:.2f} | {sq} | {r.get('notes', '')} |")
-    out += [line for text in runs_line(rows) for line in ("", text)]
+    out += runs_lines(rows)
     return "\n".join(out) + "\n"
 
 
