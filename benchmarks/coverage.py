@@ -298,6 +298,30 @@ def _rss_gb(pid: int) -> float:
     return 0.0
 
 
+def supervise(cmd: list[str], row_path: Path, limit: float, memory_gb: float) -> tuple[dict[str, Any], str, float, float]:
+    """Run a worker ``cmd`` under a time and memory limit; returns its row (``row_path``), why it was stopped or
+    crashed (``""`` when it exited cleanly), its peak resident GB and its wall seconds."""
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        t0, killed, peak = time.monotonic(), "", 0.0
+        while proc.poll() is None:
+            time.sleep(1)
+            peak = max(peak, _rss_gb(proc.pid))
+            if time.monotonic() - t0 > limit:
+                killed = f"timeout: not finished within the {limit:g} s limit on this machine ({machine()})"
+            elif peak > memory_gb:
+                killed = f"memory: the process passed {memory_gb:g} GB resident, the limit on this machine ({machine()})"
+            if killed:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        result = json.loads(row_path.read_text())
+        if not killed and (proc.returncode != 0 or "running" in result):
+            log.seek(0)
+            tail = [ln for ln in log.read().splitlines() if ln.strip()][-1:] or [""]
+            killed = f"crashed: exit code {proc.returncode}, last output: {tail[0][:300]}"
+    return result, killed, round(peak, 2), round(time.monotonic() - t0, 1)
+
+
 def run_one(name: str, params: int, args: argparse.Namespace) -> dict[str, Any]:
     sha = commit()  # per model: the tree may change between models of a long sweep
     limit = args.huge_timeout if params > HUGE else args.timeout
@@ -309,38 +333,17 @@ def run_one(name: str, params: int, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         row_path = Path(tmp) / "row.json"
         row_path.write_text(json.dumps(row))
-        log = (Path(tmp) / "log").open("w+")
         cmd = [sys.executable, __file__, "--worker", name, "--row", str(row_path), "--threads", str(args.threads)]
-        proc = subprocess.Popen(cmd,
-                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        t0, killed, peak = time.monotonic(), "", 0.0
-        while proc.poll() is None:
-            time.sleep(1)
-            peak = max(peak, _rss_gb(proc.pid))
-            if time.monotonic() - t0 > limit:
-                killed = f"timeout: not finished within the {limit} s limit on this machine ({machine()})"
-            elif peak > args.memory_gb:
-                killed = (f"memory: the process passed {args.memory_gb:g} GB resident, the limit on this machine "
-                          f"({machine()})")
-            if killed:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        result = json.loads(row_path.read_text())
-        result["peak_rss_gb"] = round(peak, 2)
-        result["wall_s"] = round(time.monotonic() - t0, 1)
-        if killed or proc.returncode != 0 or "running" in result:
+        result, killed, peak, wall = supervise(cmd, row_path, limit, args.memory_gb)
+        result["peak_rss_gb"], result["wall_s"] = peak, wall
+        if killed or "running" in result:
             step = result.pop("running", "prune")
-            if not killed:
-                log.seek(0)
-                tail = [ln for ln in log.read().splitlines() if ln.strip()][-1:] or [""]
-                killed = f"crashed: exit code {proc.returncode}, last output: {tail[0][:300]}"
-            result.setdefault("seconds", {})[step] = round(time.monotonic() - t0, 1)
+            result.setdefault("seconds", {})[step] = wall
             for s in STEPS:
                 if s == step:
-                    result[s] = killed
+                    result[s] = killed or "crashed"
                 elif STEPS.index(s) > STEPS.index(step) or s not in result:
                     result[s] = f"not run: {step} failed"
-        log.close()
     return result
 
 
