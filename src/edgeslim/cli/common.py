@@ -42,7 +42,10 @@ console = Console(stderr=True)
 
 
 def run_app(app: typer.Typer) -> None:
-    """Run ``app``; an :class:`EdgeslimError` becomes a one-line message and exit code 2."""
+    """Run ``app`` (its group, :class:`edgeslim.cli.failure.GuardedGroup`, turns failures into messages).
+
+    An :class:`EdgeslimError` raised outside a command becomes the same one-line message and exit code 2.
+    """
     try:
         app()
     except EdgeslimError as exc:
