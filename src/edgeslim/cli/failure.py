@@ -1,7 +1,8 @@
 """What the ``edgeslim`` command does when a command fails: never a raw traceback.
 
 - An :class:`~edgeslim.errors.EdgeslimError` (a failure edgeslim foresaw) prints one line,
-  ``error: Type: message``, and exits with :data:`EXIT_USAGE` (2).
+  ``error: Type: message``, and exits with :data:`EXIT_USAGE` (2); when it wraps another
+  library's exception, that traceback goes to a log file too (``log: PATH``).
 - Any other exception prints a short message naming the step, the module (``nn.Module``) or
   file involved when the traceback shows one, and what to try; the full traceback goes to a
   new log file under :func:`log_dir`, printed as ``log: PATH``; exit :data:`EXIT_SOFTWARE` (70).
@@ -174,16 +175,14 @@ def describe(exc: BaseException, command: str, step: str | None = None) -> list[
 
 def _advice(exc: BaseException, where: Where, step: str | None) -> str:
     if isinstance(exc, OSError) and exc.filename:
-        return (f"check {exc.filename}: {exc.strerror or 'it cannot be used'} (choose another path or fix its "
-                "permissions); --debug shows the traceback")
-    pruning = "prun" in (step or "") or "prun" in (where.edgeslim_frame or "") or "sensitivity" in (step or "")
+        return f"check {exc.filename} ({exc.strerror or 'it cannot be used'}); --debug shows the traceback"
+    pruning = any("prun" in (s or "") or "sensitivity" in (s or "") for s in (step, where.edgeslim_frame))
     if where.module and pruning:
-        return (f"edgeslim cannot follow the forward of '{where.module}' once its channels change: keep it whole "
-                f"(--ignore '{where.module}', or ignore: in a recipe), or make its forward read sizes from its "
-                "input instead of fixed numbers; --debug shows the traceback")
+        return (f"if the model runs before pruning, edgeslim cannot follow the forward of '{where.module}' once its "
+                f"channels change: keep it whole (--ignore '{where.module}', or ignore: in a recipe) or make its "
+                "forward read sizes from its input; otherwise fix your code there (--debug shows the traceback)")
     if where.user_frame:
-        return ("your code raised this: check it in Python on the same inputs (rerun with --debug for the "
-                "traceback)")
+        return "your code raised this: check it in Python on the same inputs (--debug shows the traceback)"
     return "rerun with --debug to see the traceback; if it comes from edgeslim, report it with the log file"
 
 
@@ -245,15 +244,20 @@ def report(exc: BaseException, command: str, *, debug: bool, step: str | None = 
         return EXIT_INTERRUPTED
     if isinstance(exc, EdgeslimError):
         console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, markup=True)
+        if any(not isinstance(e, EdgeslimError) for e in _chain(exc)[1:]):  # it wraps another library's failure
+            _print_log(write_log(exc, command))
         return EXIT_USAGE
     lines = describe(exc, command, step)
     console.print(f"[bold red]error:[/] {lines[0]}", highlight=False, markup=True, soft_wrap=True)
     for line in lines[1:]:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
-    path = write_log(exc, command)
+    _print_log(write_log(exc, command))
+    return EXIT_SOFTWARE
+
+
+def _print_log(path: Path | None) -> None:
     console.print(f"log: {path}" if path else f"log: none (cannot write in {log_dir()}); rerun with --debug",
                   highlight=False, markup=False, soft_wrap=True)
-    return EXIT_SOFTWARE
 
 
 #: The running command's flags: reset by :class:`GuardedGroup` at each invocation.
