@@ -36,6 +36,7 @@ import typer.core
 
 from edgeslim.cli.common import console
 from edgeslim.errors import EdgeslimError
+from edgeslim.quiet import quiet_logs
 
 #: Exit status of an :class:`~edgeslim.errors.EdgeslimError` (as click's usage errors).
 EXIT_USAGE = 2
@@ -313,7 +314,8 @@ class GuardedGroup(typer.core.TyperGroup):
         command = _command_name(self, [*getattr(ctx, "_protected_args", []), *ctx.args])
         _STATE.update(debug=False, step=None)
         try:
-            return super().invoke(ctx)
+            with quiet_logs():  # known third-party log noise (edgeslim.quiet), for this command only
+                return super().invoke(ctx)
         except _PASS_THROUGH:
             raise
         except (Exception, KeyboardInterrupt) as exc:
