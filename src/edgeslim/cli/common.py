@@ -51,6 +51,9 @@ def run_app(app: typer.Typer) -> None:
     except EdgeslimError as exc:
         console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, markup=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # outside a command (while starting up)
+        console.print("interrupted", highlight=False)
+        sys.exit(130)
 
 
 def refuse_existing_outputs(out_dir: Path, names: Iterable[str], force: bool, *, param_hint: str = "--out") -> None:

@@ -64,14 +64,14 @@ class Where:
         module_type: That module's class name.
         user_frame: ``FILE:LINE in FUNCTION`` of the innermost frame in code that is neither
             edgeslim's nor an installed library's (the user's model or data file).
-        edgeslim_frame: ``module.function`` of the innermost edgeslim frame outside the CLI.
+        inner_call: ``module.function`` of the innermost edgeslim frame outside the CLI.
         step: The edgeslim call the command was running (``edgeslim.plugin.pruning.api.prune``).
     """
 
     module: str | None = None
     module_type: str | None = None
     user_frame: str | None = None
-    edgeslim_frame: str | None = None
+    inner_call: str | None = None
     step: str | None = None
 
 
@@ -112,11 +112,14 @@ def locate(exc: BaseException) -> Where:
 
     package_root = str(Path(edgeslim.__file__).resolve().parent)
     libraries = _library_roots()
+    # the whole stack: the outer exception's frames, then those of what it was raised from (whose first
+    # frame is the one that caught it, already listed)
     frames: list[tuple[FrameType, int]] = []
-    for e in reversed(_chain(exc)):  # the root cause first: its frames are the most precise
-        frames.extend(traceback.walk_tb(e.__traceback__))
-        if frames:
-            break
+    for e in _chain(exc):
+        more = list(traceback.walk_tb(e.__traceback__))
+        if more and frames and more[0][0] is frames[-1][0]:
+            more = more[1:]
+        frames.extend(more)
     where = Where()
     nn_module = getattr(sys.modules.get("torch.nn"), "Module", None)
     forwards: list[Any] = []
@@ -129,9 +132,9 @@ def locate(exc: BaseException) -> Where:
         if kind == "cli":
             after_cli, where.step = True, None
         elif kind == "edgeslim":
-            where.edgeslim_frame = f"{_module_name(frame)}.{func}"
+            where.inner_call = f"{_module_name(frame)}.{func}"
             if after_cli:  # the edgeslim call the command made
-                where.step, after_cli = where.edgeslim_frame, False
+                where.step, after_cli = where.inner_call, False
         elif kind == "user":
             where.user_frame = f"{filename}:{lineno} in {func}"
         this = frame.f_locals.get("self")
@@ -168,8 +171,8 @@ def describe(exc: BaseException, command: str, step: str | None = None) -> list[
                      + (f", raised at {where.user_frame}" if where.user_frame else ""))
     elif where.user_frame:
         lines.append(f"  raised in your code at {where.user_frame}")
-    if where.edgeslim_frame and where.edgeslim_frame != during:
-        lines.append(f"  while edgeslim ran {where.edgeslim_frame}")
+    if where.inner_call and where.inner_call != during:
+        lines.append(f"  while edgeslim ran {where.inner_call}")
     lines.append("  try: " + _advice(exc, where, during))
     return lines
 
@@ -177,7 +180,7 @@ def describe(exc: BaseException, command: str, step: str | None = None) -> list[
 def _advice(exc: BaseException, where: Where, step: str | None) -> str:
     if isinstance(exc, OSError) and exc.filename:
         return f"check {exc.filename} ({exc.strerror or 'it cannot be used'}); --debug shows the traceback"
-    pruning = any("prun" in (s or "") or "sensitivity" in (s or "") for s in (step, where.edgeslim_frame))
+    pruning = any("prun" in (s or "") or "sensitivity" in (s or "") for s in (step, where.inner_call))
     if where.module and pruning:
         return (f"if the model runs before pruning, edgeslim cannot follow the forward of '{where.module}' once its "
                 f"channels change: keep it whole (--ignore '{where.module}', or ignore: in a recipe) or make its "
