@@ -82,8 +82,11 @@ def __getattr__(name: str) -> Any:
     target = _LAZY.get(name)
     if target is None:
         raise AttributeError(f"module 'edgeslim' has no attribute {name!r}")
+    from edgeslim.quiet import quiet_logs
+
     module, _, attr = target.partition(":")
-    value = getattr(importlib.import_module(module), attr)
+    with quiet_logs():  # torchao's import-time log noise (edgeslim.quiet), for this import only
+        value = getattr(importlib.import_module(module), attr)
     globals()[name] = value
     return value
 

@@ -130,3 +130,23 @@ def test_int16_is_refused_for_tflite_with_the_offered_precisions(tiny_model, exa
     with pytest.raises(ExportConfigError, match=r"'int16' is not offered for TFLite; offered: fp32, .*w8a16"):
         export(tiny_model, "tflite", tmp_path / "x.tflite", example, quant="int16")
     assert not list(tmp_path.iterdir())
+
+
+def test_export_prints_no_litert_progress_unless_verbose(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """litert-torch's ``[START] LiteRT-Torch Convert > ...`` lines and its C++ op count: only with verbose=True."""
+    import os
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    capfd.readouterr()
+    export(m, "tflite", tmp_path / "a.tflite", x, verify_inputs=torch.randn(4, 3, 16, 16))
+    quiet = capfd.readouterr()
+    assert "LiteRT-Torch Convert" not in quiet.out + quiet.err and "[START]" not in quiet.out + quiet.err
+    assert "Estimated count of arithmetic ops" not in quiet.err
+    assert "LITERT_TORCH_SHOW_PROGRESS" not in os.environ  # set for the conversion only
+    export(m, "tflite", tmp_path / "b.tflite", x, verify_inputs=torch.randn(4, 3, 16, 16), verbose=True)
+    loud = capfd.readouterr()
+    assert "[START] LiteRT-Torch Convert" in loud.err and loud.out == ""
+    assert (tmp_path / "a.tflite").read_bytes() == (tmp_path / "b.tflite").read_bytes()

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 #: Flags of every run: headless, as root in a container (no sandbox), no GPU, nothing from the network.
-BASE_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
-              "--disable-background-networking", "--hide-scrollbars"]
+BASE_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-extensions",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
 
 
 @dataclass
@@ -28,9 +28,10 @@ class Browser:
         assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}"
         return proc
 
-    def dump_dom(self, page: Path) -> str:
-        """The serialized DOM of ``page`` after its load handlers ran (``--dump-dom``)."""
-        out = self._run("--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()).stdout
+    def dump_dom(self, page: Path, width: int | None = None) -> str:
+        """The serialized DOM of ``page`` after its load handlers ran (``--dump-dom``), in a window ``width`` px wide."""
+        size = [f"--window-size={width},900"] if width else []
+        out = self._run(*size, "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()).stdout
         assert "<html" in out, f"chromium dumped no DOM for {page}: {out[:500]!r}"
         return out
 

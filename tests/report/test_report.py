@@ -225,3 +225,37 @@ def test_overwrite_is_refused_and_names_the_file(tmp_path: Path) -> None:
     assert not paths["html"].exists()
     again = render_report({"rows": [{"variant": "other", "bytes": 2_000}]}, tmp_path / "out", overwrite=True)
     assert again == paths and "other" in paths["html"].read_text(encoding="utf-8")
+
+
+#: Appended to a copy of the page (its CSP removed, as the page runs only its own script): how wide the page and
+#: each table's box are, written into the DOM for --dump-dom.
+_MEASURE = """<script>
+window.addEventListener("load", function () {
+  var root = document.documentElement;
+  document.body.dataset.pageOverflow = String(root.scrollWidth - window.innerWidth);
+  document.body.dataset.innerWidth = String(window.innerWidth);
+  document.body.dataset.tableOverflow = Array.from(document.querySelectorAll("table")).map(function (t) {
+    return String(Math.round(t.getBoundingClientRect().right - window.innerWidth));
+  }).join(",");
+  document.body.dataset.widestTable = String(Math.max.apply(null, Array.from(document.querySelectorAll("table"))
+    .map(function (t) { return t.scrollWidth; })));
+});
+</script>"""
+
+
+def test_wide_tables_scroll_inside_the_page_at_1024px(tmp_path: Path, browser: Browser) -> None:
+    """A variants table wider than the window scrolls in its own box; the page never scrolls sideways."""
+    results = _results()
+    runtimes = [f"{rt}@{dev}" for rt in ("onnxruntime", "litert", "tensorrt") for dev in ("local", "rpi5-kitchen")]
+    for i, row in enumerate(results["rows"]):
+        row["latency_ms"] = {k: 5.0 + i + j for j, k in enumerate(runtimes)}
+        row["file"] = f"resnet18_fashion_mnist_{row['variant'].replace('+', '_')}_round16_u8s8_calibrated_minmax.onnx"
+    results["command"] = "edgeslim compress " + "/very/long/path/without/spaces" * 8 + "/recipe.yaml"
+    html = render_report(results, tmp_path)["html"].read_text()
+    page = tmp_path / "measured.html"
+    page.write_text(re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", html)
+                    .replace("</body>", _MEASURE + "</body>"))
+    body = parse_dom(browser.dump_dom(page, width=1024)).body
+    assert body.get("data-inner-width") == "1024", body
+    assert int(str(body["data-widest-table"])) > 1024  # the table really is wider than the window
+    assert int(str(body["data-page-overflow"])) <= 0, f"the page scrolls sideways: {body}"

@@ -42,12 +42,18 @@ console = Console(stderr=True)
 
 
 def run_app(app: typer.Typer) -> None:
-    """Run ``app``; an :class:`EdgeslimError` becomes a one-line message and exit code 2."""
+    """Run ``app`` (its group, :class:`edgeslim.cli.failure.GuardedGroup`, turns failures into messages).
+
+    An :class:`EdgeslimError` raised outside a command becomes the same one-line message and exit code 2.
+    """
     try:
         app()
     except EdgeslimError as exc:
         console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False, markup=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # outside a command (while starting up)
+        console.print("interrupted", highlight=False)
+        sys.exit(130)
 
 
 def refuse_existing_outputs(out_dir: Path, names: Iterable[str], force: bool, *, param_hint: str = "--out") -> None:

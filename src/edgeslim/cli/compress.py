@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from edgeslim.cli.common import ForceOpt, JsonOpt, console, emit_json, progress, stdout_to_stderr
-from edgeslim.errors import EdgeslimError
+from edgeslim.cli.failure import set_step
 
 
 def register(app: typer.Typer) -> None:
@@ -29,6 +29,7 @@ class Progress:
             n = f"[{event['index'] + 1}/{event['total']}]"
             status = event["status"]
             if status == "start":
+                set_step(step)
                 self.bar.console.print(f"{n} {step} …", highlight=False)
             elif status == "resumed":
                 self.bar.console.print(f"{n} {step}: [cyan]resumed[/] (finished earlier in {event['seconds']:.1f} s)")
@@ -69,7 +70,7 @@ def compress_cmd(
     try:
         with progress() as bar, stdout_to_stderr():
             results = compress(rec, out, force=force, on_event=Progress(bar), command=command)
-    except EdgeslimError as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # the message itself: edgeslim.cli.failure
         if not isinstance(exc, CompressError) and (out / STATE_FILE).is_file():
             console.print(f"the finished steps are kept in {out}: fix the cause and rerun the same command to resume")
         raise

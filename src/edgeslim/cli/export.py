@@ -47,6 +47,7 @@ def export_cmd(
     eval_samples: Annotated[int, typer.Option("--eval-samples", help="Labelled test images on which the artefact's top-1 is compared with its float ancestor's")] = 2000,
     max_drop: Annotated[float, typer.Option("--max-drop", help="Fail (and write nothing) when the artefact's top-1 is more than this many points below its float ancestor's")] = 1.0,
     optimized_copy: Annotated[bool, typer.Option("--optimized-copy", help="ONNX: also write an ORT graph-optimised copy")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show the converter's own progress lines (litert-torch)")] = False,
     weights: WeightsOpt = None,
     data: DataOpt = None,
     mean: MeanOpt = None,
@@ -81,7 +82,8 @@ def export_cmd(
         result = export(
             arg.obj, format, out, x, quant=quant, verify=verify, overwrite=force, layout=layout, activations=activations,
             io_dtype=io_dtype, method=method, calibration_size=calibration_size, verify_samples=verify_samples,
-            optimized_copy=optimized_copy, eval_samples=eval_samples, max_drop=max_drop, **accuracy_kwargs,
+            optimized_copy=optimized_copy, eval_samples=eval_samples, max_drop=max_drop, verbose=verbose,
+            **accuracy_kwargs,
         )
     summary = {"model": arg.source, **result.to_dict()}
     v, acc = result.verification, result.accuracy

@@ -240,6 +240,7 @@ class ExportOptions:
         max_drop: Largest allowed top-1 drop against the float ancestor, in points (None: report only).
         tolerance: Overrides :data:`TOLERANCES` for this export.
         optimized_copy: Also write an ONNX Runtime graph-optimised copy (``*.ort-opt.onnx``).
+        verbose: Let the converters print their own progress (litert-torch's ``[START] ...`` lines).
     """
 
     quant: QuantSpec = field(default_factory=QuantSpec)
@@ -254,6 +255,7 @@ class ExportOptions:
     max_drop: float | None = 1.0
     tolerance: Tolerance | None = None
     optimized_copy: bool = False
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quant", QuantSpec.parse(self.quant))

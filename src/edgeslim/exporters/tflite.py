@@ -20,8 +20,10 @@ layer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -51,16 +53,51 @@ _INSTALL_HINT = "install the TFLite extra: pip install 'edgeslim[tflite]' (liter
 
 
 def _require(module: str) -> Any:
-    import importlib
+    """Import ``module`` without its known import-time noise (:mod:`edgeslim.quiet`)."""
+    from edgeslim.quiet import import_quietly
 
     try:
-        return importlib.import_module(module)
+        return import_quietly(module)
     except ImportError as exc:
         raise MissingBackendError(f"{module} is not installed: {_INSTALL_HINT}") from exc
 
 
-def torch_to_tflite(model: torch.nn.Module, example: torch.Tensor, layout: Layout, quant_config: Any = None) -> bytes:
+@contextlib.contextmanager
+def litert_progress(verbose: bool) -> Iterator[None]:
+    """Show litert-torch's conversion progress (``[START] LiteRT-Torch Convert > ...``) only if ``verbose``.
+
+    litert-torch reads the ``LITERT_TORCH_SHOW_PROGRESS`` environment variable (default: on); it is
+    set for the conversion only and restored afterwards. A value the user set is kept unless
+    ``verbose`` is true.
+    """
+    from edgeslim.quiet import quiet_stderr
+
+    key = "LITERT_TORCH_SHOW_PROGRESS"
+    before = os.environ.get(key)
+    os.environ[key] = "y" if verbose else (before or "n")
+    try:
+        if verbose:
+            yield
+        else:
+            with quiet_stderr():  # and the converter's C++ op count (edgeslim.quiet)
+                yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def torch_to_tflite(model: torch.nn.Module, example: torch.Tensor, layout: Layout, quant_config: Any = None,
+                    *, verbose: bool = False) -> bytes:
     """Convert an eager float model (or, with a litert ``quant_config``, a Q/DQ graph) with litert-torch.
+
+    Args:
+        model: The model.
+        example: One NCHW example input.
+        layout: The artefact's input layout.
+        quant_config: litert-torch's quant config of a Q/DQ graph (``None``: float).
+        verbose: Show litert-torch's own progress lines (on stderr).
 
     Returns the flatbuffer.
 
@@ -74,7 +111,7 @@ def torch_to_tflite(model: torch.nn.Module, example: torch.Tensor, layout: Layou
         module = litert_torch.to_channel_last_io(model, args=[0]).eval()
         x = torch.from_numpy(to_layout(example.numpy(), Layout.NHWC))
     try:
-        with quiet_stdout(), tempfile.TemporaryDirectory() as tmp:
+        with quiet_stdout(), litert_progress(verbose), tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.tflite"
             kwargs = {"quant_config": quant_config} if quant_config is not None else {}
             litert_torch.convert(module, (x,), **kwargs).export(str(path))
@@ -245,7 +282,8 @@ class TfliteExporter:
             from edgeslim.exporters.tflite_pt2e import pt2e_to_tflite
 
             buf = pt2e_to_tflite(job.model, job.example,  # type: ignore[arg-type]
-                                 lambda m, cfg: torch_to_tflite(m, job.example, job.options.layout, cfg))
+                                 lambda m, cfg: torch_to_tflite(m, job.example, job.options.layout, cfg,
+                                                                verbose=job.options.verbose))
             dest.write_bytes(float_io(buf) if job.options.io_dtype is IODType.FLOAT else buf)
             job.metadata["route"] = "litert-torch STATIC Q/DQ conversion of the edgeslim PT2E graph (its own scales)"
             if job.options.quant.precision is Precision.CODED:
@@ -253,7 +291,7 @@ class TfliteExporter:
                 job.metadata["note"] = (f"{job.options.quant.label} weights carried over as their exact int8 values "
                                         "(TFLite has no N-bit codebook weights)")
             return
-        buf = torch_to_tflite(job.model, job.example, job.options.layout)
+        buf = torch_to_tflite(job.model, job.example, job.options.layout, verbose=job.options.verbose)
         p = job.options.quant.precision
         if p is not Precision.FP32:
             buf = TFLITE_RECIPES.get(p.value)(buf, job)

@@ -117,8 +117,11 @@ def pt2e_to_tflite(gm: GraphModule, example: torch.Tensor, convert: Callable[[to
         convert: ``(module, litert quant_config) -> flatbuffer bytes`` (the TFLite exporter's
             :func:`~edgeslim.exporters.tflite.torch_to_tflite`, which handles layout and errors).
     """
-    from litert_torch.quantize import pt2e_quantizer as pq
-    from litert_torch.quantize import quant_config as qc
+    from edgeslim.quiet import quiet_imports
+
+    with quiet_imports("litert_torch"):
+        from litert_torch.quantize import pt2e_quantizer as pq
+        from litert_torch.quantize import quant_config as qc
 
     check_representable(gm)
     unfolded = unfold_weights(gm)

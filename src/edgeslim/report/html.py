@@ -34,13 +34,15 @@ _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:2rem auto;
 max-width:76rem;padding:0 1rem;color:#1d2330;background:#fff}
 h1{margin-bottom:.2rem}h2{border-bottom:1px solid #d0d5dd;padding-bottom:.2rem;margin-top:2rem}
-table{border-collapse:collapse;margin:.6rem 0 1rem;font-size:.9rem}
+.table-scroll{max-width:100%;overflow-x:auto;margin:.6rem 0 1rem}
+table{border-collapse:collapse;font-size:.9rem}
 th,td{border:1px solid #d0d5dd;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#eef1f6}td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 tr.hl td{background:#fff4cc;font-weight:600}.missing{color:#8a93a3;font-style:italic}
 figure{margin:1rem 0}figcaption{font-size:.85rem;color:#4a5263}img{max-width:100%;height:auto}
 pre{background:#f5f7fa;border:1px solid #d0d5dd;padding:.6rem;overflow-x:auto;white-space:pre-wrap}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem}dt{font-weight:600}dd{margin:0}
+dl{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:.2rem 1rem}dt{font-weight:600}
+dd{margin:0;min-width:0;overflow-wrap:anywhere}
 .note{font-size:.85rem;color:#4a5263}nav a{margin-right:1rem}
 """.strip()
 
@@ -86,7 +88,9 @@ def _table(table: Table, *, titled: bool = True) -> str:
         body.append(f'<tr class="hl">{cells}</tr>' if i in table.highlight else f"<tr>{cells}</tr>")
     note = f'<p class="note">{escape(table.note)}</p>' if table.note else ""
     heading = f"<h3>{escape(table.title)}</h3>" if titled else ""
-    return f"{heading}{note}<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    # the box scrolls sideways, not the page, when the table is wider than the window
+    return (f'{heading}{note}<div class="table-scroll"><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
 def _figure(plot: Plot | None) -> str:

@@ -5,11 +5,21 @@
 ``quantized`` saved-model format.
 """
 
-from edgeslim.plugin.quantization import io as _io  # noqa: F401  (registers the "quantized" format)
-from edgeslim.plugin.quantization.api import QuantResult, calibrate, convert, prepare_qat, quantize
-from edgeslim.plugin.quantization.coded import CodedWeight
-from edgeslim.plugin.quantization.config import ActivationSpec, Granularity, LayerConfig, Mode, QuantConfig, WeightSpec
-from edgeslim.plugin.quantization.qat import QATSchedule
+from edgeslim.quiet import quiet_logs
+
+with quiet_logs():  # torchao's import-time log noise (edgeslim.quiet), for this import only
+    from edgeslim.plugin.quantization import io as _io  # noqa: F401  (registers the "quantized" format)
+    from edgeslim.plugin.quantization.api import QuantResult, calibrate, convert, prepare_qat, quantize
+    from edgeslim.plugin.quantization.coded import CodedWeight
+    from edgeslim.plugin.quantization.config import (
+        ActivationSpec,
+        Granularity,
+        LayerConfig,
+        Mode,
+        QuantConfig,
+        WeightSpec,
+    )
+    from edgeslim.plugin.quantization.qat import QATSchedule
 
 __all__ = [
     "ActivationSpec",
