@@ -46,6 +46,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
 }
 OUTCOME = re.compile(r"^(tests/\S+::\S+(?:\[.*?\])?) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)")
 SUMMARY = re.compile(r"^(FAILED|ERROR) (tests/\S+::\S+(?:\[.*?\])?)(?: - (.*))?$")
+DURATION = re.compile(r"^([\d.]+)s (call|setup|teardown) +(tests/\S+)")
 
 
 def _run(cmd: list[str], *, timeout: float = 1800, cwd: Path | None = None,
@@ -107,7 +108,8 @@ def tracked(venv: Path) -> dict[str, str | None]:
 
 
 def parse_pytest(log: str) -> dict[str, Any]:
-    """Counts per outcome and the failures (name, message) from a ``pytest -v -rfE`` log."""
+    """Counts per outcome, the failures (name, message) and the slowest phases from a ``pytest -v -rfE
+    --durations`` log."""
     outcomes: dict[str, str] = {}
     for line in log.splitlines():
         m = OUTCOME.match(line)
@@ -117,13 +119,15 @@ def parse_pytest(log: str) -> dict[str, Any]:
     counts = {k: sum(1 for v in outcomes.values() if v == k.upper()) for k in ("passed", "failed", "skipped", "error")}
     failures = [{"test": t, "outcome": o.lower(), "message": messages.get(t, "")[:400]}
                 for t, o in outcomes.items() if o in ("FAILED", "ERROR")]
-    return {**counts, "failures": failures}
+    slowest = [{"s": float(m.group(1)), "phase": m.group(2), "test": m.group(3)}
+               for m in map(DURATION.match, log.splitlines()) if m]
+    return {**counts, "failures": failures, "slowest": slowest}
 
 
 def run_tests(python: str, tests: tuple[str, ...] | list[str], timeout: float,
               env: dict[str, str] | None = None) -> dict[str, Any]:
     """The test subset (or ``tests``) with ``python`` from the repository root; counts, failures, wall time."""
-    cmd = ["nice", "-n", "19", python, "-m", "pytest", "-v", "-rfE", "--tb=line", "-p", "no:cacheprovider",
+    cmd = ["nice", "-n", "19", python, "-m", "pytest", "-v", "-rfE", "--tb=line", "--durations=15", "-p", "no:cacheprovider",
            "-m", MARKERS, *tests]
     rc, out, wall = _run(cmd, timeout=timeout, cwd=ROOT, env=env)
     return {"command": " ".join(["python", *cmd[4:]]), "rc": rc, "timed_out": rc == 124,
@@ -194,6 +198,11 @@ def write_markdown(data: dict[str, Any]) -> str:
                 where = "" if not ref else (" — fails on the pinned stack too" if f["test"] in ref_failed
                                             else " — passes on the pinned stack: fails only here")
                 lines.append(f"- `{f['test']}` ({f['outcome']}){where}: {f['message'] or '(no message)'}")
+    for r in data["rows"]:
+        slow = r["tests"].get("slowest", [])[:5]
+        if slow:
+            lines += ["", f"Slowest on {r['scenario']} (shared, loaded machine): "
+                      + "; ".join(f"`{d['test']}` {d['phase']} {d['s']:.1f} s" for d in slow) + "."]
     if ref:
         lines += ["", f"Reference: the failures above re-run on the pinned stack (torch {ref['torch']}): "
                       f"{ref['passed']} passed, {ref['failed']} failed, {ref['error']} errors."]
