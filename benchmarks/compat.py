@@ -30,6 +30,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,28 @@ from provenance import ROOT, record, runs_lines
 
 RESULTS = ROOT / "benchmarks" / "results"
 TRACKED = ("torch", "torchvision", "torchao", "torch-pruning")
-TESTS = ("tests/plugin/pruning", "tests/plugin/quantization", "tests/exporters/test_onnx.py", "tests/models")
+#: Quantization first (torchao's PT2E: what differs most between torch minors), then ONNX export, models, pruning.
+TESTS = ("tests/plugin/quantization", "tests/exporters/test_onnx.py", "tests/models", "tests/plugin/pruning")
+QUANT_TESTS = ("tests/plugin/quantization", "tests/exporters/test_onnx.py")
 MARKERS = "not slow and not device and not gpu"
-#: What the user's environment holds before ``pip install edgeslim``.
-SCENARIOS: dict[str, tuple[str, ...]] = {
-    "torch-2.13": ("torch==2.13.0", "torchvision==0.28.0"),
-    "torch-2.13-torchao-0.17": ("torch==2.13.0", "torchvision==0.28.0", "torchao==0.17.0"),
+TFLITE_TESTS = ("tests/exporters/test_tflite.py",)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What the user's environment holds before the install, the extras asked for, the tests run after."""
+
+    base: tuple[str, ...]
+    extras: str = ""
+    tests: tuple[str, ...] = TESTS
+    venv: str = ""  # the venv's name when it shares another scenario's base (default: the scenario's own)
+
+
+TORCH_213 = ("torch==2.13.0", "torchvision==0.28.0")
+SCENARIOS: dict[str, Scenario] = {
+    "torch-2.13": Scenario(TORCH_213),
+    "torch-2.13-torchao-0.17": Scenario((*TORCH_213, "torchao==0.17.0"), tests=QUANT_TESTS),
+    "torch-2.13-tflite": Scenario(TORCH_213, "[tflite]", TFLITE_TESTS, venv="torch-2.13"),
 }
 OUTCOME = re.compile(r"^(tests/\S+::\S+(?:\[.*?\])?) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)")
 SUMMARY = re.compile(r"^(FAILED|ERROR) (tests/\S+::\S+(?:\[.*?\])?)(?: - (.*))?$")
@@ -134,28 +151,29 @@ def run_tests(python: str, tests: tuple[str, ...] | list[str], timeout: float,
             "wall_s": round(wall, 1), **parse_pytest(out), "tail": out[-1500:] if rc not in (0, 1) else ""}
 
 
-def scenario(name: str, base: tuple[str, ...], root: Path, timeout: float) -> dict[str, Any]:
+def scenario(name: str, sc: Scenario, root: Path, timeout: float) -> dict[str, Any]:
     """One scenario: prepare the venv, the user's install, import / --help, the tests."""
-    venv = root / f"venv-{name}"
-    prep = prepare(venv, base)
+    venv = root / f"venv-{sc.venv or name}"
+    prep = prepare(venv, sc.base)
     before = tracked(venv)
-    rc, out, wall = _run(_pip(venv, "install", str(ROOT)), timeout=3600)
+    rc, out, wall = _run(_pip(venv, "install", f"{ROOT}{sc.extras}"), timeout=3600)
     installed = next((ln for ln in out.splitlines() if ln.startswith("Successfully installed")), "")
     after = tracked(venv)
     py = str(venv / "bin" / "python")
     imp_rc, imp_out, _ = _run([py, "-c", "import edgeslim; print(edgeslim.__file__)"], cwd=ROOT)
     help_rc, help_out, _ = _run([str(venv / "bin" / "edgeslim"), "--help"])
     row: dict[str, Any] = {
-        "scenario": name, "base": list(base), "prepare": prep, "before": before, "after": after,
+        "scenario": name, "base": list(sc.base), "extras": sc.extras, "prepare": prep, "before": before, "after": after,
         "torch_kept": before["torch"] == after["torch"] and before["torchvision"] == after["torchvision"],
-        "install": {"command": f"pip install {ROOT.name}/ (no -e, no -c constraints.txt)", "rc": rc,
+        "install": {"command": f"pip install '{ROOT.name}/{sc.extras}' (no -e, no -c constraints.txt)", "rc": rc,
                     "wall_s": round(wall, 1), "installed": installed.removeprefix("Successfully installed ").split(),
                     "tail": out[-1500:] if rc else ""},
         "import_ok": imp_rc == 0 and str(venv) in imp_out, "import_from": imp_out.strip().splitlines()[-1:],
         "help_ok": help_rc == 0 and "Usage" in help_out,
     }
     _run(_pip(venv, "install", "-q", "pytest"))  # the test tool, after the recorded install
-    row["tests"] = run_tests(py, TESTS, timeout)
+    row["tests_run"] = list(sc.tests)
+    row["tests"] = run_tests(py, sc.tests, timeout)
     return row
 
 
@@ -174,21 +192,23 @@ def reference(rows: list[dict[str, Any]], timeout: float) -> dict[str, Any] | No
 def write_markdown(data: dict[str, Any]) -> str:
     lines = ["# Compatibility: `pip install edgeslim` beside the previous torch minor", "",
              "A user's install (`pip install <repo>`, not editable, no constraints file) into a venv that already "
-             "holds the scenario's packages (PyPI builds). Tests: `pytest -m \"" + MARKERS + "\" " + " ".join(TESTS)
-             + "` against the installed package, under `nice -n 19` on the shared 2-core machine.", "",
-             "| scenario | before: torch / torchvision / torchao / torch-pruning | after | user's torch kept | "
+             "holds the scenario's packages (PyPI builds). Tests: `pytest -m \"" + MARKERS + "\" <the scenario's tests>` "
+             "from the repository root against the installed package, under `nice -n 19` on the shared 2-core "
+             "machine.", "",
+             "| scenario | pip install | before: torch / torchvision / torchao / torch-pruning | after | user's torch kept | "
              "import | `edgeslim --help` | install s | passed | failed | skipped | errors | tests wall s |",
-             "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in data["rows"]:
         t = r["tests"]
 
         def v(d: dict[str, Any]) -> str:
             return " / ".join(str(d[k]) for k in TRACKED)
 
-        lines.append(f"| {r['scenario']} | {v(r['before'])} | {v(r['after'])} | {'yes' if r['torch_kept'] else 'NO'} | "
+        lines.append(f"| {r['scenario']} | `edgeslim{r.get('extras', '')}` | {v(r['before'])} | {v(r['after'])} | {'yes' if r['torch_kept'] else 'NO'} | "
                      f"{'ok' if r['import_ok'] else 'FAILS'} | {'ok' if r['help_ok'] else 'FAILS'} | "
                      f"{r['install']['wall_s']} | {t['passed']} | {t['failed']} | {t['skipped']} | {t['error']} | "
                      f"{t['wall_s']}{' (timed out)' if t['timed_out'] else ''} |")
+    lines += [""] + [f"- {r['scenario']}: tests `{' '.join(r['tests_run'])}`" for r in data["rows"] if r.get("tests_run")]
     ref = data.get("reference")
     ref_failed = {f["test"] for f in ref["failures"]} if ref else set()
     for r in data["rows"]:
@@ -219,22 +239,31 @@ def main() -> None:
     args = ap.parse_args()
     names = args.scenario or sorted(SCENARIOS)
     args.venv_root.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "compat.json"
-    old = json.loads(out.read_text()) if out.is_file() else {"rows": []}
-    rows = {r["scenario"]: r for r in old["rows"]}
+    done: dict[str, dict[str, Any]] = {}
     for name in names:
         print(f"compat: {name} ...", file=sys.stderr, flush=True)
-        rows[name] = {**scenario(name, SCENARIOS[name], args.venv_root, args.timeout), **record("compat.py")}
-        t = rows[name]["tests"]
-        print(f"compat: {name}: torch kept {rows[name]['torch_kept']}, {t['passed']} passed, {t['failed']} failed, "
+        done[name] = {**scenario(name, SCENARIOS[name], args.venv_root, args.timeout), **record("compat.py")}
+        t = done[name]["tests"]
+        print(f"compat: {name}: torch kept {done[name]['torch_kept']}, {t['passed']} passed, {t['failed']} failed, "
               f"{t['skipped']} skipped, {t['error']} errors in {t['wall_s']} s", file=sys.stderr, flush=True)
-    data: dict[str, Any] = {"rows": [rows[n] for n in sorted(rows)]}
-    ref = reference(data["rows"], args.timeout) if args.reference else old.get("reference")
-    if ref:
+        save(done)
+    if args.reference:
+        save(done, reference(save(done)["rows"], args.timeout))
+
+
+def save(rows: dict[str, dict[str, Any]], ref: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge ``rows`` (by scenario) and ``ref`` into ``compat.json`` as it is now (another run may have written it
+    meanwhile), rewrite ``compat.md``; the merged data."""
+    out = RESULTS / "compat.json"
+    data: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {"rows": []}
+    merged = {**{r["scenario"]: r for r in data["rows"]}, **rows}
+    data["rows"] = [merged[n] for n in sorted(merged)]
+    if ref is not None:
         data["reference"] = ref
     out.write_text(json.dumps(data, indent=1) + "\n")
     (RESULTS / "compat.md").write_text(write_markdown(data))
     print(f"wrote {out} and {RESULTS / 'compat.md'}", file=sys.stderr)
+    return data
 
 
 if __name__ == "__main__":
