@@ -112,11 +112,11 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def wrap_ddp(model: nn.Module) -> nn.Module:
-    """``DistributedDataParallel(model)`` in a distributed run (the model moved to this rank's device), else ``model``."""
+def wrap_ddp(model: nn.Module, on: torch.device | None = None) -> nn.Module:
+    """``DistributedDataParallel(model)`` in a distributed run (the model moved to ``on``, default this rank's device), else ``model``."""
     if not active():
         return model
-    dev = device()
+    dev = on if on is not None else device()
     model.to(dev)
     ids = [dev.index] if dev.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
