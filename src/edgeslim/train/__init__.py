@@ -4,14 +4,15 @@ Fine-tuning (:func:`edgeslim.finetune`), QAT (:func:`edgeslim.plugin.quantizatio
 the alternating prune/QAT pipeline and Deep Compression's centroid training all run
 :func:`train_loop` with their own optimizer, schedule and :class:`Callback` hooks; top-1 everywhere
 is :func:`count_top1` (and :func:`evaluate` / :func:`sharded_top1` on top of it).
-``--device`` is resolved by :func:`resolve_device`.
+``--device`` is resolved by :func:`resolve_torch_device`.
 """
 
-from edgeslim.train.device import DEVICE_CHOICES, device_of, resolve_device
-from edgeslim.train.evaluate import Top1, count_top1, evaluate, sharded_top1
+from edgeslim.train.device import DEVICE_CHOICES, device_of, resolve_torch_device
+from edgeslim.train.evaluate import Top1, count_top1, evaluate, sharded_top1, top1_on
 from edgeslim.train.loop import (
     Callback,
     CosineLR,
+    EmptyLoaderError,
     LoopResult,
     LoopState,
     OnStep,
@@ -26,6 +27,7 @@ __all__ = [
     "DEVICE_CHOICES",
     "Callback",
     "CosineLR",
+    "EmptyLoaderError",
     "LoopResult",
     "LoopState",
     "Objective",
@@ -37,8 +39,9 @@ __all__ = [
     "evaluate",
     "nesterov_sgd",
     "one_cycle",
-    "resolve_device",
+    "resolve_torch_device",
     "sharded_top1",
+    "top1_on",
     "train_loop",
     "train_mode",
 ]

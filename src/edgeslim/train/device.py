@@ -11,7 +11,7 @@ from edgeslim.errors import ConfigError
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
-def resolve_device(spec: str | torch.device | None = "auto", *, option: str = "--device") -> torch.device:
+def resolve_torch_device(spec: str | torch.device | None = "auto", *, option: str = "--device") -> torch.device:
     """The ``torch.device`` named by ``spec``.
 
     ``auto`` (or None) is this rank's GPU under torchrun with NCCL, else ``cuda`` when a GPU is
@@ -57,4 +57,4 @@ def device_of(module: torch.nn.Module) -> torch.device:
     if first is None:
         first = next(iter(module.buffers()), None)
     return first.device if first is not None else torch.device("cpu")
-__all__ = ["DEVICE_CHOICES", "device_of", "resolve_device"]
+__all__ = ["DEVICE_CHOICES", "device_of", "resolve_torch_device"]

@@ -82,18 +82,50 @@ def evaluate(
 ) -> float:
     """Top-1 accuracy of ``model`` over ``loader``, as a fraction in [0, 1].
 
-    The model is put in eval mode for the measurement and its previous mode restored.
+    The model is put in eval mode and on ``device`` for the measurement; its previous mode and
+    device are restored.
 
     Args:
-        model: The classifier (already on ``device``).
+        model: The classifier.
         loader: ``(images, labels)`` batches.
         max_batches: Evaluate only the first batches.
-        device: Where the images go.
+        device: Where the model and the images go.
 
     Returns:
         The fraction of correct predictions (NaN without images).
     """
-    return _eval_counts(model, loader, torch.device(device), max_batches).accuracy
+    from edgeslim.train.device import device_of
+
+    home = device_of(model)
+    model.to(device)
+    try:
+        return _eval_counts(model, loader, torch.device(device), max_batches).accuracy
+    finally:
+        model.to(home)
+
+
+def top1_on(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+            device: str | torch.device | None = None) -> float:
+    """Top-1 of ``model`` (run as it is) with model and images on ``device``; the model goes back where it was.
+
+    Args:
+        model: The classifier.
+        batches: ``(images, labels)``.
+        device: Evaluation device (None: where the model is).
+
+    Returns:
+        The fraction of correct predictions (NaN without images).
+    """
+    from edgeslim.train.device import device_of
+
+    if device is None:
+        return count_top1(model, batches, device=device_of(model)).accuracy
+    home = device_of(model)
+    model.to(device)
+    try:
+        return count_top1(model, batches, device=device).accuracy
+    finally:
+        model.to(home)
 
 
 def sharded_top1(model: nn.Module, loader: Any, *, device: str | torch.device | None = None) -> tuple[float, int]:
@@ -132,4 +164,4 @@ def _eval_counts(model: nn.Module, loader: Any, device: torch.device, max_batche
         model.train(was_training)
 
 
-__all__ = ["Top1", "count_top1", "evaluate", "sharded_top1"]
+__all__ = ["Top1", "count_top1", "evaluate", "sharded_top1", "top1_on"]

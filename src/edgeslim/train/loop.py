@@ -28,6 +28,10 @@ from edgeslim.errors import ConfigError
 from edgeslim.train.losses import Objective
 
 
+class EmptyLoaderError(ConfigError):
+    """train: the training loader yielded no batches."""
+
+
 @dataclass
 class LoopState:
     """What callbacks see (and may change) during :func:`train_loop`.
@@ -133,7 +137,8 @@ def train_loop(
         A :class:`LoopResult`.
 
     Raises:
-        ConfigError: ``steps < 1`` or a loader that yields no batches.
+        ConfigError: ``steps < 1``.
+        EmptyLoaderError: The loader yielded no batches (a ``ConfigError``).
         edgeslim.distributed.DistributedMismatchError: Under torchrun, the ranks started from
             different models or ended with different weights (names the ranks).
     """
@@ -182,7 +187,7 @@ def train_loop(
             if state.step >= steps:
                 break
         if seen == 0:
-            raise ConfigError(f"train: the training loader ({type(loader).__name__}) yielded no batches; "
+            raise EmptyLoaderError(f"train: the training loader ({type(loader).__name__}) yielded no batches; "
                               "give it at least one (images, labels) batch")
     seconds = time.perf_counter() - state.start
     distributed.sync_buffers(state.model)
@@ -224,5 +229,5 @@ def nesterov_sgd(params: Iterable[Any], *, lr: float, momentum: float, weight_de
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
 
 
-__all__ = ["Callback", "CosineLR", "LoopResult", "LoopState", "OnStep", "nesterov_sgd", "one_cycle", "train_loop",
+__all__ = ["Callback", "CosineLR", "EmptyLoaderError", "LoopResult", "LoopState", "OnStep", "nesterov_sgd", "one_cycle", "train_loop",
            "train_mode"]

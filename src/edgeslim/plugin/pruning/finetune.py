@@ -32,7 +32,7 @@ from edgeslim.train import (
     distillation_loss,
     nesterov_sgd,
     one_cycle,
-    resolve_device,
+    resolve_torch_device,
     train_loop,
 )
 
@@ -101,7 +101,7 @@ def finetune(
         raise ConfigError("train_loader must be a non-empty DataLoader (it needs a length for the LR schedule)")
     if distributed.active():
         train_loader = distributed.distributed_sampler(train_loader, seed=seed)
-    dev = resolve_device(device, option="finetune(device=...)") if device is not None else distributed.device()
+    dev = resolve_torch_device(device, option="finetune(device=...)") if device is not None else distributed.device()
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     total = max(1, round(epochs * steps_per_epoch))
     home, teacher_home = device_of(model), device_of(teacher) if teacher is not None else None

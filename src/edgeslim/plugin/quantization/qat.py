@@ -35,7 +35,17 @@ from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
 
 from edgeslim import distributed
 from edgeslim.plugin.quantization.errors import QuantConfigError
-from edgeslim.train import Callback, CosineLR, LoopState, Objective, OnStep, device_of, resolve_device, train_loop
+from edgeslim.train import (
+    Callback,
+    CosineLR,
+    EmptyLoaderError,
+    LoopState,
+    Objective,
+    OnStep,
+    device_of,
+    resolve_torch_device,
+    train_loop,
+)
 
 
 def freeze_observers(model: nn.Module) -> int:
@@ -171,14 +181,13 @@ def train_qat(
             graph and the teacher are moved back where they were afterwards.
 
     Raises:
-        QuantConfigError: ``steps < 1``.
-        edgeslim.errors.ConfigError: The loader yielded no batches.
+        QuantConfigError: ``steps < 1`` or a loader that yields no batches.
         edgeslim.distributed.DistributedMismatchError: Under torchrun, the ranks started from
             different prepared graphs or ended with different weights (names the ranks).
     """
     if steps < 1:
         raise QuantConfigError(f"train_qat needs steps >= 1, got {steps}")
-    dev = resolve_device(device, option="train_qat(device=...)") if device is not None else distributed.device()
+    dev = resolve_torch_device(device, option="train_qat(device=...)") if device is not None else distributed.device()
     home, teacher_home = device_of(prepared), device_of(teacher) if teacher is not None else None
     opt = torch.optim.SGD([p for p in prepared.parameters() if p.requires_grad], lr=lr, momentum=0.9)
     callbacks = qat_callbacks(steps, schedule)
@@ -186,9 +195,12 @@ def train_qat(
         callbacks.insert(0, CosineLR(lr))
     if on_step is not None:
         callbacks.append(OnStep(lambda s, _total, loss: on_step(s, loss)))
-    done = train_loop(prepared, loader, steps=steps, optimizer=opt, objective=Objective(0.0, 0.5, temperature),
-                      teacher=teacher, device=dev, callbacks=callbacks, seed=seed,
-                      what="the QAT-prepared model", final_what="the QAT weights")
+    try:
+        done = train_loop(prepared, loader, steps=steps, optimizer=opt, objective=Objective(0.0, 0.5, temperature),
+                          teacher=teacher, device=dev, callbacks=callbacks, seed=seed,
+                          what="the QAT-prepared model", final_what="the QAT weights")
+    except EmptyLoaderError as exc:
+        raise QuantConfigError(f"QAT: {exc}") from None
     prepared.to(home)
     if teacher is not None and teacher_home is not None:
         teacher.to(teacher_home)
