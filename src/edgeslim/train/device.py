@@ -53,8 +53,9 @@ def resolve_torch_device(spec: str | torch.device | None = "auto", *, option: st
 
 def device_of(module: torch.nn.Module) -> torch.device:
     """Where ``module``'s first parameter (or buffer) lives; the CPU for a module without tensors."""
-    first = next(iter(module.parameters()), None)
-    if first is None:
-        first = next(iter(module.buffers()), None)
-    return first.device if first is not None else torch.device("cpu")
+    for tensors in (module.parameters(), module.buffers()):
+        first: torch.Tensor | None = next(iter(tensors), None)
+        if first is not None:
+            return first.device
+    return torch.device("cpu")
 __all__ = ["DEVICE_CHOICES", "device_of", "resolve_torch_device"]

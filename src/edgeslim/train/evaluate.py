@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ def count_top1(
     device: str | torch.device | None = None,
     max_batches: int | None = None,
     with_loss: bool = False,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Top1:
     """Count correct top-1 predictions of ``model`` (run as it is: its train/eval mode is not changed).
 
@@ -55,6 +56,7 @@ def count_top1(
         device: Where the images go (None: where they are; the model must already be there).
         max_batches: Stop after this many batches.
         with_loss: Also sum the cross-entropy (``Top1.loss``).
+        loss_fn: Sum this batch-mean loss instead, weighted by the batch size (``Top1.loss``).
 
     Returns:
         The :class:`Top1` counts.
@@ -68,7 +70,9 @@ def count_top1(
         labels = y.to(out.device)
         correct += int((out.argmax(1) == labels).sum())
         total += int(labels.numel())
-        if with_loss:
+        if loss_fn is not None:
+            loss += float(loss_fn(out, labels)) * int(labels.numel())
+        elif with_loss:
             loss += float(F.cross_entropy(out, labels, reduction="sum"))
     return Top1(correct, total, loss)
 
