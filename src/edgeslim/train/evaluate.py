@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from edgeslim import distributed
+from edgeslim.train.device import device_of
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,6 @@ def evaluate(
     Returns:
         The fraction of correct predictions (NaN without images).
     """
-    from edgeslim.train.device import device_of
-
     home = device_of(model)
     model.to(device)
     try:
@@ -120,8 +119,6 @@ def top1_on(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor
     Returns:
         The fraction of correct predictions (NaN without images).
     """
-    from edgeslim.train.device import device_of
-
     if device is None:
         return count_top1(model, batches, device=device_of(model)).accuracy
     home = device_of(model)
@@ -136,7 +133,7 @@ def sharded_top1(model: nn.Module, loader: Any, *, device: str | torch.device | 
     """Top-1 and the image count; under torchrun each rank evaluates every ``world_size``-th image and the counts are summed.
 
     Args:
-        model: The classifier (a DDP wrapper is looked through); moved to ``device``.
+        model: The classifier (a DDP wrapper is looked through); on ``device`` for the count, then moved back.
         loader: A DataLoader (sharded when it has a map-style dataset) or any iterable of batches.
         device: Evaluation device (None: this rank's, :func:`edgeslim.distributed.device`).
 
@@ -146,16 +143,21 @@ def sharded_top1(model: nn.Module, loader: Any, *, device: str | torch.device | 
     from torch.utils.data import DataLoader, Subset
 
     dev = torch.device(device) if device is not None else distributed.device()
-    net = distributed.unwrap(model).to(dev)
-    dataset = getattr(loader, "dataset", None)
-    if distributed.active() and isinstance(loader, DataLoader) and dataset is not None and hasattr(dataset, "__len__"):
-        mine = range(distributed.rank(), len(dataset), distributed.world_size())
-        part = DataLoader(Subset(dataset, mine), batch_size=loader.batch_size, shuffle=False)
-        counts = _eval_counts(net, part, dev) if mine else Top1(0, 0)
-        correct, total = distributed.all_sum([counts.correct, counts.total])
-        return (correct / total if total else float("nan")), int(total)
-    counts = _eval_counts(net, loader, dev)
-    return counts.accuracy, counts.total
+    net = distributed.unwrap(model)
+    home = device_of(net)
+    net.to(dev)
+    try:
+        dataset = getattr(loader, "dataset", None)
+        if distributed.active() and isinstance(loader, DataLoader) and dataset is not None and hasattr(dataset, "__len__"):
+            mine = range(distributed.rank(), len(dataset), distributed.world_size())
+            part = DataLoader(Subset(dataset, mine), batch_size=loader.batch_size, shuffle=False)
+            counts = _eval_counts(net, part, dev) if mine else Top1(0, 0)
+            correct, total = distributed.all_sum([counts.correct, counts.total])
+            return (correct / total if total else float("nan")), int(total)
+        counts = _eval_counts(net, loader, dev)
+        return counts.accuracy, counts.total
+    finally:
+        net.to(home)
 
 
 def _eval_counts(model: nn.Module, loader: Any, device: torch.device, max_batches: int | None = None) -> Top1:
