@@ -15,6 +15,9 @@ saves ``OUT/model.pt`` and prints the JSON line; the other ranks print only thei
 (on stderr). ``weights_sha256`` is :func:`edgeslim.io.state_sha256` of the final model's
 state_dict: with ``--qat``, of the converted graph the ranks agree on (the saved file stores its
 integer weights, so a reloaded file hashes differently).
+
+The work is :func:`edgeslim.pipelines.finetune_job.finetune_job` (callable from Python, and what
+``launcher: torchrun`` recipes run); this command resolves its arguments, saves and prints.
 """
 
 from __future__ import annotations
