@@ -3,10 +3,9 @@
 Nothing here does anything unless the process was started by ``torchrun`` (or
 ``python -m torch.distributed.run``), which sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
 ``MASTER_ADDR`` and ``MASTER_PORT``. Then :func:`init_from_env` joins the process group
-(``nccl`` when CUDA is available, ``gloo`` on the CPU) and the training loops of edgeslim
-(:func:`~edgeslim.plugin.pruning.finetune.finetune`,
-:func:`~edgeslim.plugin.quantization.qat.train_qat`) wrap the model in
-``DistributedDataParallel`` and shard the data with ``DistributedSampler``.
+(``nccl`` when CUDA is available, ``gloo`` on the CPU) and edgeslim's one training loop
+(:func:`edgeslim.train.train_loop`, run by ``finetune``, ``train_qat`` and the others) wraps
+the model in ``DistributedDataParallel`` and shards the data with ``DistributedSampler``.
 
 Every rank builds (or prunes) its own copy of the model; :func:`check_same` proves that the
 copies are identical (structure and weights) by gathering a sha256 of each rank's state_dict,
@@ -112,11 +111,11 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def wrap_ddp(model: nn.Module) -> nn.Module:
-    """``DistributedDataParallel(model)`` in a distributed run (the model moved to this rank's device), else ``model``."""
+def wrap_ddp(model: nn.Module, on: torch.device | None = None) -> nn.Module:
+    """``DistributedDataParallel(model)`` in a distributed run (the model moved to ``on``, default this rank's device), else ``model``."""
     if not active():
         return model
-    dev = device()
+    dev = on if on is not None else device()
     model.to(dev)
     ids = [dev.index] if dev.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)

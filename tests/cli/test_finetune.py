@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 import edgeslim
 from edgeslim.cli import app
+from edgeslim.errors import ConfigError
 from edgeslim.io import read_header, state_sha256
 
 NET_PY = """
@@ -135,3 +136,18 @@ def test_single_process_pruned_model_with_the_ancestor_as_teacher(files: tuple[P
     steps = read_header(out / "model.pt")["meta"]["lineage"]
     assert [s["step"] for s in steps] == ["float", "prune", "finetune"]
     assert steps[-1]["top1"] == {f"npz:{files[1]}/val[:64]@16x16": summary["top1_after"]}
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without a GPU")
+@pytest.mark.parametrize("command", ["finetune", "prune", "quantize", "sensitivity", "pack"])
+def test_device_cuda_without_a_gpu_is_named(files: tuple[Path, Path], tmp_path: Path, command: str) -> None:
+    net, _ = files
+    args = [command, "--model", f"{net}:build", "--out", str(tmp_path / ("o.esz" if command == "pack" else "o")),
+            "--device", "cuda"]
+    result = _invoke(*args)
+    exc = result.exception  # type: ignore[attr-defined]
+    # run_app (edgeslim's entry point) prints an EdgeslimError as one line with exit code 2
+    assert isinstance(exc, ConfigError), exc
+    assert str(exc) == ("--device cuda: no CUDA GPU is available on this machine (torch.cuda.is_available() is False); "
+                        "use --device cpu or --device auto")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.esz").exists()

@@ -12,9 +12,10 @@ import pytest
 
 import edgeslim
 from edgeslim.io import read_header, state_sha256
-from edgeslim.pipelines.launcher import finetune_args, qat_args, torchrun_command
+from edgeslim.pipelines.launcher import finetune_spec, qat_spec, torchrun_command
 from edgeslim.pipelines.recipe import Launcher, Recipe, RecipeError
 from edgeslim.pipelines.runner import compress, plan
+from edgeslim.pipelines.torchrun_finetune import SPEC_KEYS
 from tests.cli.test_finetune import NET_PY
 
 BASE: dict[str, Any] = {"model": "resnet18-fmnist", "prune": {"criterion": "l1", "target": "ratio=0.5"},
@@ -42,26 +43,28 @@ def test_bad_launcher_settings_named(extra: dict[str, Any], message: str) -> Non
     assert message in str(info.value)
 
 
-def test_command_line_built_for_the_fine_tune() -> None:
+def test_command_line_and_spec_built_for_the_fine_tune(tmp_path: Path) -> None:
     r = Recipe.from_dict({**BASE, "launcher": "torchrun", "data": {"source": "fashion-mnist", "mean": [0.5],
                                                                    "std": [0.25]}, "seed": 7, "eval_samples": 300})
-    cmd = torchrun_command(finetune_args(r, Path("o/pruned.pt"), Path("o/tmp")), r.nproc_per_node)
-    assert cmd[:8] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                       "-m", "edgeslim.cli"]
-    assert " ".join(cmd[8:]) == (
-        "finetune --model o/pruned.pt --data fashion-mnist --input-size 32 --epochs 0.5 --lr 0.05 --batch-size 32 "
-        "--eval-limit 300 --seed 7 --out o/tmp --json --force --mean 0.5 --std 0.25 --teacher resnet18-fmnist")
+    spec = finetune_spec(r, Path("o/pruned.pt"), Path("o/tmp"))
+    cmd = torchrun_command(spec, tmp_path, r.nproc_per_node)
+    assert cmd == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "-m", "edgeslim.pipelines.torchrun_finetune", str(tmp_path / "spec.json")]
+    assert json.loads((tmp_path / "spec.json").read_text()) == spec == {
+        "model": "o/pruned.pt", "weights": None, "data": "fashion-mnist", "mean": [0.5], "std": [0.25],
+        "input_size": 32, "epochs": 0.5, "lr": 0.05, "batch_size": 32, "teacher": "resnet18-fmnist",
+        "teacher_weights": None, "qat": None, "eval_limit": 300, "seed": 7, "device": "auto", "out": "o/tmp"}
+    assert set(spec) == set(SPEC_KEYS)
 
 
-def test_command_line_built_for_qat() -> None:
-    r = Recipe.from_dict({"model": "resnet18-fmnist", "launcher": "torchrun", "nproc_per_node": 4,
+def test_spec_built_for_qat() -> None:
+    r = Recipe.from_dict({"model": "resnet18-fmnist", "launcher": "torchrun", "nproc_per_node": 4, "device": "cpu",
                           "quantize": {"scheme": "int8", "method": "qat", "qat_epochs": 0.25, "lr": 0.001}})
     assert r.launcher is Launcher.TORCHRUN  # QAT alone is enough to launch
-    args = qat_args(r, "net.py:build", "w.pt", Path("o/tmp"))
-    assert " ".join(torchrun_command(args, r.nproc_per_node)[4:]) == (
-        "--nproc_per_node 4 -m edgeslim.cli finetune --model net.py:build --data fashion-mnist --input-size 32 "
-        "--qat int8 --epochs 0.25 --lr 0.001 --batch-size 64 --eval-limit 1000 --seed 0 --teacher net.py:build "
-        "--out o/tmp --json --force --weights w.pt --teacher-weights w.pt")
+    assert qat_spec(r, "net.py:build", "w.pt", Path("o/tmp")) == {
+        "model": "net.py:build", "weights": "w.pt", "data": "fashion-mnist", "mean": None, "std": None,
+        "input_size": 32, "epochs": 0.25, "lr": 0.001, "batch_size": 64, "teacher": "net.py:build",
+        "teacher_weights": "w.pt", "qat": "int8", "eval_limit": 1000, "seed": 0, "device": "cpu", "out": "o/tmp"}
 
 
 def test_tiny_recipe_fine_tunes_on_two_processes(tmp_path: Path) -> None:

@@ -185,3 +185,14 @@ def test_loading_never_modifies_the_file(tmp_path: Path) -> None:
     p.write_text(text)
     load_recipe(p)
     assert p.read_text() == text
+
+
+def test_device_key_parsed_round_tripped_and_checked() -> None:
+    assert Recipe.from_dict({"model": "resnet18-fmnist"}).device == "auto"
+    r = Recipe.from_dict({"model": "resnet18-fmnist", "device": "CUDA:1"})
+    assert r.device == "cuda:1" and Recipe.from_dict(r.to_dict()) == r  # syntax here; the GPU is checked at run time
+    for bad in ("gpu", "cuda:x", 1):
+        with pytest.raises(RecipeError) as info:
+            Recipe.from_dict({"model": "resnet18-fmnist", "device": bad}, source="r.yaml")
+        assert str(info.value) == (f"r.yaml: device: {bad!r} is not a torch device; allowed: auto, cpu, cuda, cuda:N "
+                                   "(where training, calibration and evaluation run; bench targets go in bench.targets)")

@@ -278,3 +278,8 @@ def stdout_to_stderr() -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+#: ``--device`` of the commands that train, calibrate or evaluate (resolved by :func:`edgeslim.train.resolve_torch_device`).
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="Where training, calibration and evaluation run: auto (CUDA when present), cpu, cuda, cuda:N")]

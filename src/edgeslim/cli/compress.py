@@ -57,6 +57,9 @@ def compress_cmd(
     out: Annotated[Path, typer.Option(help="Output folder: every artefact, report.html, report.md, results.json")],
     force: ForceOpt = False,
     json_: JsonOpt = False,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="Override the recipe's device (where training, calibration and evaluation run): auto, "
+                         "cpu, cuda, cuda:N")] = None,
 ) -> None:
     """Run RECIPE into OUT: prune, fine-tune, quantize, export, bench and report; rerun to resume."""
     from edgeslim.pipelines.recipe import load_recipe
@@ -64,7 +67,16 @@ def compress_cmd(
     from edgeslim.pipelines.steps import CompressError
 
     rec = load_recipe(recipe)  # every key and value checked before any work
-    command = " ".join(["edgeslim", "compress", str(recipe), "--out", str(out)] + (["--force"] if force else []))
+    if device is not None:
+        from dataclasses import replace
+
+        from edgeslim.pipelines.recipe_sections import check_torch_device
+        from edgeslim.train import resolve_torch_device
+
+        resolve_torch_device(device)  # a GPU that is not there is named as --device
+        rec = replace(rec, device=check_torch_device(device))
+    command = " ".join(["edgeslim", "compress", str(recipe), "--out", str(out)] + (["--force"] if force else [])
+                       + (["--device", device] if device is not None else []))
     console.print(f"compress {recipe} → {out} ({rec.pipeline.value}, model {rec.model})", highlight=False)
     t0 = time.perf_counter()
     try:

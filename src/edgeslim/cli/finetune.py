@@ -15,13 +15,15 @@ saves ``OUT/model.pt`` and prints the JSON line; the other ranks print only thei
 (on stderr). ``weights_sha256`` is :func:`edgeslim.io.state_sha256` of the final model's
 state_dict: with ``--qat``, of the converted graph the ranks agree on (the saved file stores its
 integer weights, so a reloaded file hashes differently).
+
+The work is :func:`edgeslim.pipelines.finetune_job.finetune_job` (callable from Python, and what
+``launcher: torchrun`` recipes run); this command resolves its arguments, saves and prints.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,6 +33,7 @@ from edgeslim.cli.common import (
     DataArg,
     DataDirOpt,
     DataOpt,
+    DeviceOpt,
     ForceOpt,
     JsonOpt,
     MeanOpt,
@@ -51,21 +54,11 @@ MODEL_FILE = "model.pt"
 SUMMARY_FILE = "summary.json"
 #: ``--teacher ancestor``: the first float model of the input's lineage.
 ANCESTOR = "ancestor"
-#: When this process started (log lines give the seconds since).
-_START = time.perf_counter()
 
 
 def register(app: typer.Typer) -> None:
     """Add the command to ``app``."""
     app.command("finetune")(finetune_cmd)
-
-
-def log(message: str) -> None:
-    """A log line on stderr, prefixed with this process's rank (``[rank 1/2]``), ending with the seconds since start."""
-    from edgeslim import distributed
-
-    console.print(f"[rank {distributed.rank()}/{distributed.world_size()}] {message} "
-                  f"(at {time.perf_counter() - _START:.1f} s)", highlight=False, markup=False, soft_wrap=True)
 
 
 def finetune_cmd(
@@ -87,6 +80,7 @@ def finetune_cmd(
     data_dir: DataDirOpt = None,
     input_size: Annotated[int, typer.Option(help="Input resolution (and of imagefolder/npz images)")] = 32,
     seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -104,7 +98,8 @@ def finetune_cmd(
             summary = _run(model, out, epochs=epochs, lr=lr, batch_size=batch_size, teacher=teacher,
                            teacher_weights=teacher_weights, qat=qat, target=target, criterion=criterion,
                            eval_limit=eval_limit, weights=weights,
-                           data=data, mean=mean, std=std, data_dir=data_dir, input_size=input_size, seed=seed)
+                           data=data, mean=mean, std=std, data_dir=data_dir, input_size=input_size, seed=seed,
+                           device=device)
         distributed.barrier()
     finally:
         distributed.destroy()
@@ -114,21 +109,25 @@ def finetune_cmd(
 
 def _run(model: str, out: Path, *, epochs: float, lr: float, batch_size: int, teacher: str | None,
          teacher_weights: Path | None, qat: str | None, target: str | None, criterion: str, eval_limit: int,
-         weights: Path | None, data: str | None,
-         mean: str | None, std: str | None, data_dir: Path | None, input_size: int, seed: int) -> dict[str, Any] | None:
-    """The work of every rank; returns rank 0's summary (``None`` on the other ranks)."""
+         weights: Path | None, data: str | None, mean: str | None, std: str | None, data_dir: Path | None,
+         input_size: int, seed: int, device: str) -> dict[str, Any] | None:
+    """Resolve the arguments, run :func:`~edgeslim.pipelines.finetune_job.finetune_job`; rank 0 saves and returns the summary."""
     import torch
 
     from edgeslim import distributed
     from edgeslim.exporters.accuracy import eval_key
-    from edgeslim.plugin.pruning.finetune import finetune
-    from edgeslim.plugin.pruning.unstructured import Masks, masks_of
+    from edgeslim.lineage import extend
+    from edgeslim.pipelines.finetune_job import finetune_job
+    from edgeslim.train import resolve_torch_device
 
-    config = None
+    dev = resolve_torch_device(device)  # fails before any work
+    config = prune_config = None
     if qat is not None:
         from edgeslim.plugin.quantization import QuantConfig
 
-        config = QuantConfig.from_spec(qat)  # fails before any work
+        config = QuantConfig.from_spec(qat)
+    if target is not None:
+        prune_config = _prune_config(target, criterion)
     torch.manual_seed(seed)
     ds = resolve_data(data, data_dir=data_dir, input_size=input_size, mean=mean, std=std)
     arg = resolve_model(model, weights)
@@ -139,60 +138,28 @@ def _run(model: str, out: Path, *, epochs: float, lr: float, batch_size: int, te
     x = ds.example(input_size, 2, random=False)
     ds.check_fits(net, x)
     ds.warn_if_foreign(arg, "fine-tune and evaluation")
-    world = distributed.world_size()
-    digest = distributed.check_same(net, "the input model")  # every rank loaded (pruned) the same model
-    log(f"{arg.source}: {sum(p.numel() for p in net.parameters()):,} parameters, sha256 {digest[:16]}"
-        + (f"; the same on all {world} ranks" if world > 1 else ""))
     tnet = _teacher(teacher, teacher_weights, arg, net)
-    lineage = arg.lineage
-    if target is not None:  # every rank prunes; the check proves they pruned identically
-        net, lineage = _prune(net, ds, target, criterion, input_size, batch_size, seed, lineage)
-    test = ds.source.eval_loader(250, limit=eval_limit)
-    top1_before, n_eval = _top1(net, test)
-    log(f"top-1 before: {100 * top1_before:.2f} % on {n_eval} evaluation images")
-    train = distributed.distributed_sampler(ds.source.train_loader(batch_size, augment=True, seed=seed), seed=seed)
-    steps = max(1, round(epochs * len(train)))
-    log(f"training {steps} steps of {len(train)} per epoch, batch {batch_size} per rank, world size {world}"
-        + (f", QAT {qat}" if qat else ""))
-    t0 = time.perf_counter()
     shown: Any = progress() if distributed.is_rank0() else _Quiet()
     with shown as bar:
-        task = bar.add_task("QAT" if qat else "fine-tune", total=steps)
-        if config is not None:
-            from edgeslim.plugin.quantization import convert, prepare_qat
-            from edgeslim.plugin.quantization.qat import train_qat
-
-            prepared = prepare_qat(net, x, config)  # net itself: the saved file records its architecture
-            train_qat(prepared, train, steps=steps, lr=lr, teacher=tnet, cosine=True, seed=seed,
-                      on_step=lambda s, _l: bar.update(task, completed=s))
-            final: Any = convert(prepared)
-            trained = final.model
-        else:
-            found = masks_of(net)
-            masks = Masks(net, dict(found)) if found else None
-            finetune(net, train, epochs=epochs, lr=lr, teacher=tnet, masks=masks, seed=seed,
-                     on_step=lambda s, _t, _l: bar.update(task, completed=s))
-            if masks is not None:
-                masks.make_permanent()
-            final = trained = net
-    seconds = time.perf_counter() - t0
-    sha = distributed.check_same(trained, "the final weights")  # raises, naming the ranks, if they disagree
-    log(f"final weights sha256 {sha[:16]}" + (f"; ranks agree ({world} of {world})" if world > 1 else ""))
-    top1_after, _ = _top1(trained, test)
-    log(f"top-1 after: {100 * top1_after:.2f} % on {n_eval} evaluation images")
+        task = bar.add_task("QAT" if qat else "fine-tune", total=None)
+        run = finetune_job(net, ds.source, x, epochs=epochs, lr=lr, batch_size=batch_size, teacher=tnet, qat=config,
+                           prune=prune_config, eval_limit=eval_limit, seed=seed, device=dev, name=arg.source,
+                           on_step=lambda s, total: bar.update(task, completed=s, total=total))
+    lineage = arg.lineage
+    if target is not None:
+        lineage = extend(lineage, "prune", sha256=run.pruned_sha256, target=target, criterion=criterion,
+                         world_size=run.world_size)
     if not distributed.is_rank0():
         return None
-    key = eval_key(ds.source.eval_name, tuple(ds.example(input_size).shape), n_eval)
+    key = eval_key(ds.source.eval_name, tuple(ds.example(input_size).shape), run.eval_images)
     summary: dict[str, Any] = {
         "model": arg.source, "data": ds.source.name, "mode": "qat" if qat else "float", "scheme": qat,
-        "world_size": world, "backend": _backend(), "epochs": epochs, "steps": steps, "batch_size": batch_size,
-        "lr": lr, "teacher": teacher if tnet is not None else None, "seconds": round(seconds, 2),
-        "eval_images": n_eval, "eval_key": key, "top1_before": top1_before, "top1_after": top1_after,
-        "weights_sha256": sha, "ranks_agree": True,
+        **run.summary(), "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "teacher": teacher if tnet is not None else None, "eval_key": key,
     }
     if target is not None:
-        summary.update(target=target, criterion=criterion, params_after_prune=sum(p.numel() for p in trained.parameters()))
-    summary.update(_save(final, out, arg, lineage, ds, summary, qat is not None))
+        summary.update(target=target, criterion=criterion, params_after_prune=run.params_after_prune)
+    summary.update(_save(run.final, out, arg, lineage, ds, summary, qat is not None))
     _print_table(summary)
     return summary
 
@@ -213,31 +180,15 @@ class _Quiet:
         return None
 
 
-def _backend() -> str | None:
-    from torch import distributed as dist
-
-    return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else None
-
-
-def _prune(net: Any, ds: DataArg, target: str, criterion: str, input_size: int, batch_size: int, seed: int,
-           lineage: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
-    """Prune ``net`` on this rank (the same seeded data on every rank) and check that all ranks hold the same result."""
-    from edgeslim import distributed
+def _prune_config(target: str, criterion: str) -> Any:
+    """``--target`` / ``--criterion`` as a uniform-allocation PruneConfig (a bad value names the option)."""
     from edgeslim.errors import ConfigError
-    from edgeslim.lineage import extend
-    from edgeslim.plugin.pruning import PruneConfig, Target, prune
+    from edgeslim.plugin.pruning import PruneConfig, Target
 
     try:
-        config = PruneConfig(criterion=criterion, target=Target.parse(target))
+        return PruneConfig(criterion=criterion, target=Target.parse(target))
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="--target") from None
-    stats = ds.source.train_loader(batch_size, seed=seed + 1)  # read by data-driven criteria only
-    result = prune(net, ds.example(input_size, random=False), config, data=stats)
-    digest = distributed.check_same(result.model, "the pruned model")
-    world = distributed.world_size()
-    log(f"pruned to {target} ({criterion}): {result.after.params:,} parameters, sha256 {digest[:16]}"
-        + (f"; the same on all {world} ranks" if world > 1 else ""))
-    return result.model, extend(lineage, "prune", sha256=digest, target=target, criterion=criterion, world_size=world)
 
 
 def _save(final: Any, out: Path, arg: ModelArg, base: list[dict[str, Any]], ds: DataArg, summary: dict[str, Any],
@@ -283,27 +234,6 @@ def _teacher(spec: str | None, weights: Path | None, arg: ModelArg, student: Any
         raise ModelLoadError(f"the float ancestor {first['source']} of {arg.source} no longer has the weights its "
                              "lineage records (sha256 differs); name the teacher with --teacher")
     return anc.eval()
-
-
-def _top1(net: Any, loader: Any) -> tuple[float, int]:
-    """Top-1 (a fraction) and the image count; under torchrun each rank evaluates its share of the images."""
-    from torch.utils.data import DataLoader, Subset
-
-    from edgeslim import distributed
-    from edgeslim.data import evaluate
-
-    net = distributed.unwrap(net).to(distributed.device())
-    dataset = getattr(loader, "dataset", None)
-    if distributed.active() and isinstance(loader, DataLoader) and dataset is not None and hasattr(dataset, "__len__"):
-        n = len(dataset)
-        mine = range(distributed.rank(), n, distributed.world_size())
-        part = DataLoader(Subset(dataset, mine), batch_size=loader.batch_size, shuffle=False)
-        acc = evaluate(net, part, device=distributed.device()) if mine else 0.0
-        correct, total = distributed.all_sum([round(acc * len(mine)), len(mine)])
-        return correct / total, int(total)
-    acc = evaluate(net, loader, device=distributed.device())
-    total = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else sum(len(y) for _, y in loader)
-    return acc, int(total)
 
 
 def _print_table(s: dict[str, Any]) -> None:

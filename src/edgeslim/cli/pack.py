@@ -10,6 +10,7 @@ import typer
 
 from edgeslim.cli.common import (
     DataDirOpt,
+    DeviceOpt,
     ForceOpt,
     JsonOpt,
     SeedOpt,
@@ -64,6 +65,7 @@ def pack_cmd(
     input_size: Annotated[int, typer.Option("--input-size", help="Input resolution (H = W), recorded for unpack")] = 32,
     data_dir: DataDirOpt = None,
     seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -73,10 +75,12 @@ def pack_cmd(
     from edgeslim.data import calibration_subset, check_root, evaluate, fashion_mnist_loader
     from edgeslim.deep_compression import Init, PackConfig, pack
     from edgeslim.errors import ConfigError
+    from edgeslim.train import resolve_torch_device
 
     if out.suffix != ".esz":
         raise typer.BadParameter(f"{out} does not end in .esz", param_hint="--out")
     refuse_existing_outputs(out.parent, [out.name], force)
+    dev = resolve_torch_device(device)  # fine-tunes, centroid training and evaluation run there
     try:
         init_kind = Init(init)
     except ValueError:
@@ -121,7 +125,8 @@ def pack_cmd(
             train_data=train,
             heldout=heldout,
             overwrite=force,
-            eval_fn=(lambda m: evaluate(m, test)) if test is not None else None,
+            eval_fn=(lambda m: evaluate(m, test, device=dev)) if test is not None else None,
+            device=dev,
             meta=meta,
             progress=on_progress,
         )

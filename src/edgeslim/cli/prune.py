@@ -12,6 +12,7 @@ import typer
 from edgeslim.cli.common import (
     DataDirOpt,
     DataOpt,
+    DeviceOpt,
     ForceOpt,
     JsonOpt,
     MeanOpt,
@@ -86,6 +87,7 @@ def prune_cmd(
     input_size: Annotated[int, typer.Option(help="Input resolution for tracing/MACs (and of imagefolder/npz images)")] = 32,
     batch_size: Annotated[int, typer.Option(help="Batch size for data passes")] = 128,
     seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -98,7 +100,9 @@ def prune_cmd(
     from edgeslim.lineage import extend
     from edgeslim.plugin.pruning import Allocation, Method, PruneConfig, Target, prune
     from edgeslim.plugin.pruning.finetune import finetune
+    from edgeslim.train import resolve_torch_device
 
+    dev = resolve_torch_device(device)  # evaluation and fine-tuning run there; fails before any work
     torch.manual_seed(seed)
     dest = out / MODEL_FILE
     is_reference = model.endswith("-fmnist")
@@ -127,7 +131,7 @@ def prune_cmd(
     train = ds.source.train_loader(batch_size, augment=True, seed=seed) if ds is not None and needs_data else None
     test = ds.source.eval_loader(500, limit=test_limit) if eval_ and ds is not None else None
     if test is not None:
-        summary["top1_before"] = evaluate(net, test)
+        summary["top1_before"] = evaluate(net, test, device=dev)
     t0 = time.perf_counter()
     console.print(f"pruning {source}: {criterion}, {target}, {alloc} allocation, {method}")
     stats_data = ds.source.train_loader(batch_size, seed=seed + 1) if ds is not None and needs_data else None
@@ -141,20 +145,20 @@ def prune_cmd(
         console.print(f"target {target} not met: pruned to the nearest reachable plan, which keeps {kept} "
                       "(--accept-nearest)", highlight=False)
     if test is not None:
-        summary["top1_pruned"] = evaluate(result.model, test)
+        summary["top1_pruned"] = evaluate(result.model, test, device=dev)
     if finetune_epochs > 0 and train is not None:
         with progress() as bar:
             task = bar.add_task("fine-tune", total=round(finetune_epochs * len(train)))
             ft = finetune(
                 result.model, train, epochs=finetune_epochs, lr=lr, teacher=net if distill else None,
-                masks=result.masks, on_step=lambda s, _t, _l: bar.update(task, completed=s),
+                masks=result.masks, device=dev, on_step=lambda s, _t, _l: bar.update(task, completed=s),
             )
         summary["finetune_seconds"] = ft.seconds
         summary["finetune_epochs"] = finetune_epochs
     if result.masks is not None:
         result.masks.make_permanent()
     if test is not None:
-        summary["top1_after"] = evaluate(result.model, test)
+        summary["top1_after"] = evaluate(result.model, test, device=dev)
     out.mkdir(parents=True, exist_ok=True)
     top1 = {}
     if test is not None and ds is not None and ds.measures(arg):

@@ -14,6 +14,7 @@ from edgeslim.cli.common import (
     DataArg,
     DataDirOpt,
     DataOpt,
+    DeviceOpt,
     ForceOpt,
     JsonOpt,
     MeanOpt,
@@ -68,6 +69,7 @@ def quantize_cmd(
     eval_samples: Annotated[int, typer.Option("--eval-samples", help="Evaluation images on which the float and quantized top-1 are recorded in the file's lineage (what export compares against)")] = 2000,
     keep_float: Annotated[bool, typer.Option("--keep-float", help="Also store the float weights in model.pt (default: integer weights, scales and structure only)")] = False,
     seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -79,7 +81,9 @@ def quantize_cmd(
     from edgeslim.lineage import extend
     from edgeslim.plugin.quantization import QuantConfig, convert, prepare_qat, quantize
     from edgeslim.plugin.quantization.qat import train_qat
+    from edgeslim.train import resolve_torch_device
 
+    dev = resolve_torch_device(device)  # QAT and evaluation run there (PTQ calibration: the CPU)
     torch.manual_seed(seed)
     dest = out / "model.pt"
     refuse_existing_outputs(out, OUTPUTS, force)
@@ -119,7 +123,7 @@ def quantize_cmd(
         with progress() as bar:
             task = bar.add_task("QAT", total=steps)
             teacher = copy.deepcopy(net).eval() if kd else None
-            train_qat(prepared, train, steps=steps, lr=lr, teacher=teacher, cosine=True,
+            train_qat(prepared, train, steps=steps, lr=lr, teacher=teacher, cosine=True, device=dev,
                       on_step=lambda s, _l: bar.update(task, completed=s))
         result = convert(prepared)
         summary.update(mode="qat", qat_steps=steps, qat_epochs=qat_epochs, qat_lr=lr, qat_kd=kd)
@@ -137,14 +141,14 @@ def quantize_cmd(
         test = ds.source.eval_loader(500)
         with progress() as bar:
             task = bar.add_task("evaluate fp32 + quantized", total=2)
-            summary["top1_fp32"] = evaluate(net, test)
+            summary["top1_fp32"] = evaluate(net, test, device=dev)
             bar.update(task, advance=1)
-            summary["top1_quant"] = evaluate(result.model, test)
+            summary["top1_quant"] = evaluate(result.model, test, device=dev)
             bar.update(task, advance=1)
         result.report.accuracy = {"top1_fp32": summary["top1_fp32"], "top1_quant": summary["top1_quant"]}
     lineage: list[dict[str, Any]] = arg.lineage
     if ds.measures(arg) and lineage:
-        float_top1, quant_top1 = _lineage_top1(net, result.model, x, eval_samples, ds, summary)
+        float_top1, quant_top1 = _lineage_top1(net, result.model, x, eval_samples, ds, summary, dev)
         last = lineage[-1]  # the float model quantized here (reference, pruned or fine-tuned)
         lineage = [*lineage[:-1], {**last, "top1": {**last.get("top1", {}), **float_top1}}]
         lineage = extend(lineage, "quantize", scheme=summary["scheme"], mode=summary["mode"], top1=quant_top1)
@@ -160,14 +164,16 @@ def quantize_cmd(
         emit_json(summary)
 
 
-def _lineage_top1(net: Any, qmodel: Any, x: Any, n: int, ds: DataArg, summary: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+def _lineage_top1(net: Any, qmodel: Any, x: Any, n: int, ds: DataArg, summary: dict[str, Any],
+                  device: Any) -> tuple[dict[str, float], dict[str, float]]:
     """Float and quantized top-1 on the first ``n`` evaluation images, keyed as export keys them (lineage)."""
-    from edgeslim.exporters.accuracy import eval_key, labelled_batches, torch_top1
+    from edgeslim.exporters.accuracy import eval_key, labelled_batches
+    from edgeslim.train import top1_on
 
     shape = tuple(x.shape)
     batches = labelled_batches(ds.source.eval_loader(250, limit=n), shape, n)
     key = eval_key(ds.source.eval_name, shape, sum(len(y) for _, y in batches))
-    f, q = torch_top1(net, batches), torch_top1(qmodel, batches)
+    f, q = top1_on(net, batches, device), top1_on(qmodel, batches, device)
     summary.update(eval_key=key, top1_float=f, top1_quantized=q)
     return {key: f}, {key: q}
 

@@ -10,6 +10,7 @@ import typer
 from edgeslim.cli.common import (
     DataDirOpt,
     DataOpt,
+    DeviceOpt,
     ForceOpt,
     JsonOpt,
     MeanOpt,
@@ -46,6 +47,7 @@ def sensitivity_cmd(
     std: StdOpt = None,
     data_dir: DataDirOpt = None,
     input_size: Annotated[int, typer.Option(help="Input resolution (and of imagefolder/npz images)")] = 32,
+    device: DeviceOpt = "auto",
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -54,12 +56,14 @@ def sensitivity_cmd(
     from edgeslim.errors import ConfigError
     from edgeslim.plugin.pruning import Allocation, PruneConfig, Target, prune, sensitivity
     from edgeslim.plugin.pruning.metrics import measure
+    from edgeslim.train import resolve_torch_device
 
     try:
         probe = tuple(float(r) for r in ratios.split(","))
     except ValueError:
         raise ConfigError(f"--ratios must be comma-separated numbers, got {ratios!r}") from None
     config = PruneConfig(criterion=criterion, sensitivity_ratios=probe, data_batches=batches)
+    dev = resolve_torch_device(device)  # the measurements' forward passes run there
     refuse_existing_outputs(out, OUTPUT_FILES, force)
     ds = resolve_data(data, data_dir=data_dir, input_size=input_size, mean=mean, std=std)
     arg = resolve_model(model, weights)
@@ -71,7 +75,8 @@ def sensitivity_cmd(
     held = ds.source.train_loader(batch_size, shuffle=True, seed=1)
     with progress() as bar:
         task = bar.add_task("sensitivity", total=None)
-        table = sensitivity(net, x, held, config, on_progress=lambda d, t: bar.update(task, completed=d, total=t))
+        table = sensitivity(net, x, held, config, device=dev,
+                            on_progress=lambda d, t: bar.update(task, completed=d, total=t))
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path, png_path = (out / name for name in OUTPUT_FILES)
     table.save(json_path)

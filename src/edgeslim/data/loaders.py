@@ -1,15 +1,14 @@
-"""DataLoaders and top-1 evaluation."""
+"""DataLoaders (top-1 evaluation is :func:`edgeslim.train.evaluate`, re-exported here)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from edgeslim.data.fashion_mnist import FashionMNIST
+from edgeslim.train.evaluate import evaluate  # the one top-1 evaluation, re-exported here
 
 
 def fashion_mnist_loader(
@@ -56,28 +55,4 @@ def calibration_subset(
     return DataLoader(Subset(ds, idx), batch_size=batch_size, shuffle=False)
 
 
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    *,
-    max_batches: int | None = None,
-    device: str | torch.device = "cpu",
-) -> float:
-    """Top-1 accuracy of ``model`` over ``loader``, as a fraction in [0, 1].
-
-    The model is put in eval mode for the measurement and its previous mode restored.
-    """
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    try:
-        for i, (x, y) in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            out = model(x.to(device))
-            correct += int((out.argmax(1).cpu() == y).sum())
-            total += int(y.numel())
-    finally:
-        model.train(was_training)
-    return correct / total if total else float("nan")
+__all__ = ["calibration_subset", "evaluate", "fashion_mnist_loader"]

@@ -29,6 +29,7 @@ from edgeslim.deep_compression.trained import train_centroids
 from edgeslim.errors import ConfigError
 from edgeslim.plugin.pruning.sensitivity import score
 from edgeslim.plugin.pruning.unstructured import prunable_weights
+from edgeslim.train import resolve_torch_device
 
 #: ``progress(stage, done, total)``: stage is ``sensitivity``, ``prune``, ``quantize``.
 Progress = Callable[[str, int, int], None]
@@ -110,6 +111,7 @@ def pack(
     meta: dict[str, Any] | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    device: str | torch.device | None = None,
 ) -> PackResult:
     """Prune, quantize with trained codebooks and entropy-code ``model`` into one ``.esz`` file.
 
@@ -123,6 +125,8 @@ def pack(
         meta: JSON-able extra information stored in the manifest (source, data set ...).
         overwrite: Replace an existing ``path``.
         progress: Called as ``progress(stage, done, total)``.
+        device: Where the fine-tunes and the centroid training run (``auto``, ``cpu``, ``cuda``,
+            ``cuda:N``; None: the CPU); the models come back to the CPU.
 
     Returns:
         A :class:`PackResult`.
@@ -131,6 +135,7 @@ def pack(
         ConfigError: ``path`` exists and ``overwrite`` is false, or no held-out data.
     """
     config = config or PackConfig()
+    dev = resolve_torch_device(device, option="pack(device=...)") if device is not None else None
     dest = Path(path)
     if dest.exists() and not overwrite:
         raise ConfigError(f"{dest} already exists; pass overwrite=True (CLI: --force) or choose another path")
@@ -161,6 +166,7 @@ def pack(
         lr=config.prune_lr,
         teacher=float_model if config.distill else None,
         on_step=lambda s, t, _l: report("prune")(s, t),
+        device=dev,
     )
     positions = {n: stored_positions(w) for n, w in prunable_weights(work).items()}
     stored = {n: w.detach().reshape(-1)[positions[n]] for n, w in prunable_weights(work).items()}
@@ -191,6 +197,7 @@ def pack(
         lr=config.quant_lr,
         teacher=float_model if config.distill else None,
         on_step=report("quantize"),
+        device=dev,
     )
     quant_row: dict[str, Any] = {"stage": "codebook"}
     if eval_fn is not None:

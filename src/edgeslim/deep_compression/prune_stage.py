@@ -114,18 +114,20 @@ def prune_iteratively(
     lr: float,
     teacher: nn.Module | None,
     on_step: Callable[[int, int, float], None] | None = None,
+    device: torch.device | None = None,
 ) -> Masks:
     """Prune to ``per_layer`` sparsities in ``steps`` equal increments, fine-tuning after each.
 
     The masks of every step are kept (re-applied after each optimizer step), and the weights
-    are zeroed for good at the end.
+    are zeroed for good at the end. ``device``: where the fine-tunes train (the model comes back).
     """
     masks: Masks | None = None
     for i in range(1, steps + 1):
         rules = [LayerRule(re.escape(n.rsplit(".", 1)[0]), sparsity=s * i / steps) for n, s in per_layer.items()]
         masks = compute_masks(model, 0.0, scope="layer", rules=rules)
         if epochs > 0:
-            finetune(model, train_loader, epochs=epochs / steps, lr=lr, teacher=teacher, masks=masks, on_step=on_step)
+            finetune(model, train_loader, epochs=epochs / steps, lr=lr, teacher=teacher, masks=masks, on_step=on_step,
+                     device=device)
     assert masks is not None
     masks.make_permanent()
     return masks

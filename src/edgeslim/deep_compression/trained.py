@@ -9,16 +9,14 @@ weights are baked back as plain parameters holding exactly ``table[index]``.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable, Sized
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from edgeslim.deep_compression.codebook import Codebook
-from edgeslim.plugin.pruning.finetune import distillation_loss
+from edgeslim.train import Objective, OnStep, device_of, train_loop
 
 
 class SharedWeights(nn.Module):
@@ -53,6 +51,7 @@ def train_centroids(
     lr: float,
     teacher: nn.Module | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    device: torch.device | None = None,
 ) -> dict[str, Codebook]:
     """Fine-tune the centroids of ``layers`` (and the model's other float parameters) in place.
 
@@ -64,6 +63,7 @@ def train_centroids(
         lr: Adam learning rate.
         teacher: Float model for knowledge distillation (eval mode), or ``None`` for plain CE.
         on_step: Called with ``(step, total)``.
+        device: Where training runs (None: where the model is); model and teacher come back afterwards.
 
     Returns:
         The codebooks after training (same codes, trained centroids).
@@ -78,7 +78,7 @@ def train_centroids(
     try:
         steps = round(epochs * len(train_loader)) if isinstance(train_loader, Sized) else 0
         if steps > 0:
-            _train(model, shared, train_loader, steps, lr, teacher, on_step)
+            _train(model, train_loader, steps, lr, teacher, on_step, device)
     finally:
         with torch.no_grad():
             for name in shared:
@@ -91,36 +91,36 @@ def train_centroids(
 
 def _train(
     model: nn.Module,
-    shared: dict[str, SharedWeights],
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     steps: int,
     lr: float,
     teacher: nn.Module | None,
     on_step: Callable[[int, int], None] | None,
+    device: torch.device | None,
 ) -> None:
+    """Adam over the centroids and the other float parameters, batch-norm statistics frozen, in the one loop."""
+    # the centroids are parameters of the SharedWeights parametrizations: autograd sums their weights' gradients
     params = [p for n, p in model.named_parameters() if p.requires_grad and not n.endswith(".original")]
     opt = torch.optim.Adam(params, lr=lr)
+    callbacks = [OnStep(lambda step, total, _loss: on_step(step, total))] if on_step is not None else []
+    home, teacher_home = device_of(model), device_of(teacher) if teacher is not None else None
+    try:
+        train_loop(model, loader, steps=steps, optimizer=opt, objective=Objective(0.0, 0.7, 4.0), teacher=teacher,
+                   device=device, callbacks=callbacks, set_mode=_train_keep_bn,
+                   what="the model whose centroids to train", final_what="the trained centroids")
+    finally:
+        model.to(home)
+        if teacher is not None and teacher_home is not None:
+            teacher.to(teacher_home)
+    model.eval()
+
+
+def _train_keep_bn(model: nn.Module) -> None:
+    """Training mode, but batch-norm keeps the statistics it measured."""
     model.train()
-    for m in model.modules():  # keep batch-norm statistics as they were measured
+    for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
-    if teacher is not None:
-        teacher.eval()
-    batches = itertools.chain.from_iterable(itertools.repeat(loader))
-    for step, (x, y) in zip(range(1, steps + 1), batches, strict=False):
-        out = model(x)
-        if teacher is not None:
-            with torch.no_grad():
-                t_out = teacher(x)
-            loss = distillation_loss(out, t_out, y, alpha=0.7, temperature=4.0)
-        else:
-            loss = F.cross_entropy(out, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if on_step is not None:
-            on_step(step, steps)
-    model.eval()
 
 
 __all__ = ["SharedWeights", "train_centroids"]

@@ -21,6 +21,7 @@ from torch import nn
 from edgeslim.exporters.base import Runner, resize
 from edgeslim.exporters.errors import ExportAccuracyError
 from edgeslim.exporters.verify import top1 as runner_top1
+from edgeslim.train import count_top1
 
 
 @dataclass(frozen=True)
@@ -76,14 +77,9 @@ def labelled_batches(loader: Iterable[Any], shape: tuple[int, ...], limit: int) 
     return out
 
 
-@torch.inference_mode()
 def torch_top1(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Top-1 of a PyTorch model over labelled batches."""
-    correct = total = 0
-    for x, y in batches:
-        correct += int((model(x).argmax(1) == y).sum())
-        total += len(y)
-    return correct / total if total else float("nan")
+    """Top-1 of a PyTorch model over labelled batches (:func:`edgeslim.train.count_top1`, the model run as it is)."""
+    return count_top1(model, batches).accuracy
 
 
 def check_accuracy(

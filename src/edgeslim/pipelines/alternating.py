@@ -36,7 +36,6 @@ re-observed, which is why every structural event must come before the observers 
 from __future__ import annotations
 
 import copy
-import itertools
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -45,7 +44,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.fx import GraphModule
-from torch.nn import functional as F
 
 from edgeslim.errors import ConfigError, PruningError
 from edgeslim.models import copy_arch
@@ -59,13 +57,13 @@ from edgeslim.pipelines.alternating_config import (
 )
 from edgeslim.pipelines.alternating_state import carry_fake_quant, copy_weights, rebind_optimizer
 from edgeslim.plugin.pruning.config import Method, PruneConfig
-from edgeslim.plugin.pruning.finetune import distillation_loss
 from edgeslim.plugin.pruning.importance.base import Batch, LossFn
 from edgeslim.plugin.pruning.metrics import Inputs, layer_report, measure
 from edgeslim.plugin.pruning.schedule import PruningSchedule
 from edgeslim.plugin.quantization.api import convert, prepare_qat
 from edgeslim.plugin.quantization.config import QuantConfig
 from edgeslim.plugin.quantization.qat import QATSchedule, bn_frozen, freeze_bn
+from edgeslim.train import Callback, LoopState, Objective, train_loop
 
 
 class AlternatingSchedule:
@@ -337,31 +335,35 @@ def alternating(
         evals["before_qat"] = eval_fn(work)
     sched = AlternatingSchedule(work, example_inputs, prune_config, quant_config, optimizer=opt,
                                 data=train_loader, **layout.to_dict())
-    if teacher is not None:
-        teacher.eval()
-    batches = itertools.chain.from_iterable(itertools.repeat(train_loader))
-    for _ in range(steps):
-        x, y = next(batches)
-        out = sched.model(x)
-        if teacher is not None:
-            with torch.no_grad():
-                t_out = teacher(x)
-            loss = distillation_loss(out, t_out, y, kd_alpha, kd_temperature, label_smoothing)
-        else:
-            loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        lrs.step()
-        if sched.calls + 1 == layout.qat_from and eval_fn is not None:
-            evals["before_qat"] = eval_fn(work)  # the eager model, before the step that prepares QAT
-        sched.step(loss)
-        if on_step is not None:
-            on_step(sched.history[-1])
+    events = _Events(sched, layout.qat_from, evals, eval_fn, on_step)
+    train_loop(work, train_loader, steps=steps, optimizer=opt, scheduler=lrs,
+               objective=Objective(label_smoothing, kd_alpha, kd_temperature), teacher=teacher, callbacks=[events],
+               what="the model to prune and quantize", final_what="the pruned QAT weights")
     result = sched.finish()
     if eval_fn is not None:
         evals["converted"] = eval_fn(result.quant.model)
     return replace(result, evals=evals)
+
+
+class _Events(Callback):
+    """Drives the :class:`AlternatingSchedule` from :func:`edgeslim.train.train_loop`.
+
+    Its pruning and QAT events happen after each optimizer step; the loop then trains
+    ``sched.model`` (which they replace).
+    """
+
+    def __init__(self, sched: AlternatingSchedule, qat_from: int, evals: dict[str, float],
+                 eval_fn: Callable[[nn.Module], float] | None, on_step: Callable[[StepRecord], None] | None) -> None:
+        self.sched, self.qat_from, self.evals, self.eval_fn, self.on_step = sched, qat_from, evals, eval_fn, on_step
+
+    def step_end(self, state: LoopState) -> None:
+        """Evaluate before QAT when it is due, run the schedule's event, and train its current model."""
+        if self.sched.calls + 1 == self.qat_from and self.eval_fn is not None:
+            self.evals["before_qat"] = self.eval_fn(state.model)  # the eager model, before the step that prepares QAT
+        self.sched.step(state.loss)
+        state.model = state.net = self.sched.model
+        if self.on_step is not None:
+            self.on_step(self.sched.history[-1])
 
 
 __all__ = ["AlternatingConfig", "AlternatingError", "AlternatingResult", "AlternatingSchedule", "PruneSummary",

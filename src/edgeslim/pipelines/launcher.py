@@ -2,14 +2,16 @@
 
 The step runs::
 
-    python -m torch.distributed.run --standalone --nproc_per_node N -m edgeslim.cli finetune \\
-        --model OUT/pruned.pt --data D --epochs E ... --teacher MODEL --out OUT/.torchrun-finetune-* --json
+    python -m torch.distributed.run --standalone --nproc_per_node N \\
+        -m edgeslim.pipelines.torchrun_finetune OUT/.torchrun-finetune-*/spec.json
 
+(the spec names ``OUT/pruned.pt``, the data, the epochs ... and the teacher; every worker runs
+:func:`~edgeslim.pipelines.finetune_job.finetune_job`, the same Python as ``edgeslim finetune``),
 reads rank 0's JSON line back (``world_size`` must be N and ``ranks_agree`` true), and saves the
 fine-tuned model as ``finetuned.pt`` with the run's lineage, like the in-process step. With
 ``quantize: {method: qat}`` the quantize step does the same per quantized variant
-(``edgeslim finetune --qat SCHEME`` on the variant's float model, distilled from it as the
-in-process QAT is) and saves ``quantized.pt`` / ``pruned_quantized.pt``.
+(QAT with the recipe's scheme on the variant's float model, distilled from it as the in-process
+QAT is) and saves ``quantized.pt`` / ``pruned_quantized.pt``.
 """
 
 from __future__ import annotations
@@ -29,48 +31,40 @@ from edgeslim.pipelines.steps import CompressError, Context
 FINETUNED = "finetuned.pt"
 
 
-def _floats(values: tuple[float, ...] | None) -> str:
-    return ",".join(repr(float(v)) for v in values or ())
+def finetune_spec(recipe: Recipe, model: Path, out: Path) -> dict[str, Any]:
+    """The :mod:`~edgeslim.pipelines.torchrun_finetune` spec of ``recipe``'s fine-tune (model ``model``, into ``out``)."""
+    sec = recipe.finetune
+    teacher = recipe.model if sec.distill else None
+    return _spec(recipe, model=str(model), weights=None, qat=None, epochs=sec.epochs, lr=sec.lr,
+                 batch_size=sec.batch_size, teacher=teacher, teacher_weights=recipe.weights if teacher else None,
+                 out=out)
 
 
-def finetune_args(recipe: Recipe, model: Path, out: Path) -> list[str]:
-    """The ``edgeslim finetune`` arguments of ``recipe``'s fine-tune (model ``model``, into ``out``)."""
-    sec, data = recipe.finetune, recipe.data
-    args = ["finetune", "--model", str(model), "--data", data.source, "--input-size", str(recipe.input_size),
-            "--epochs", repr(float(sec.epochs)), "--lr", repr(float(sec.lr)), "--batch-size", str(sec.batch_size),
-            "--eval-limit", str(recipe.eval_samples), "--seed", str(recipe.seed), "--out", str(out), "--json", "--force"]
-    if data.mean is not None:
-        args += ["--mean", _floats(data.mean)]
-    if data.std is not None:
-        args += ["--std", _floats(data.std)]
-    if sec.distill:
-        args += ["--teacher", recipe.model]
-        if recipe.weights:
-            args += ["--teacher-weights", recipe.weights]
-    return args
-
-
-def qat_args(recipe: Recipe, model: str, weights: str, out: Path) -> list[str]:
-    """The ``edgeslim finetune --qat`` arguments of ``recipe``'s QAT of ``model`` (its own teacher), into ``out``."""
-    sec, data = recipe.quantize, recipe.data
+def qat_spec(recipe: Recipe, model: str, weights: str, out: Path) -> dict[str, Any]:
+    """The spec of ``recipe``'s QAT of ``model`` (distilled from itself), into ``out``."""
+    sec = recipe.quantize
     assert sec is not None
-    args = ["finetune", "--model", model, "--data", data.source, "--input-size", str(recipe.input_size),
-            "--qat", sec.scheme, "--epochs", repr(float(sec.qat_epochs)), "--lr", repr(float(sec.lr)),
-            "--batch-size", "64", "--eval-limit", str(recipe.eval_samples), "--seed", str(recipe.seed),
-            "--teacher", model, "--out", str(out), "--json", "--force"]
-    if weights:
-        args += ["--weights", weights, "--teacher-weights", weights]
-    if data.mean is not None:
-        args += ["--mean", _floats(data.mean)]
-    if data.std is not None:
-        args += ["--std", _floats(data.std)]
-    return args
+    return _spec(recipe, model=model, weights=weights or None, qat=sec.scheme, epochs=sec.qat_epochs, lr=sec.lr,
+                 batch_size=64, teacher=model, teacher_weights=weights or None, out=out)
 
 
-def torchrun_command(args: list[str], nproc: int) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node N -m edgeslim.cli ARGS``."""
+def _spec(recipe: Recipe, *, model: str, weights: str | None, qat: str | None, epochs: float, lr: float,
+          batch_size: int, teacher: str | None, teacher_weights: str | None, out: Path) -> dict[str, Any]:
+    data = recipe.data
+    return {"model": model, "weights": weights, "data": data.source, "mean": list(data.mean) if data.mean else None,
+            "std": list(data.std) if data.std else None, "input_size": recipe.input_size, "epochs": float(epochs),
+            "lr": float(lr), "batch_size": batch_size, "teacher": teacher, "teacher_weights": teacher_weights or None,
+            "qat": qat, "eval_limit": recipe.eval_samples, "seed": recipe.seed, "device": recipe.device,
+            "out": str(out)}
+
+
+def torchrun_command(spec: dict[str, Any], folder: Path, nproc: int) -> list[str]:
+    """Write ``spec`` to ``folder/spec.json``; return ``python -m torch.distributed.run --standalone
+    --nproc_per_node N -m edgeslim.pipelines.torchrun_finetune folder/spec.json``."""
+    path = folder / "spec.json"
+    path.write_text(json.dumps(spec, indent=1))
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            "-m", "edgeslim.cli", *args]
+            "-m", "edgeslim.pipelines.torchrun_finetune", str(path)]
 
 
 def run_command(cmd: list[str], nproc: int) -> dict[str, Any]:
@@ -113,7 +107,7 @@ def run_finetune_torchrun(ctx: Context) -> dict[str, Any]:
         raise CompressError(f"{source} is missing: an earlier step's output was removed; rerun with --force to start "
                             "the run over")
     with tempfile.TemporaryDirectory(prefix=".torchrun-finetune-", dir=ctx.out) as tmp:
-        cmd = torchrun_command(finetune_args(recipe, source, Path(tmp)), nproc)
+        cmd = torchrun_command(finetune_spec(recipe, source, Path(tmp)), Path(tmp), nproc)
         ctx.emit({"event": "info", "message": f"fine-tune on {nproc} processes: {' '.join(cmd)}"})
         summary = run_command(cmd, nproc)
         model = es_io.load(Path(tmp) / "model.pt")
@@ -160,7 +154,7 @@ def _qat_one(ctx: Context, variant: Variant, model: str, weights: str, name: str
     assert sec is not None
     nproc = ctx.recipe.nproc_per_node
     with tempfile.TemporaryDirectory(prefix=".torchrun-qat-", dir=ctx.out) as tmp:
-        cmd = torchrun_command(qat_args(ctx.recipe, model, weights, Path(tmp)), nproc)
+        cmd = torchrun_command(qat_spec(ctx.recipe, model, weights, Path(tmp)), Path(tmp), nproc)
         ctx.emit({"event": "info", "message": f"QAT ({variant.value}) on {nproc} processes: {' '.join(cmd)}"})
         summary = run_command(cmd, nproc)
         result = load_result(Path(tmp) / "model.pt")
@@ -177,5 +171,5 @@ def _qat_one(ctx: Context, variant: Variant, model: str, weights: str, name: str
             "torchrun": {k: summary[k] for k in ("world_size", "backend", "ranks_agree", "weights_sha256", "rank_log")}}
 
 
-__all__ = ["finetune_args", "qat_args", "run_command", "run_finetune_torchrun", "run_quantize_torchrun",
+__all__ = ["finetune_spec", "qat_spec", "run_command", "run_finetune_torchrun", "run_quantize_torchrun",
            "torchrun_command"]

@@ -52,6 +52,7 @@ from edgeslim.pipelines.recipe_sections import (
     _registered,
     _suggest,
     check_launcher,
+    check_torch_device,
     parse_budget,
 )
 from edgeslim.plugin.pruning.config import PruneConfig
@@ -78,8 +79,10 @@ class Recipe:
         finetune: Fine-tune after pruning.
         launcher: ``local`` (in this process) or ``torchrun``: the fine-tune step (and a QAT
             quantize step) is re-launched as ``python -m torch.distributed.run --standalone
-            --nproc_per_node N -m edgeslim.cli finetune [--qat SCHEME]``.
+            --nproc_per_node N -m edgeslim.pipelines.torchrun_finetune SPEC.json``.
         nproc_per_node: Processes of ``launcher: torchrun`` (on the CPU each uses one thread).
+        device: Where training, calibration and evaluation run: ``auto`` (CUDA when present), ``cpu``,
+            ``cuda``, ``cuda:N``.
         search: The joint search (``pipeline: joint``).
         quantize: The quantization (``None``: none).
         export: Artefacts written.
@@ -99,6 +102,7 @@ class Recipe:
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     launcher: Launcher = Launcher.LOCAL
     nproc_per_node: int = 2
+    device: str = "auto"
     search: SearchSection | None = None
     quantize: QuantizeSection | None = None
     export: ExportSection = field(default_factory=ExportSection)
@@ -311,6 +315,8 @@ def _recipe_from(data: Any) -> Recipe:
         kw["weights"] = _weights_check(kw["model"], d["weights"])
     if "data" in d:
         kw["data"] = _data_from(d["data"])
+    if "device" in d:
+        kw["device"] = check_torch_device(d["device"])
     for key in ("title", "input_size", "eval_samples", "seed", "pipeline", "alternating_events", "launcher",
                 "nproc_per_node"):
         if key in d:

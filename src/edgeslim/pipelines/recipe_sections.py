@@ -32,7 +32,7 @@ class Launcher(str, Enum):
     """How the fine-tune step runs: in this process, or re-launched under ``torchrun`` (DDP)."""
 
     LOCAL = "local"
-    TORCHRUN = "torchrun"  # python -m torch.distributed.run --standalone --nproc_per_node N -m edgeslim.cli finetune
+    TORCHRUN = "torchrun"  # python -m torch.distributed.run ... -m edgeslim.pipelines.torchrun_finetune SPEC.json
 
 
 class Dataset(str, Enum):
@@ -363,3 +363,20 @@ def _runtime_names() -> list[str]:
     from edgeslim.device_bench.runtimes import RUNTIMES
 
     return RUNTIMES.names()
+
+
+#: The recipe key ``device``'s pattern: where training, calibration and evaluation run (not a bench target).
+_TORCH_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def check_torch_device(value: Any) -> str:
+    """The recipe key ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``); whether the GPU exists is checked at run time.
+
+    Raises:
+        RecipeError: Any other value (the message names the key and the allowed values).
+    """
+    text = str(value).strip().lower()
+    if not isinstance(value, str) or not _TORCH_DEVICE.match(text):
+        raise RecipeError(f"device: {value!r} is not a torch device; allowed: auto, cpu, cuda, cuda:N "
+                          "(where training, calibration and evaluation run; bench targets go in bench.targets)")
+    return text

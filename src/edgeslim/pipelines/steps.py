@@ -125,6 +125,13 @@ class Context:
         return torch.randn(batch, c, s, s, generator=torch.Generator().manual_seed(self.recipe.seed))
 
     @property
+    def device(self) -> Any:
+        """The recipe's ``device`` (training and evaluation), resolved once; a GPU it names must exist."""
+        from edgeslim.train import resolve_torch_device
+
+        return self._cache.setdefault("device", resolve_torch_device(self.recipe.device, option="device"))
+
+    @property
     def eval_name(self) -> str:
         """The evaluation set's name (``fashion-mnist/test``, ``imagefolder:/abs/dir/val`` ...)."""
         return str(self.source().eval_name)
@@ -154,7 +161,8 @@ class Context:
 
     def top1(self, model: Any) -> float:
         """Top-1 of a PyTorch model on the evaluation images (at the recipe's input size)."""
-        from edgeslim.exporters.accuracy import labelled_batches, torch_top1
+        from edgeslim.exporters.accuracy import labelled_batches
+        from edgeslim.train import top1_on
 
         if "eval_batches" not in self._cache:
             s = self.recipe.input_size
@@ -163,7 +171,7 @@ class Context:
         if hasattr(model, "eval"):
             model.eval()
         try:
-            return torch_top1(model, self._cache["eval_batches"])
+            return top1_on(model, self._cache["eval_batches"], self.device)
         finally:
             if was_training:
                 model.train()
@@ -345,7 +353,7 @@ def run_finetune(ctx: Context) -> dict[str, Any]:
     train = ctx.train_loader(sec.batch_size)
     total = max(1, round(sec.epochs * len(train)))
     result = finetune(model, train, epochs=sec.epochs, lr=sec.lr, teacher=ctx.original() if sec.distill else None,
-                      masks=masks, on_step=lambda s, _t, _l: ctx.progress("fine-tune", s, total))
+                      masks=masks, device=ctx.device, on_step=lambda s, _t, _l: ctx.progress("fine-tune", s, total))
     if masks is not None:
         masks.make_permanent()
     model.eval()
@@ -381,7 +389,7 @@ def _quantize_one(ctx: Context, variant: Variant) -> dict[str, Any]:
         steps = max(1, round(sec.qat_epochs * len(train)))
         prepared = prepare_qat(copy.deepcopy(net), x, config)
         train_qat(prepared, train, steps=steps, lr=sec.lr, teacher=copy.deepcopy(net).eval(), cosine=True,
-                  on_step=lambda s, _l: ctx.progress(f"QAT ({variant.value})", s, steps))
+                  device=ctx.device, on_step=lambda s, _l: ctx.progress(f"QAT ({variant.value})", s, steps))
         result = convert(prepared)
     else:
         ctx.emit({"event": "info", "message": f"PTQ of the {ctx.float_model_name(variant)} model: {config.name}, "

@@ -1,10 +1,11 @@
-"""``finetune(...)``: a small, honest training loop for users without one.
+"""``finetune(...)``: a small, honest training recipe for users without one.
 
 SGD (Nesterov) with a one-cycle learning rate, label smoothing, optional knowledge distillation
-from the unpruned teacher, and unstructured masks kept through every step.
+from the unpruned teacher, and unstructured masks kept through every step; the steps run in
+edgeslim's one training loop, :func:`edgeslim.train.train_loop`.
 
 Under ``torchrun`` (a process group joined with :func:`edgeslim.distributed.init_from_env`) the
-same loop runs data-parallel: every rank must start from the same model (checked), the model is
+loop runs data-parallel: every rank must start from the same model (checked), the model is
 wrapped in ``DistributedDataParallel``, each rank reads its shard of the data through a
 ``DistributedSampler`` (``len(train_loader)`` counts batches per rank), and at the end rank 0's
 buffers are copied to every rank and the final weights are checked to agree.
@@ -18,11 +19,22 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from edgeslim import distributed
 from edgeslim.errors import ConfigError
 from edgeslim.plugin.pruning.unstructured import Masks
+from edgeslim.train import (
+    Callback,
+    LoopState,
+    Objective,
+    OnStep,
+    device_of,
+    distillation_loss,
+    nesterov_sgd,
+    one_cycle,
+    resolve_torch_device,
+    train_loop,
+)
 
 
 @dataclass
@@ -36,20 +48,6 @@ class FinetuneResult:
     world_size: int = 1
     #: sha256 of the final state_dict (the same on every rank; checked in a distributed run).
     weights_sha256: str = ""
-
-
-def distillation_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-    alpha: float = 0.5, temperature: float = 4.0, label_smoothing: float = 0.0,
-) -> torch.Tensor:
-    """``(1-α)·CE(student, y) + α·T²·KL(softmax(teacher/T) ‖ softmax(student/T))`` (Hinton et al., 2015)."""
-    ce = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
-    kd = F.kl_div(
-        F.log_softmax(student_logits / temperature, dim=1),
-        F.log_softmax(teacher_logits / temperature, dim=1),
-        reduction="batchmean", log_target=True,
-    ) * temperature**2
-    return (1 - alpha) * ce + alpha * kd
 
 
 def finetune(
@@ -102,59 +100,59 @@ def finetune(
     if not isinstance(train_loader, Sized) or len(train_loader) == 0:
         raise ConfigError("train_loader must be a non-empty DataLoader (it needs a length for the LR schedule)")
     if distributed.active():
-        distributed.check_same(model, "the model to fine-tune")
         train_loader = distributed.distributed_sampler(train_loader, seed=seed)
-    device = device if device is not None else distributed.device()
+    dev = resolve_torch_device(device, option="finetune(device=...)") if device is not None else distributed.device()
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     total = max(1, round(epochs * steps_per_epoch))
-    model.to(device)
-    net = distributed.wrap_ddp(model)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
+    home, teacher_home = device_of(model), device_of(teacher) if teacher is not None else None
+    model.to(dev)
+    opt = nesterov_sgd(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     if masks is not None:
         masks.attach(opt)
-    if teacher is not None:
-        teacher.to(device).eval()
     result = FinetuneResult(epochs=epochs, seconds=0.0)
-    start = time.perf_counter()
-    step, running, n = 0, 0.0, 0
+    callbacks: list[Callback] = [_History(result, steps_per_epoch, eval_fn)]
+    if on_step is not None:
+        callbacks.append(OnStep(on_step))
     try:
-        while step < total:
-            net.train()
-            for xb, yb in train_loader:
-                x, y = xb.to(device), yb.to(device)
-                out = net(x)
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_out = teacher(x)
-                    loss = distillation_loss(out, t_out, y, kd_alpha, kd_temperature, label_smoothing)
-                else:
-                    loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                step += 1
-                running += float(loss.detach())
-                n += 1
-                if on_step:
-                    on_step(step, total, float(loss.detach()))
-                if step % steps_per_epoch == 0 or step == total:
-                    entry = {"epoch": step / steps_per_epoch, "loss": running / n,
-                             "seconds": time.perf_counter() - start}
-                    if eval_fn is not None:
-                        entry["eval"] = eval_fn(model)
-                    result.history.append(entry)
-                    running, n = 0.0, 0
-                if step >= total:
-                    break
+        done = train_loop(model, train_loader, steps=total, optimizer=opt, scheduler=one_cycle(opt, lr, total),
+                          objective=Objective(label_smoothing, kd_alpha, kd_temperature), teacher=teacher, device=dev,
+                          callbacks=callbacks, seed=seed, what="the model to fine-tune",
+                          final_what="the fine-tuned weights")
     finally:
         if masks is not None:
             masks.detach()
             masks.apply()
     model.eval()
-    result.seconds = time.perf_counter() - start
-    result.world_size = distributed.world_size()
-    distributed.sync_buffers(model)
-    result.weights_sha256 = distributed.check_same(model, "the fine-tuned weights")
+    result.seconds = done.seconds
+    result.world_size = done.world_size
+    result.weights_sha256 = done.weights_sha256
+    model.to(home)
+    if teacher is not None and teacher_home is not None:
+        teacher.to(teacher_home)
     return result
+
+
+class _History(Callback):
+    """Appends ``{epoch, loss, seconds[, eval]}`` to the result after every (possibly partial) epoch."""
+
+    def __init__(self, result: FinetuneResult, steps_per_epoch: int,
+                 eval_fn: Callable[[nn.Module], float] | None) -> None:
+        self.result, self.steps_per_epoch, self.eval_fn = result, steps_per_epoch, eval_fn
+        self.running, self.n = 0.0, 0
+
+    def step_end(self, state: LoopState) -> None:
+        """Close the epoch's entry at an epoch boundary or the last step."""
+        self.running += state.loss
+        self.n += 1
+        if state.step % self.steps_per_epoch and state.step != state.total:
+            return
+        entry = {"epoch": state.step / self.steps_per_epoch, "loss": self.running / self.n,
+                 "seconds": time.perf_counter() - state.start}
+        if self.eval_fn is not None:
+            entry["eval"] = self.eval_fn(state.model)
+            state.net.train()  # the next pass trains again, whatever eval_fn left
+        self.result.history.append(entry)
+        self.running, self.n = 0.0, 0
+
+
+__all__ = ["FinetuneResult", "distillation_loss", "finetune"]

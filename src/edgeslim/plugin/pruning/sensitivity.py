@@ -24,24 +24,22 @@ from edgeslim.plugin.pruning.importance import make, needs_data
 from edgeslim.plugin.pruning.importance.base import Batch, LossFn
 from edgeslim.plugin.pruning.metrics import Inputs, measure
 from edgeslim.plugin.pruning.structured import Plan, ignored_modules, make_pruner
+from edgeslim.train import count_top1, device_of
 
 
-@torch.inference_mode()
-def score(model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn) -> tuple[float, float]:
-    """``(accuracy, mean loss)`` of ``model`` over ``batches`` (eval mode)."""
-    was = model.training
+def score(model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn,
+          device: torch.device | None = None) -> tuple[float, float]:
+    """``(accuracy, mean loss)`` of ``model`` over ``batches`` (eval mode; on ``device``, then moved back)."""
+    was, home = model.training, device_of(model)
     model.eval()
-    correct = total = 0
-    loss = 0.0
+    if device is not None:
+        model.to(device)
     try:
-        for x, y in batches:
-            out = model(x)
-            loss += float(loss_fn(out, y)) * len(y)
-            correct += int((out.argmax(1) == y).sum())
-            total += len(y)
+        counts = count_top1(model, batches, device=device, loss_fn=loss_fn)
     finally:
         model.train(was)
-    return correct / max(total, 1), loss / max(total, 1)
+        model.to(home)
+    return counts.correct / max(counts.total, 1), counts.loss_sum / max(counts.total, 1)
 
 
 @dataclass
@@ -201,6 +199,7 @@ def sensitivity(
     *,
     loss_fn: LossFn | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    device: torch.device | None = None,
 ) -> SensitivityResult:
     """Prune each channel group of ``model`` alone at ``config.sensitivity_ratios`` and measure the damage.
 
@@ -214,6 +213,7 @@ def sensitivity(
         config: Criterion, ignored layers, ratios, batches.
         loss_fn: Loss for the score (default cross-entropy).
         on_progress: Called with ``(done, total)`` after each measurement.
+        device: Where each measurement's forward passes run (None: the CPU, with the model).
 
     Returns:
         The :class:`SensitivityResult` table.
@@ -226,7 +226,7 @@ def sensitivity(
         raise ConfigError("sensitivity analysis needs held-out data: pass a non-empty DataLoader of (x, y)")
     base = copy.deepcopy(model).eval()
     before = measure(base, example_inputs)
-    acc0, loss0 = score(base, batches, loss_fn)
+    acc0, loss0 = score(base, batches, loss_fn, device)
     imp = make(config.criterion)
     if needs_data(imp):
         imp.collect(base, batches, loss_fn)
@@ -257,7 +257,7 @@ def sensitivity(
             k = _n_pruned(channels, ratio, config.round_to)
             sub = dg.get_pruning_group(root, root_fn, idxs=order[:k].tolist())
             with masked_channels(sub):
-                acc, loss = score(base, batches, loss_fn)
+                acc, loss = score(base, batches, loss_fn, device)
             result.rows.append({
                 "group": name, "channels": channels, "ratio": ratio, "pruned": k, "accuracy": acc, "loss": loss,
                 "acc_drop": acc0 - acc, "loss_increase": loss - loss0,

@@ -87,7 +87,7 @@ class Masks:
             p = params.get(name)
             if p is None or p.shape != mask.shape:
                 raise PruningError(f"mask for {name!r} no longer matches the model (was it pruned structurally since?)")
-            p.mul_(mask.to(p.dtype))
+            p.mul_(mask.to(p.device, p.dtype))
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Re-apply the masks after every ``optimizer.step()``."""

@@ -24,13 +24,13 @@ from itertools import islice
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edgeslim.plugin.quantization.config import ActivationSpec, LayerConfig, QuantConfig, WeightSpec
 from edgeslim.plugin.quantization.errors import QuantConfigError, QuantizationError
 from edgeslim.plugin.quantization.report import sqnr_db
 from edgeslim.plugin.quantization.schemes.base import SCHEMES
+from edgeslim.train import count_top1
 
 DEFAULT_CANDIDATES: tuple[WeightSpec, ...] = (
     WeightSpec("affine", 8), WeightSpec("codebook", 4), WeightSpec("codebook", 3), WeightSpec("codebook", 2),
@@ -89,15 +89,10 @@ def spec_bytes(w: torch.Tensor, spec: WeightSpec) -> int:
     return (w.numel() * spec.bits + 7) // 8 + c * 4 + book
 
 
-@torch.no_grad()
 def _loss_and_top1(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
-    loss, correct, n = 0.0, 0.0, 0
-    for x, y in batches:
-        out = model(x)
-        loss += float(F.cross_entropy(out, y, reduction="sum"))
-        correct += float((out.argmax(1) == y).sum())
-        n += y.numel()
-    return loss / n, correct / n
+    """Mean cross-entropy and top-1 (:func:`edgeslim.train.count_top1`)."""
+    counts = count_top1(model, batches, with_loss=True)
+    return counts.loss, counts.accuracy
 
 
 def _w(mod: nn.Module) -> torch.Tensor:

@@ -11,8 +11,11 @@ Drop-in use inside your own loop::
         sched.step(qmodel)
     result = convert(qmodel)
 
-Under ``torchrun`` (process group joined with :func:`edgeslim.distributed.init_from_env`),
-:func:`train_qat` runs data-parallel: the prepared graph must be the same on every rank
+:func:`train_qat` runs :func:`edgeslim.train.train_loop` (the loop every edgeslim training uses)
+with :func:`qat_callbacks`; distillation is :func:`edgeslim.train.distillation_loss` with
+``alpha=0.5`` (the same half-and-half mix as the earlier hand-written one, now one function).
+Under ``torchrun`` (process group joined with :func:`edgeslim.distributed.init_from_env`)
+it runs data-parallel: the prepared graph must be the same on every rank
 (checked), it is wrapped in ``DistributedDataParallel``, each rank reads its shard through a
 ``DistributedSampler``, and at the end rank 0's buffers (ranges, BatchNorm statistics) are
 copied to every rank and the final weights are checked to agree.
@@ -20,20 +23,29 @@ copied to every rank and the final weights are checked to agree.
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchao.quantization.pt2e.export_utils import _replace_batchnorm
 from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
 
 from edgeslim import distributed
 from edgeslim.plugin.quantization.errors import QuantConfigError
+from edgeslim.train import (
+    Callback,
+    CosineLR,
+    EmptyLoaderError,
+    LoopState,
+    Objective,
+    OnStep,
+    device_of,
+    resolve_torch_device,
+    train_loop,
+)
 
 
 def freeze_observers(model: nn.Module) -> int:
@@ -89,19 +101,48 @@ class QATSchedule:
             freeze_bn(model)
 
 
-def _size_observers(prepared: nn.Module, loader: Iterable[Any], dev: torch.device) -> None:
+class _SizeObservers(Callback):
     """One forward pass (no gradient) before ``DistributedDataParallel`` wraps the graph.
 
     Per-channel fake-quants resize their scale/zero-point buffers on their first forward, which
     fails (``Trying to resize storage that is not resizable``) once DDP has synchronised the
     buffers; after this pass they have their final shapes (DDP then copies rank 0's values).
     """
-    first = next(iter(getattr(loader, "loader", loader)), None)
-    if first is None:
-        raise QuantConfigError("the QAT training loader yielded no batches")
-    with torch.no_grad():
-        prepared.train()
-        prepared(first[0].to(dev))
+
+    def before_ddp(self, state: LoopState, loader: Iterable[Any]) -> None:
+        """Run the first batch through the prepared graph."""
+        first = next(iter(getattr(loader, "loader", loader)), None)
+        if first is None:
+            raise QuantConfigError("the QAT training loader yielded no batches")
+        dev = state.device or torch.device("cpu")
+        with torch.no_grad():
+            state.model.train()
+            state.model(first[0].to(dev))
+
+
+class _Freeze(Callback):
+    """Steps the :class:`QATSchedule` after every optimizer step (observers and BatchNorm freezing)."""
+
+    def __init__(self, schedule: QATSchedule) -> None:
+        self.schedule = schedule
+
+    def step_end(self, state: LoopState) -> None:
+        """Advance the schedule."""
+        self.schedule.step(state.model)
+
+
+def qat_callbacks(steps: int, schedule: QATSchedule | None = None) -> list[Callback]:
+    """The hooks a prepared PT2E graph needs in :func:`edgeslim.train.train_loop`.
+
+    Args:
+        steps: Optimizer steps of the run.
+        schedule: Observer/BN freezing; default: observers after 3/4 of the steps, BN after 1/2.
+
+    Returns:
+        Sizing of per-channel observers before DDP, then the freezing schedule.
+    """
+    sched = schedule or QATSchedule(freeze_observers_after=max(steps * 3 // 4, 1), freeze_bn_after=max(steps // 2, 1))
+    return [_SizeObservers(), _Freeze(sched)]
 
 
 def train_qat(
@@ -116,10 +157,12 @@ def train_qat(
     temperature: float = 4.0,
     cosine: bool = False,
     seed: int = 0,
+    device: str | torch.device | None = None,
 ) -> float:
-    """A minimal QAT loop (SGD + momentum, cross-entropy) for ``steps`` batches; returns the mean loss.
+    """A minimal QAT recipe (SGD + momentum, cross-entropy) for ``steps`` batches; returns the mean loss.
 
-    Your own loop works just as well; this is what the CLI and the benchmark use.
+    The steps run in edgeslim's one training loop, :func:`edgeslim.train.train_loop`; your own
+    loop works just as well.
 
     Args:
         prepared: From :func:`~edgeslim.plugin.quantization.api.prepare_qat`.
@@ -128,63 +171,40 @@ def train_qat(
         lr: (Peak) learning rate.
         schedule: Observer/BN freezing; default: observers after 3/4 of the steps, BN after 1/2.
         on_step: Called with ``(step, loss)`` after each step.
-        teacher: A float model to distil from (half cross-entropy, half KL at ``temperature``);
-            the usual teacher is the model before quantization.
+        teacher: A float model to distil from with
+            :func:`~edgeslim.train.distillation_loss` (``alpha=0.5`` at ``temperature``:
+            half cross-entropy, half ``T²·KL``); the usual teacher is the model before quantization.
         temperature: Distillation temperature.
         cosine: Cosine-decay the learning rate from ``lr`` to 0 over ``steps``.
         seed: Shuffling seed of the ``DistributedSampler`` under torchrun (the same on every rank).
+        device: Training device (None: this rank's under torchrun with NCCL, else the CPU). The
+            graph and the teacher are moved back where they were afterwards.
 
     Raises:
-        QuantConfigError: ``steps < 1`` or an empty loader.
+        QuantConfigError: ``steps < 1`` or a loader that yields no batches.
         edgeslim.distributed.DistributedMismatchError: Under torchrun, the ranks started from
             different prepared graphs or ended with different weights (names the ranks).
     """
     if steps < 1:
         raise QuantConfigError(f"train_qat needs steps >= 1, got {steps}")
-    net: nn.Module = prepared
-    dev = distributed.device()
-    if distributed.active():
-        distributed.check_same(prepared, "the QAT-prepared model")
-        loader = distributed.distributed_sampler(loader, seed=seed)
-        _size_observers(prepared.to(dev), loader, dev)
-        net = distributed.wrap_ddp(prepared)
+    dev = resolve_torch_device(device, option="train_qat(device=...)") if device is not None else distributed.device()
+    home, teacher_home = device_of(prepared), device_of(teacher) if teacher is not None else None
     opt = torch.optim.SGD([p for p in prepared.parameters() if p.requires_grad], lr=lr, momentum=0.9)
-    sched = schedule or QATSchedule(freeze_observers_after=max(steps * 3 // 4, 1), freeze_bn_after=max(steps // 2, 1))
-    if teacher is not None:
-        teacher.to(dev).eval()
-    total, done = 0.0, 0
-    net.train()
-    while done < steps:
-        seen = 0
-        for xb, yb in loader:
-            x, y = xb.to(dev), yb.to(dev)
-            seen += 1
-            if cosine:
-                for group in opt.param_groups:
-                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * done / steps))
-            out = net(x)
-            loss = F.cross_entropy(out, y)
-            if teacher is not None:
-                with torch.no_grad():
-                    soft = F.softmax(teacher(x) / temperature, dim=1)
-                kd = F.kl_div(F.log_softmax(out / temperature, dim=1), soft, reduction="batchmean") * temperature**2
-                loss = 0.5 * loss + 0.5 * kd
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step(prepared)
-            total += float(loss.detach())
-            done += 1
-            if on_step is not None:
-                on_step(done, float(loss.detach()))
-            if done >= steps:
-                break
-        if seen == 0:
-            raise QuantConfigError("the QAT training loader yielded no batches")
-    if distributed.active():
-        distributed.sync_buffers(prepared)
-        distributed.check_same(prepared, "the QAT weights")
-    return total / max(done, 1)
+    callbacks = qat_callbacks(steps, schedule)
+    if cosine:
+        callbacks.insert(0, CosineLR(lr))
+    if on_step is not None:
+        callbacks.append(OnStep(lambda s, _total, loss: on_step(s, loss)))
+    try:
+        done = train_loop(prepared, loader, steps=steps, optimizer=opt, objective=Objective(0.0, 0.5, temperature),
+                          teacher=teacher, device=dev, callbacks=callbacks, seed=seed,
+                          what="the QAT-prepared model", final_what="the QAT weights")
+    except EmptyLoaderError as exc:
+        raise QuantConfigError(f"QAT: {exc}") from None
+    prepared.to(home)
+    if teacher is not None and teacher_home is not None:
+        teacher.to(teacher_home)
+    return done.mean_loss
 
 
-__all__ = ["QATSchedule", "bn_frozen", "freeze_bn", "freeze_observers", "train_qat"]
+__all__ = ["QATSchedule", "bn_frozen", "freeze_bn", "freeze_observers", "qat_callbacks", "train_qat"]
