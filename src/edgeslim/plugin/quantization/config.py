@@ -17,10 +17,7 @@ from typing import Any
 
 from edgeslim.errors import SpecError
 from edgeslim.plugin.quantization.errors import QuantConfigError, QuantSpecError
-from edgeslim.spec import MAX_BITS, MIN_BITS, parse_spec
-
-#: Activation schemes: uniform affine, or power-of-two levels.
-ACTIVATION_SCHEMES = ("affine", "log2")
+from edgeslim.spec import ACTIVATION_SCHEMES, MAX_BITS, MIN_BITS, WEIGHT_SCHEMES, SchemeInfo, parse_spec
 
 
 class Granularity(str, Enum):
@@ -37,10 +34,20 @@ class Mode(str, Enum):
     QAT = "qat"
 
 
-def _check_bits(bits: int, what: str) -> int:
-    if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
-        raise QuantConfigError(f"{what} bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
+def _check_bits(bits: int, what: str, low: int = MIN_BITS, high: int = MAX_BITS) -> int:
+    if not isinstance(bits, int) or isinstance(bits, bool) or not low <= bits <= high:
+        raise QuantConfigError(f"{what} bits must be an integer in {low}..{high}, got {bits!r}")
     return bits
+
+
+def _scheme(name: str, what: str) -> SchemeInfo:
+    """The declared scheme ``name`` of the weight or activation registry (the plugin's schemes registered first)."""
+    import edgeslim.plugin.quantization.schemes  # noqa: F401  (registers the built-in schemes)
+
+    registry = WEIGHT_SCHEMES if what == "weight" else ACTIVATION_SCHEMES
+    if not isinstance(name, str) or name not in registry.names():
+        raise QuantConfigError(f"unknown {what} scheme {name!r}; known: {', '.join(registry.names())}")
+    return registry.get(name)
 
 
 @dataclass(frozen=True)
@@ -62,11 +69,8 @@ class WeightSpec:
     options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        _check_bits(self.bits, f"weight ({self.scheme})")
-        from edgeslim.plugin.quantization.schemes import SCHEMES
-
-        if self.scheme not in SCHEMES:
-            raise QuantConfigError(f"unknown weight scheme {self.scheme!r}; known: {', '.join(SCHEMES.names())}")
+        info = _scheme(self.scheme, "weight")
+        _check_bits(self.bits, f"weight ({self.scheme})", info.min_bits, info.max_bits)
         object.__setattr__(self, "granularity", Granularity(self.granularity))
 
 
@@ -89,13 +93,8 @@ class ActivationSpec:
     scheme: str = "affine"
 
     def __post_init__(self) -> None:
-        _check_bits(self.bits, "activation")
-        if self.scheme not in ACTIVATION_SCHEMES:
-            raise QuantConfigError(f"unknown activation scheme {self.scheme!r}; known: {', '.join(ACTIVATION_SCHEMES)}")
-        if self.scheme == "log2":
-            from edgeslim.plugin.quantization.log_act import check_bits
-
-            check_bits(self.bits)
+        info = _scheme(self.scheme, "activation")
+        _check_bits(self.bits, "activation" if self.scheme == "affine" else f"{self.scheme} activation", info.min_bits, info.max_bits)
         from edgeslim.plugin.quantization.calibration import CALIBRATORS
 
         if self.calibrator not in CALIBRATORS:
@@ -168,7 +167,7 @@ class QuantConfig:
             QuantSpecError: Unknown spelling or scheme, bits out of range, export-only precision
                 (a :class:`QuantConfigError` and an :class:`~edgeslim.errors.SpecError`).
         """
-        from edgeslim.plugin.quantization.schemes import SCHEMES
+        import edgeslim.plugin.quantization.schemes  # noqa: F401  (registers the built-in schemes)
 
         if spec.strip().lower() == "mixed":
             raise QuantSpecError(
@@ -176,7 +175,7 @@ class QuantConfig:
                 "edgeslim.plugin.quantization.mixed_precision.search(..., budget_fraction=1/6).config"
             )
         try:
-            p = parse_spec(spec, schemes=SCHEMES.names())
+            p = parse_spec(spec)
         except SpecError as exc:
             raise QuantSpecError(str(exc)) from exc
         if p.export_only or p.weight_scheme is None or p.weight_bits is None or p.activation_bits is None:
