@@ -30,13 +30,12 @@ from edgeslim.device_bench.api import bench
 from edgeslim.device_bench.runtimes.base import RUNTIMES
 from edgeslim.errors import ConfigError, EdgeslimError
 from edgeslim.exporters.api import export
+from edgeslim.exporters.base import format_for_suffix
 
 #: Format of the cached tables. 2: layers timed at their real input size (version 1 tables timed
 #: one-layer files with dynamic H/W at 1x1 — edgeslim's bench now uses the recorded export shape).
 TABLE_VERSION = 2
 
-#: Artefact suffix -> exporter format.
-_FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 #: Calibration images of a whole-model int8 export (latency does not depend on the values).
 _CALIBRATION_IMAGES = 16
 
@@ -68,8 +67,8 @@ class LatencyKey:
     def format(self) -> str:
         """The exporter format whose artefacts the runtime runs (``onnx``, ``tflite``)."""
         for suffix in RUNTIMES.get(self.runtime).suffixes:
-            if suffix in _FORMATS:
-                return _FORMATS[suffix]
+            if (fmt := format_for_suffix(suffix)) is not None:
+                return fmt
         raise ConfigError(f"latency tables: runtime {self.runtime!r} runs no format edgeslim exports")
 
     def file_name(self) -> str:

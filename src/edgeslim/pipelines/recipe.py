@@ -44,7 +44,6 @@ from edgeslim.pipelines.recipe_sections import (
     Launcher,
     Pipeline,
     QuantizeSection,
-    QuantMethod,
     RecipeError,
     SearchSection,
     Variant,
@@ -55,6 +54,7 @@ from edgeslim.pipelines.recipe_sections import (
     parse_budget,
 )
 from edgeslim.plugin.pruning.config import PruneConfig
+from edgeslim.plugin.quantization.config import Mode
 
 
 @dataclass(frozen=True)
@@ -330,7 +330,7 @@ def _recipe_from(data: Any) -> Recipe:
     _available(recipe.pipeline)
     check_launcher(recipe.launcher, recipe.nproc_per_node, recipe.pipeline, recipe.finetune,
                    pruned=recipe.prune is not None or recipe.pipeline is Pipeline.JOINT,
-                   qat=recipe.quantize is not None and recipe.quantize.method is QuantMethod.QAT)
+                   qat=recipe.quantize is not None and recipe.quantize.method is Mode.QAT)
     if recipe.pipeline is Pipeline.JOINT and recipe.search is None:
         raise RecipeError("search: pipeline 'joint' needs a search section (budget: speedup=5, ...)")
     if recipe.pipeline is not Pipeline.JOINT and recipe.search is not None:
@@ -386,7 +386,6 @@ __all__ = [
     "FinetuneSection",
     "Launcher",
     "Pipeline",
-    "QuantMethod",
     "QuantizeSection",
     "Recipe",
     "RecipeError",

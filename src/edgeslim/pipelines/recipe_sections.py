@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any
 
 from edgeslim.errors import ConfigError
+from edgeslim.plugin.quantization.config import Mode
 
 
 class RecipeError(ConfigError):
@@ -77,13 +78,6 @@ class DataSection:
 
 def _listed(values: tuple[float, ...] | None) -> list[float] | None:
     return None if values is None else list(values)
-
-
-class QuantMethod(str, Enum):
-    """Post-training quantization or quantization-aware training."""
-
-    PTQ = "ptq"
-    QAT = "qat"
 
 
 class Variant(str, Enum):
@@ -226,7 +220,7 @@ class QuantizeSection:
     """
 
     scheme: str = "int8"
-    method: QuantMethod = QuantMethod.PTQ
+    method: Mode = Mode.PTQ
     qat_epochs: float = 0.0
     lr: float = 1e-3
     calibration: int = 256
@@ -244,7 +238,7 @@ class QuantizeSection:
         _at_least("quantize.calibration", self.calibration, 1)
         _at_least("quantize.qat_epochs", self.qat_epochs, 0.0)
         _positive("quantize.lr", self.lr)
-        if self.method is QuantMethod.QAT and self.qat_epochs <= 0:
+        if self.method is Mode.QAT and self.qat_epochs <= 0:
             raise RecipeError("quantize.qat_epochs: method qat needs qat_epochs > 0 (e.g. 0.1)")
 
     def config(self) -> Any:
