@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from edgeslim.config import SerializationError, from_data, serializable, to_data
 from edgeslim.errors import SpecError
 from edgeslim.plugin.quantization.errors import QuantConfigError, QuantSpecError
 from edgeslim.spec import ACTIVATION_SCHEMES, MAX_BITS, MIN_BITS, WEIGHT_SCHEMES, SchemeInfo, parse_spec
@@ -50,6 +51,7 @@ def _scheme(name: str, what: str) -> SchemeInfo:
     return registry.get(name)
 
 
+@serializable()
 @dataclass(frozen=True)
 class WeightSpec:
     """How a weight tensor is quantized.
@@ -74,6 +76,7 @@ class WeightSpec:
         object.__setattr__(self, "granularity", Granularity(self.granularity))
 
 
+@serializable()
 @dataclass(frozen=True)
 class ActivationSpec:
     """How activations are quantized (per tensor).
@@ -103,6 +106,7 @@ class ActivationSpec:
             )
 
 
+@serializable()
 @dataclass(frozen=True)
 class LayerConfig:
     """Weight and activation quantization of one layer; ``None`` keeps that part in float."""
@@ -119,6 +123,7 @@ class LayerConfig:
 FLOAT = LayerConfig(weight=None, activation=None)
 
 
+@serializable()
 @dataclass(frozen=True)
 class QuantConfig:
     """A whole-model quantization config.
@@ -187,23 +192,22 @@ class QuantConfig:
         act = ActivationSpec(p.activation_bits, calibrator, scheme=p.activation_scheme or "affine")
         return cls(default=LayerConfig(weight, act), strict=strict, name=p.label)
 
-    # ---- serialisation ----------------------------------------------------------------------
+    # ---- serialisation (edgeslim.config, the one serializer) ---------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (enums as their values)."""
-        return json.loads(json.dumps(asdict(self), default=lambda o: o.value))
+        """JSON/YAML-able data tagged with ``_type``/``_version`` (:func:`edgeslim.config.to_data`)."""
+        data: dict[str, Any] = to_data(self)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; also reads the untagged shape older edgeslim versions wrote.
+
+        Raises:
+            QuantConfigError: Malformed data (the message names the key).
+        """
         try:
-            return cls(
-                default=_layer_from_dict(data.get("default")),
-                overrides=tuple((str(p), _layer_from_dict(c)) for p, c in data.get("overrides", [])),
-                strict=bool(data.get("strict", False)),
-                name=str(data.get("name", "custom")),
-                bias_correction=bool(data.get("bias_correction", True)),
-            )
-        except (TypeError, AttributeError) as exc:
+            return from_data(data, cls)
+        except SerializationError as exc:
             raise QuantConfigError(f"malformed quantization config: {exc}") from exc
 
     def to_json(self) -> str:
@@ -234,21 +238,6 @@ class QuantConfig:
         p = Path(path)
         text = p.read_text()
         return cls.from_json(text) if p.suffix == ".json" else cls.from_yaml(text)
-
-
-def _layer_from_dict(d: dict[str, Any] | None) -> LayerConfig:
-    if d is None:
-        return LayerConfig()
-    w, a = d.get("weight"), d.get("activation")
-    weight = None if w is None else WeightSpec(
-        scheme=w.get("scheme", "affine"),
-        bits=w.get("bits", 8),
-        granularity=Granularity(w.get("granularity", "per_channel")),
-        symmetric=w.get("symmetric", True),
-        options=tuple((str(k), v) for k, v in w.get("options", [])),
-    )
-    act = None if a is None else ActivationSpec(**a)
-    return LayerConfig(weight=weight, activation=act)
 
 
 __all__ = [
