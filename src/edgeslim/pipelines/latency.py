@@ -18,7 +18,7 @@ import re
 import statistics
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeslim.config import serializable, to_data
 from edgeslim.device_bench.api import bench
 from edgeslim.device_bench.runtimes.base import RUNTIMES
 from edgeslim.errors import ConfigError, EdgeslimError
@@ -44,6 +45,7 @@ class LatencyMeasurementError(EdgeslimError):
     """A layer or model could not be benchmarked on the target (the message names which)."""
 
 
+@serializable()
 @dataclass(frozen=True)
 class LatencyKey:
     """What a latency table depends on: target, runtime, threads, model input size, precision."""
@@ -77,10 +79,9 @@ class LatencyKey:
         return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-") + ".json"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        d = asdict(self)
-        d["input_size"] = list(self.input_size)
-        return d
+        """JSON-able form (:func:`edgeslim.config.to_data`, untagged)."""
+        data: dict[str, Any] = to_data(self, tagged=False)
+        return data
 
 
 @dataclass(frozen=True)
