@@ -82,6 +82,14 @@ def test_tagged_round_trip_through_json_and_yaml() -> None:
     assert json.loads(to_json(obj, tagged=False))["inner"] == {"color": "blue", "scale": 2}
 
 
+def test_numpy_and_torch_scalars_are_written_as_numbers() -> None:
+    import numpy as np
+    import torch
+
+    data = to_data(Outer(table={"a": np.float32(0.5), "b": torch.tensor(2.0)}), tagged=False)  # type: ignore[dict-item]
+    assert data["table"] == {"a": 0.5, "b": 2.0} and type(data["table"]["a"]) is float
+
+
 def test_plain_data_is_read_as_the_named_type_with_defaults_and_coercions() -> None:
     got = from_data({"n": 4, "inner": {"color": "blue", "scale": 3}, "pairs": [["z", 9]]}, Outer)
     assert got == Outer(4, Inner(Color.BLUE, 3.0), (("z", 9),))
@@ -104,21 +112,21 @@ def test_bad_plain_data_names_the_key(data: dict, message: str) -> None:
 
 
 def test_versions_newer_refused_older_upgraded() -> None:
-    with pytest.raises(SerializationError, match="test.Outer has version 3, this edgeslim reads up to 2: upgrade edgeslim"):
+    with pytest.raises(SerializationError, match=r"test\.Outer has version 3, this edgeslim reads up to 2: upgrade edgeslim"):
         from_data({"_type": "test.Outer", "_version": 3})
     assert from_data({"_type": "test.Outer", "_version": 1, "old": 7}) == Outer(7)
-    with pytest.raises(SerializationError, match="test.Inner has version 0 and no upgrade to 1 is declared"):
+    with pytest.raises(SerializationError, match=r"test\.Inner has version 0 and no upgrade to 1 is declared"):
         from_data({"_type": "test.Inner", "_version": 0})
 
 
 def test_allow_list_refuses_unknown_and_unregistered_types() -> None:
-    with pytest.raises(SerializationError, match="unknown config type 'os.system'; known: .*test.Inner"):
+    with pytest.raises(SerializationError, match=r"unknown config type 'os\.system'; known: .*test\.Inner"):
         from_data({"_type": "os.system"})
     with pytest.raises(SerializationError, match="NotRegistered is not a registered config type; decorate it"):
         to_data(NotRegistered())
     with pytest.raises(SerializationError, match="untagged data"):
         from_data({"n": 1})
-    with pytest.raises(SerializationError, match="'test.Inner' is already registered by .*pass name="):
+    with pytest.raises(SerializationError, match=r"'test\.Inner' is already registered by .*pass name="):
         serializable("test.Inner")(Renamed)
     with pytest.raises(SerializationError, match="cannot serialize a set"):
         to_data(Outer(table={"x": {1, 2}}))  # type: ignore[dict-item]
@@ -146,7 +154,7 @@ def test_quant_config_is_tagged_and_reads_the_untagged_shape_of_older_files() ->
         "strict": False, "name": "w8a16", "bias_correction": True,
     }
     assert QuantConfig.from_dict(legacy) == cfg
-    with pytest.raises(QuantConfigError, match="malformed quantization config: .*default.weight.bits must be an integer"):
+    with pytest.raises(QuantConfigError, match=r"malformed quantization config: .*default\.weight\.bits must be an integer"):
         QuantConfig.from_dict({"default": {"weight": {"bits": "8"}}})
     with pytest.raises(QuantConfigError, match="unknown calibrator 'magic'"):
         QuantConfig.from_dict({"default": {"activation": ActivationSpec().__dict__ | {"calibrator": "magic"}}})

@@ -141,6 +141,8 @@ def to_data(obj: Any, *, tagged: bool = True) -> Any:
         return [to_data(v, tagged=tagged) for v in obj]
     if isinstance(obj, PurePath):
         return str(obj)
+    if getattr(obj, "shape", None) == () and callable(getattr(obj, "item", None)):  # a numpy/torch scalar
+        return to_data(obj.item(), tagged=tagged)
     raise SerializationError(f"edgeslim.config: cannot serialize a {type(obj).__name__} ({obj!r}); configs hold "
                              "registered dataclasses, enums, lists, dicts, str, int, float, bool and None")
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+from edgeslim.config import serializable
 from edgeslim.errors import SpecError
 from edgeslim.exporters.errors import ExportConfigError, ExportSpecError
 from edgeslim.spec import WEIGHT_SCHEMES, ParsedSpec, SchemeKind, parse_spec, schemes_of
@@ -200,6 +201,7 @@ class QuantSpec:
         return self.label
 
 
+@serializable()
 @dataclass(frozen=True)
 class Tolerance:
     """Verification thresholds of one precision (logits of the artefact vs PyTorch).
