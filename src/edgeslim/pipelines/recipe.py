@@ -33,6 +33,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from edgeslim.config import to_data
 from edgeslim.errors import ConfigError, EdgeslimError
 from edgeslim.pipelines.recipe_sections import (
     BUDGET_KINDS,
@@ -113,7 +114,7 @@ class Recipe:
             if isinstance(value, PruneConfig):
                 out[f.name] = value.to_dict()
             else:
-                out[f.name] = value.to_plain() if isinstance(value, DataSection) else _plain(value)
+                out[f.name] = value.to_plain() if isinstance(value, DataSection) else to_data(value, tagged=False)
         return out
 
     def to_yaml(self) -> str:
@@ -150,16 +151,6 @@ class Recipe:
             if pruned:
                 out.append(Variant.PRUNED_QUANTIZED)
         return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if hasattr(value, "__dataclass_fields__"):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-    return value
 
 
 def _type_name(tp: Any) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from edgeslim.config import serializable
 from edgeslim.errors import ConfigError
 from edgeslim.plugin.quantization.config import Mode
 
@@ -124,6 +125,7 @@ def parse_budget(text: str, key: str = "search.budget") -> tuple[str, float]:
     return kind, value
 
 
+@serializable()
 @dataclass(frozen=True)
 class FinetuneSection:
     """Fine-tune of the pruned model (SGD, cosine decay).
@@ -147,6 +149,7 @@ class FinetuneSection:
         _at_least("finetune.batch_size", self.batch_size, 1)
 
 
+@serializable()
 @dataclass(frozen=True)
 class SearchSection:
     """The joint search of channel widths under a latency/size budget (``pipeline: joint``).
@@ -205,6 +208,7 @@ class SearchSection:
                 raise RecipeError(f"search.groups[{i}]: {pattern!r} is not a valid regular expression ({exc})") from None
 
 
+@serializable()
 @dataclass(frozen=True)
 class QuantizeSection:
     """Quantization of the (pruned) model.
@@ -248,6 +252,7 @@ class QuantizeSection:
         return QuantConfig.from_spec(self.scheme, calibrator=self.calibrator)
 
 
+@serializable()
 @dataclass(frozen=True)
 class ExportSection:
     """Artefacts written for each variant, each verified in its runtime.
@@ -275,6 +280,7 @@ class ExportSection:
         _at_least("export.verify_samples", self.verify_samples, 1)
 
 
+@serializable()
 @dataclass(frozen=True)
 class BenchSection:
     """Latency of every artefact on every target.
