@@ -158,7 +158,7 @@ class ParsedSpec:
     Attributes:
         weight_scheme: Weight scheme name (``affine``, ``log2`` ...); None for fp32/fp16.
         weight_bits: Bits per weight; None for fp32/fp16.
-        activation_scheme: ``affine`` or ``log2``; None when activations stay float.
+        activation_scheme: A registered activation scheme (``affine``, ``log2`` ...); None when activations stay float.
         activation_bits: Bits per activation; None when activations stay float.
         export_only: ``fp32``, ``fp16`` or ``dynamic`` for the export-only precisions, else None.
     """

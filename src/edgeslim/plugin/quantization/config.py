@@ -82,12 +82,13 @@ class ActivationSpec:
     """How activations are quantized (per tensor).
 
     Attributes:
-        bits: 8 or 16 (any 2–16 is accepted; int8 storage up to 8 bits, int16 above); 2–5 for log2.
+        bits: 8 or 16 (any 2–16 is accepted; int8 storage up to 8 bits, int16 above); the scheme's
+            declared range otherwise (2–5 for log2).
         calibrator: A registered calibrator name (``minmax``, ``ema``, ``percentile``, ``mse``, ``entropy``);
             affine only (log2 picks its top level by MSE).
         symmetric: Symmetric range around zero instead of an asymmetric min/max range (affine).
-        scheme: ``affine`` (uniform) or ``log2`` (power-of-two levels, see
-            :mod:`edgeslim.plugin.quantization.log_act`).
+        scheme: A registered activation scheme: ``affine`` (uniform) or ``log2`` (power-of-two
+            levels, see :mod:`edgeslim.plugin.quantization.log_act`) built in.
     """
 
     bits: int = 8
