@@ -199,7 +199,7 @@ def test_unpack_to_pt_is_bit_exact_and_refuses_to_overwrite(esz_file: Path, tmp_
     assert code == 2 and "already holds m.pt; pass --force" in out
     assert dest.read_bytes() == before
     code, out = _invoke("unpack", str(esz_file), "--to", str(tmp_path / "m.h5"))
-    assert code == 2 and "must end in .pt, .onnx or .tflite" in out
+    assert code == 2 and "must end in .pt, .onnx, .engine or .tflite" in out  # .pt + every exporter's suffix
 
 
 def test_truncated_file_is_a_one_line_error_and_writes_nothing(esz_file: Path, tmp_path: Path) -> None:

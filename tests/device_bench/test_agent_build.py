@@ -110,3 +110,15 @@ def test_built_agent_benches_tflite_standalone(tmp_path: Path) -> None:
     assert result["top1"] == pytest.approx(6 / 7) and result["top1_n"] == 7 and result["top1_batch"] == 1
     assert result["runtime_settings"] == {"threads": 0, "xnnpack": True, "layout": "nchw"}
     np.testing.assert_array_equal(np.asarray(result["outputs"][0], np.float32), out[:1])
+
+
+def test_the_agent_takes_its_runners_from_the_one_runtime_list() -> None:
+    from edgeslim.device_bench.runtimes import RUNNERS, RUNTIMES
+
+    source = agent_build.AGENT_SOURCE.read_text(encoding="utf-8")
+    assert not any(cls.__name__ in source for cls in RUNNERS)  # agent.py names no runner: the build adds them
+    built = build_agent()
+    assert f"RUNNERS = ({', '.join(cls.__name__ for cls in RUNNERS)},)" in built
+    for cls in RUNNERS:
+        assert f"class {cls.__name__}" in built
+    assert [c.name for c in RUNNERS] == [RUNTIMES.get(c.name).name for c in RUNNERS]

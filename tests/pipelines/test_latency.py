@@ -35,6 +35,7 @@ def test_key_validation_and_file_name() -> None:
     assert "/" not in name and ":" not in name and name.endswith(".json")
     assert LatencyKey("ssh://pi@10.0.0.2:22", "ai-edge-litert", 4, (224, 224), "fp32").format == "tflite"
     assert KEY.format == "onnx"
+    assert LatencyKey("local", "tensorrt", 1, (32, 32), "fp32").format == "tensorrt"  # from the exporters' suffixes
     assert KEY.file_name() != LatencyKey("local", "onnxruntime", 1, (32, 32), "int8").file_name()
 
 

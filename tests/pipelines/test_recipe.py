@@ -11,7 +11,6 @@ import yaml
 from edgeslim.errors import ConfigError, EdgeslimError
 from edgeslim.pipelines.recipe import (
     Pipeline,
-    QuantMethod,
     Recipe,
     RecipeError,
     Variant,
@@ -19,6 +18,7 @@ from edgeslim.pipelines.recipe import (
     parse_budget,
 )
 from edgeslim.plugin.pruning.config import Allocation, TargetKind
+from edgeslim.plugin.quantization.config import Mode
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -49,7 +49,7 @@ def test_full_recipe_parses_into_typed_sections() -> None:
     assert r.pipeline is Pipeline.SEQUENTIAL
     assert r.prune is not None and r.prune.target.kind is TargetKind.PARAMS and r.prune.target.value == 0.5
     assert r.prune.allocation is Allocation.UNIFORM and r.prune.round_to == 16
-    assert r.quantize is not None and r.quantize.method is QuantMethod.QAT and r.quantize.config().name == "w8a16"
+    assert r.quantize is not None and r.quantize.method is Mode.QAT and r.quantize.config().name == "w8a16"
     assert r.export.formats == ("onnx", "tflite") and r.export.variants == (Variant.ORIGINAL, Variant.PRUNED_QUANTIZED)
     assert r.bench is not None and r.bench.input_size == 64 and r.bench.runtimes == ("onnxruntime",)
     assert r.variants() == [Variant.ORIGINAL, Variant.PRUNED, Variant.QUANTIZED, Variant.PRUNED_QUANTIZED]

@@ -22,9 +22,6 @@ from edgeslim.cli.common import (
     stdout_to_stderr,
 )
 
-#: What ``unpack --to`` writes, by suffix.
-UNPACK_SUFFIXES = {".pt": "pt", ".onnx": "onnx", ".tflite": "tflite"}
-
 
 def register(app: typer.Typer) -> None:
     """Add the commands to ``app``."""
@@ -184,10 +181,13 @@ def unpack_cmd(
 ) -> None:
     """Rebuild the codebook model of FILE (bit for bit) and write it as .pt, or as an int8 .onnx / .tflite (verified)."""
     from edgeslim.deep_compression import esz, unpack
+    from edgeslim.exporters.base import artifact_suffixes
 
-    kind = UNPACK_SUFFIXES.get(to.suffix.lower())
+    suffixes = {".pt": "pt", **artifact_suffixes()}  # an edgeslim file, or any registered exporter's artefact
+    kind = suffixes.get(to.suffix.lower())
     if kind is None:
-        raise typer.BadParameter(f"{to}: the output must end in .pt, .onnx or .tflite", param_hint="--to")
+        *first, last = suffixes
+        raise typer.BadParameter(f"{to}: the output must end in {', '.join(first)} or {last}", param_hint="--to")
     refuse_existing_outputs(to.parent, [to.name], force, param_hint="--to")
     manifest = esz.read(file).manifest  # checks every checksum before anything is built
     model = unpack(file)

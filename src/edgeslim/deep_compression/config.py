@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from edgeslim.config import from_data, serializable, to_data
 from edgeslim.errors import ConfigError
 
 
@@ -21,6 +22,7 @@ class Init(str, Enum):
     DENSITY = "density"
 
 
+@serializable(what="pack option")
 @dataclass(frozen=True)
 class PackConfig:
     """Settings of the three Deep Compression stages.
@@ -96,19 +98,14 @@ class PackConfig:
             raise ConfigError("sensitivity_batches and batch_size must be >= 1, kmeans_iterations >= 0")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (enums as their values, tuples as lists)."""
-        d = asdict(self)
-        d["init"] = self.init.value
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        """JSON-able form (enums as their values, tuples as lists; :func:`edgeslim.config.to_data`, untagged)."""
+        data: dict[str, Any] = to_data(self, tagged=False)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PackConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are refused."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown pack option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**data)
+        """Inverse of :meth:`to_dict`; unknown keys and values of the wrong type are refused (a ConfigError)."""
+        return from_data(data, cls)
 
 
 __all__ = ["Init", "PackConfig"]

@@ -42,9 +42,7 @@ from edgeslim.device_bench.energy.measure import detect_sensor, measure_energy  
 from edgeslim.device_bench.energy.nvidia import NvidiaSmiSensor, NvmlSensor  # edgeslim:inline
 from edgeslim.device_bench.energy.pmic import PmicSensor  # edgeslim:inline
 from edgeslim.device_bench.energy.rapl import RaplSensor  # edgeslim:inline
-from edgeslim.device_bench.runtimes.litert import LiteRtRunner, TfliteRuntimeRunner  # edgeslim:inline
-from edgeslim.device_bench.runtimes.onnxruntime import OnnxRuntimeRunner  # edgeslim:inline
-from edgeslim.device_bench.runtimes.tensorrt import TensorRtRunner  # edgeslim:inline
+from edgeslim.device_bench.runtimes import RUNNERS  # edgeslim:runners
 
 PREFIX = "@@edgeslim "
 AGENT_VERSION = 2
@@ -52,8 +50,8 @@ EXIT_RUNTIME_MISSING = 3
 EXIT_ERROR = 4
 #: Images per runtime call when the agent computes top-1 (models with a fixed batch use theirs).
 EVAL_BATCH = 32
-#: runtime name -> runner class (in order of preference per file suffix)
-RUNTIMES = {cls.name: cls for cls in (OnnxRuntimeRunner, LiteRtRunner, TfliteRuntimeRunner, TensorRtRunner)}
+#: runtime name -> runner class (in order of preference per file suffix); the build pastes the host's runners
+RUNTIMES = {cls.name: cls for cls in RUNNERS}
 #: The energy readers (each registered in SENSORS by its own module).
 ENERGY_SENSORS = (RaplSensor, HwmonSensor, JetsonIioSensor, PmicSensor, NvmlSensor, NvidiaSmiSensor)
 

@@ -1,8 +1,11 @@
 """Build the uploadable bench agent: ``agent.py`` with the shared runner modules pasted in.
 
-``agent.py`` imports each runner with a line marked ``# edgeslim:inline``; :func:`build_agent`
+``agent.py`` imports each shared module with a line marked ``# edgeslim:inline``; :func:`build_agent`
 replaces every such line by the source of the module it imports (without its ``from __future__``
-line: the agent has its own at the top). The runner modules are the ones the host verifies
+line: the agent has its own at the top). The runners come from the one runtime list: the line
+``from edgeslim.device_bench.runtimes import RUNNERS  # edgeslim:runners`` becomes an inline
+import of each module of :data:`edgeslim.device_bench.runtimes.RUNNERS` and ``RUNNERS = (...)``
+in the same order, so a runtime added there reaches the board with no edit to ``agent.py``. The runner modules are the ones the host verifies
 artefacts with, so a board runs the same session settings, layouts and (de)quantization.
 
 The build checks what makes the pasted script work on a board: each pasted module imports only
@@ -31,9 +34,11 @@ from edgeslim.device_bench.errors import DeviceError
 
 AGENT_SOURCE = Path(__file__).with_name("agent.py")
 INLINE_MARK = "# edgeslim:inline"
+RUNNERS_MARK = "# edgeslim:runners"
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # .../edgeslim
 _FUTURE = "from __future__ import annotations"
 _MARKED = re.compile(r"^from (\w+(?:\.\w+)*) import ([\w, ]+?)\s+" + re.escape(INLINE_MARK) + r"\s*$")
+_RUNNERS_LINE = re.compile(r"^from edgeslim\.device_bench\.runtimes import RUNNERS\s+" + re.escape(RUNNERS_MARK) + r"\s*$")
 _BUILT: dict[str, Path] = {}
 _LOCK = threading.Lock()  # the fleet benches boards from threads; CPython 3.11's ast.parse is not thread-safe
 
@@ -92,6 +97,23 @@ def _module_source(module: str, names: list[str], pasted: dict[str, set[str]]) -
     return "\n".join(lines).strip("\n"), path, defined
 
 
+def _expand_runners(agent_text: str) -> str:
+    """``agent_text`` with the ``# edgeslim:runners`` line replaced by inline imports of the registered runners."""
+    out: list[str] = []
+    for line in agent_text.splitlines():
+        if not _RUNNERS_LINE.match(line):
+            out.append(line)
+            continue
+        from edgeslim.device_bench.runtimes import RUNNERS
+
+        by_module: dict[str, list[str]] = {}
+        for cls in RUNNERS:
+            by_module.setdefault(cls.__module__, []).append(cls.__name__)
+        out += [f"from {module} import {', '.join(names)}  {INLINE_MARK}" for module, names in by_module.items()]
+        out.append(f"RUNNERS = ({', '.join(cls.__name__ for cls in RUNNERS)},)")
+    return "\n".join(out) + ("\n" if agent_text.endswith("\n") else "")
+
+
 def build_agent() -> str:
     """The uploadable agent: ``agent.py`` with every ``# edgeslim:inline`` import replaced by its module.
 
@@ -106,7 +128,7 @@ def build_agent() -> str:
     owners: dict[str, str] = {}
     parts: list[str] = []
     pasted: dict[str, set[str]] = {}
-    agent_text = AGENT_SOURCE.read_text(encoding="utf-8")
+    agent_text = _expand_runners(AGENT_SOURCE.read_text(encoding="utf-8"))
     for line in agent_text.splitlines():
         m = _MARKED.match(line)
         if m is None:
@@ -152,4 +174,4 @@ def _agent_file() -> Path:
     return path
 
 
-__all__ = ["AGENT_SOURCE", "INLINE_MARK", "AgentBuildError", "agent_file", "build_agent"]
+__all__ = ["AGENT_SOURCE", "INLINE_MARK", "RUNNERS_MARK", "AgentBuildError", "agent_file", "build_agent"]

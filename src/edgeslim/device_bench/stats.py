@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
+from edgeslim.config import serializable, to_data
 
+
+@serializable()
 @dataclass(frozen=True)
 class LatencyStats:
     """Summary of one artefact's timed runs, in milliseconds."""
@@ -22,8 +25,9 @@ class LatencyStats:
     max: float
 
     def to_dict(self) -> dict[str, float | int]:
-        """A plain dict (JSON-ready)."""
-        return asdict(self)
+        """A plain dict (JSON-ready; :func:`edgeslim.config.to_data`, untagged)."""
+        data: dict[str, float | int] = to_data(self, tagged=False)
+        return data
 
 
 def summarize(latencies_ms: Sequence[float]) -> LatencyStats:

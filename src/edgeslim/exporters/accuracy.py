@@ -12,18 +12,20 @@ model was quantized. A drop larger than ``max_drop`` points raises
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from edgeslim.config import serializable, to_data
 from edgeslim.exporters.base import Runner, resize
 from edgeslim.exporters.errors import ExportAccuracyError
 from edgeslim.exporters.verify import top1 as runner_top1
 from edgeslim.train import count_top1
 
 
+@serializable()
 @dataclass(frozen=True)
 class AccuracyCheck:
     """The artefact's top-1 next to its float ancestor's, on the same labelled images.
@@ -49,8 +51,9 @@ class AccuracyCheck:
     passed: bool
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict."""
-        return asdict(self)
+        """A JSON-able dict (:func:`edgeslim.config.to_data`, untagged)."""
+        data: dict[str, Any] = to_data(self, tagged=False)
+        return data
 
     def __str__(self) -> str:
         art = f"{100 * self.top1_artefact:.2f} %"

@@ -17,6 +17,7 @@ from edgeslim.exporters.config import ExportOptions, Format, Method, Precision, 
 from edgeslim.exporters.errors import ExportConfigError, ExportVerificationError, OutputExistsError
 from edgeslim.exporters.verify import VerificationReport
 from edgeslim.exporters.verify import verify as verify_runner
+from edgeslim.spec import WEIGHT_SCHEMES, Lowering, ParsedSpec, SchemeKind
 
 
 @dataclass
@@ -72,19 +73,20 @@ class ExportResult:
 def own_label(config: Any) -> str:
     """The export spelling of a ``QuantConfig``: ``int8``, ``w8a16``, ``int16`` or ``SCHEME:BITS[/acts]``.
 
-    A model whose every quantized layer uses one grid scheme (log2, codebook, pwl) at one width
-    is exported with coded weights; anything else (affine, per-layer mixed) as its QDQ graph, as
-    ``w8a16`` when some activation is 16-bit, ``int16`` when weights are too.
+    A model whose every quantized layer uses one coded scheme (log2, codebook, pwl: kind ``CODED``
+    in :data:`edgeslim.spec.WEIGHT_SCHEMES`) at one width is exported with coded weights; anything
+    else (affine, per-layer mixed) as its QDQ graph, as ``w8a16`` when some activation is 16-bit,
+    ``int16`` when weights are too.
     """
     layers = [config.default, *(c for _, c in config.overrides)]
     weights = {(lc.weight.scheme, lc.weight.bits) for lc in layers if lc.weight is not None}
     acts = [lc.activation for lc in layers if lc.activation is not None]
-    if len(weights) == 1 and next(iter(weights))[0] in ("log2", "codebook", "pwl"):
+    if len(weights) == 1 and WEIGHT_SCHEMES.get(next(iter(weights))[0]).kind is SchemeKind.CODED:
         scheme, bits = next(iter(weights))
         act = config.default.activation
-        suffix = "" if act is None or (act.scheme == "affine" and act.bits == 8) else (
-            f"/log2:{act.bits}" if act.scheme == "log2" else f"/a{act.bits}")
-        return f"{scheme}:{bits}{suffix}"
+        if act is None:
+            return f"{scheme}:{bits}"
+        return ParsedSpec(scheme, bits, act.scheme, act.bits).label
     if any(b > 8 for _, b in weights):
         return "int16"
     return "w8a16" if any(a.bits > 8 for a in acts) else "int8"
@@ -212,8 +214,9 @@ def export(
             else fashion_inputs(tuple(example.shape), opts.calibration_size, split="train")
         )
     if not pre and (opts.method is Method.EDGESLIM or spec.precision is Precision.CODED):
-        if fmt != Format.ONNX.value and spec.precision is Precision.CODED:
-            raise ExportConfigError(f"{spec.label} weights are offered for ONNX only")
+        if spec.precision is Precision.CODED and (scheme := WEIGHT_SCHEMES.get(spec.scheme or "")).lowers_to(fmt) is not Lowering.CODES:
+            raise ExportConfigError(f"{spec.label} weights are offered for {', '.join(scheme.formats(Lowering.CODES)) or 'no format'} "
+                                    f"only (as N-bit codes); quantize with edgeslim.quantize first to export {fmt}")
         qres = _edgeslim_quantize(module, example, spec, calib)
         module, coded, _ = _unwrap(qres)
         pre = True

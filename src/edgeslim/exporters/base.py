@@ -96,6 +96,19 @@ def get_exporter(name: str) -> Exporter:
     return EXPORTERS.get(name)()
 
 
+def format_for_suffix(suffix: str) -> str | None:
+    """The registered exporter format whose artefacts end in ``suffix`` (``".onnx"`` -> ``"onnx"``); None if none."""
+    for name in EXPORTERS.names():
+        if EXPORTERS.get(name).suffix == suffix.lower():
+            return name
+    return None
+
+
+def artifact_suffixes() -> dict[str, str]:
+    """Every registered exporter's artefact suffix -> its format (``{".onnx": "onnx", ...}``), sorted by format."""
+    return {EXPORTERS.get(name).suffix: name for name in EXPORTERS.names()}
+
+
 @contextlib.contextmanager
 def quiet_stdout() -> Iterator[None]:
     """Send converters' progress chatter (printed on stdout) to stderr.

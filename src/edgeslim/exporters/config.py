@@ -7,8 +7,10 @@ shared with ``edgeslim.quantize``) and maps it to what exporters offer:
 - ``int8`` (``w8a8``) -> ``INT8``; ``w8a16`` (``16x8``, ``int8/a16``) -> ``W8A16``;
 - ``int16`` (``w16a16``) -> ``INT16``: int16 weights and activations, ONNX only (QDQ at opset 21,
   run with ONNX Runtime's graph optimizations off);
-- ``log2:BITS`` / ``codebook:BITS`` / ``pwl:BITS`` with BITS 2..8, optionally ``/aBITS`` or
-  ``/log2:BITS`` -> ``CODED`` (ONNX only, via ``edgeslim.quantize``).
+- ``SCHEME:BITS`` of a coded scheme (``log2``, ``codebook``, ``pwl`` ...: every registered weight
+  scheme of kind ``CODED``, :data:`edgeslim.spec.WEIGHT_SCHEMES`) with BITS 2..8, optionally
+  ``/aBITS`` or ``/SCHEME:BITS`` -> ``CODED`` (codes + codebook in the formats whose lowering is
+  ``CODES``: ONNX; via ``edgeslim.quantize``).
 
 Valid specs that no exporter offers (other ``wNaM`` pairs, coded weights above 8 bits, affine
 weights with log2 activations) raise :class:`ExportConfigError` naming the spec and the
@@ -21,9 +23,10 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+from edgeslim.config import serializable
 from edgeslim.errors import SpecError
 from edgeslim.exporters.errors import ExportConfigError, ExportSpecError
-from edgeslim.spec import ParsedSpec, parse_spec
+from edgeslim.spec import WEIGHT_SCHEMES, ParsedSpec, SchemeKind, parse_spec, schemes_of
 
 
 class Format(str, Enum):
@@ -92,17 +95,21 @@ class Method(str, Enum):
     EDGESLIM = "edgeslim"
 
 
-CODED_SCHEMES = ("log2", "codebook", "pwl")
 #: Coded weights are stored as UINT4 (<= 4 bits) or UINT8 codes.
 CODED_MAX_BITS = 8
 #: (weight bits, activation bits) of affine specs -> precision.
 _AFFINE: dict[tuple[int | None, int | None], Precision] = {
     (8, 8): Precision.INT8, (8, 16): Precision.W8A16, (16, 16): Precision.INT16,
 }
-OFFERED = (
-    "fp32, fp16, dynamic, int8, w8a16 (16x8), int16 (w16a16), "
-    f"{'/'.join(CODED_SCHEMES)}:BITS (BITS 2..{CODED_MAX_BITS}) optionally followed by /aBITS or /log2:BITS"
-)
+
+
+def offered() -> str:
+    """The specs some exporter offers, for error messages (coded schemes from the registry)."""
+    return (
+        "fp32, fp16, dynamic, int8, w8a16 (16x8), int16 (w16a16), "
+        f"{'/'.join(schemes_of(SchemeKind.CODED))}:BITS (BITS 2..{CODED_MAX_BITS}) optionally followed by "
+        "/aBITS or /SCHEME:BITS"
+    )
 
 
 @dataclass(frozen=True)
@@ -111,7 +118,7 @@ class QuantSpec:
 
     Attributes:
         precision: What the artefact computes in.
-        scheme: ``log2``, ``codebook`` or ``pwl`` for :attr:`Precision.CODED`.
+        scheme: A coded weight scheme (``log2``, ``codebook``, ``pwl`` ...) for :attr:`Precision.CODED`.
         bits: Code width of a coded scheme (2..8).
         activations: Activation part of a coded spec (``a16``, ``log2:5``); None: int8.
     """
@@ -156,13 +163,14 @@ class QuantSpec:
         if p.weight_scheme == "affine" and p.activation_scheme == "affine" and (p.weight_bits, p.activation_bits) in _AFFINE:
             return cls(_AFFINE[p.weight_bits, p.activation_bits])
         bits = p.weight_bits or 0
-        if p.weight_scheme in CODED_SCHEMES and 2 <= bits <= CODED_MAX_BITS:
+        coded = p.weight_scheme is not None and WEIGHT_SCHEMES.get(p.weight_scheme).kind is SchemeKind.CODED
+        if coded and 2 <= bits <= CODED_MAX_BITS:
             acts = p.label.partition("/")[2] or None
             return cls(Precision.CODED, p.weight_scheme, bits, acts)
         raise ExportConfigError(
             f"quantization {text or p.label!r}"
             + (f" ({p.label})" if text and text.strip().lower() != p.label else "")
-            + f" is valid but no exporter offers it; offered: {OFFERED}"
+            + f" is valid but no exporter offers it; offered: {offered()}"
         )
 
     @property
@@ -193,6 +201,7 @@ class QuantSpec:
         return self.label
 
 
+@serializable()
 @dataclass(frozen=True)
 class Tolerance:
     """Verification thresholds of one precision (logits of the artefact vs PyTorch).
@@ -284,8 +293,6 @@ class ExportOptions:
 
 __all__ = [
     "CODED_MAX_BITS",
-    "CODED_SCHEMES",
-    "OFFERED",
     "TOLERANCES",
     "ActivationType",
     "ExportOptions",
@@ -296,4 +303,5 @@ __all__ = [
     "Precision",
     "QuantSpec",
     "Tolerance",
+    "offered",
 ]

@@ -7,18 +7,20 @@ PyTorch gets; it transposes to NHWC and quantizes the input itself when the arte
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from edgeslim.config import serializable, to_data
 from edgeslim.exporters.base import Runner
 from edgeslim.exporters.config import Tolerance
 from edgeslim.exporters.errors import ExportVerificationError
 
 
+@serializable()
 @dataclass(frozen=True)
 class VerificationReport:
     """How closely an artefact reproduces the PyTorch model on real inputs.
@@ -51,8 +53,9 @@ class VerificationReport:
     decisive_top1_agreement: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict."""
-        return asdict(self)
+        """A JSON-able dict (:func:`edgeslim.config.to_data`, untagged)."""
+        data: dict[str, Any] = to_data(self, tagged=False)
+        return data
 
     def __str__(self) -> str:
         return (

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeslim.config import from_data, serializable, to_data
 from edgeslim.errors import ModelLoadError
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -66,6 +67,7 @@ def _vision_transformer(**kwargs: Any) -> nn.Module:
 CLASS_BUILDERS: dict[str, Callable[..., nn.Module]] = {"VisionTransformer": _vision_transformer}
 
 
+@serializable(strict=False)
 @dataclass(frozen=True)
 class ArchInfo:
     """The torchvision architecture (name and constructor kwargs) that rebuilds a model unpruned."""
@@ -74,13 +76,14 @@ class ArchInfo:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"name", "kwargs"}``, as stored in a saved file's manifest."""
-        return {"name": self.name, "kwargs": dict(self.kwargs)}
+        """``{"name", "kwargs"}``, as stored in a saved file's manifest (untagged)."""
+        data: dict[str, Any] = to_data(self, tagged=False)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ArchInfo:
         """Inverse of :meth:`to_dict`."""
-        return cls(str(data["name"]), dict(data.get("kwargs", {})))
+        return from_data(data, cls)
 
 
 #: Side table: the architecture each model built or loaded by edgeslim descends from. Kept beside

@@ -5,11 +5,12 @@ pruning config it accepts. The schedule itself is in :mod:`edgeslim.pipelines.al
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from edgeslim.config import from_data, serializable, to_data
 from edgeslim.errors import ConfigError, EdgeslimError
 from edgeslim.plugin.pruning.config import Allocation, Method, PruneConfig, TargetKind
 from edgeslim.plugin.pruning.metrics import ModelStats
@@ -21,6 +22,7 @@ class AlternatingError(EdgeslimError):
     """The alternating schedule was driven wrongly (stale model or optimizer, finish too early)."""
 
 
+@serializable(what="alternating config key")
 @dataclass(frozen=True)
 class AlternatingConfig:
     """When each thing happens, in ``sched.step()`` calls (one per optimizer step, 1-based).
@@ -89,16 +91,14 @@ class AlternatingConfig:
         return cls(total_steps, max(1, total_steps // 3), prune_steps, every)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON/YAML-able dict."""
-        return asdict(self)
+        """A JSON/YAML-able dict (:func:`edgeslim.config.to_data`, untagged)."""
+        data: dict[str, Any] = to_data(self, tagged=False)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AlternatingConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"alternating: unknown config keys {sorted(unknown)}")
-        return cls(**data)
+        """Inverse of :meth:`to_dict`; unknown keys are an error (a ConfigError naming them)."""
+        return from_data(data, cls)
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,12 @@ import itertools
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from edgeslim.config import serializable, to_data
 from edgeslim.errors import ConfigError
 from edgeslim.pipelines.joint_space import Bits, ModelSpace, Widths
 from edgeslim.pipelines.latency import LatencyMeter
@@ -39,6 +40,7 @@ GROUP_PENALTY = 4.0
 TIMED_KEYS = ("latency_ms", "speedup")
 
 
+@serializable()
 @dataclass
 class Candidate:
     """One evaluated plan and its numbers.
@@ -70,8 +72,9 @@ class Candidate:
         return tuple((g, w, self.bits[g]) for g, w in sorted(self.widths.items()))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return asdict(self)
+        """JSON-able form (:func:`edgeslim.config.to_data`, untagged)."""
+        data: dict[str, Any] = to_data(self, tagged=False)
+        return data
 
 
 def apply_widths(model: nn.Module, example_inputs: Inputs, space: ModelSpace, candidate: Candidate) -> PruneResult:

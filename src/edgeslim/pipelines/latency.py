@@ -18,7 +18,7 @@ import re
 import statistics
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +26,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeslim.config import serializable, to_data
 from edgeslim.device_bench.api import bench
 from edgeslim.device_bench.runtimes.base import RUNTIMES
 from edgeslim.errors import ConfigError, EdgeslimError
 from edgeslim.exporters.api import export
+from edgeslim.exporters.base import format_for_suffix
 
 #: Format of the cached tables. 2: layers timed at their real input size (version 1 tables timed
 #: one-layer files with dynamic H/W at 1x1 — edgeslim's bench now uses the recorded export shape).
 TABLE_VERSION = 2
 
-#: Artefact suffix -> exporter format.
-_FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 #: Calibration images of a whole-model int8 export (latency does not depend on the values).
 _CALIBRATION_IMAGES = 16
 
@@ -45,6 +45,7 @@ class LatencyMeasurementError(EdgeslimError):
     """A layer or model could not be benchmarked on the target (the message names which)."""
 
 
+@serializable()
 @dataclass(frozen=True)
 class LatencyKey:
     """What a latency table depends on: target, runtime, threads, model input size, precision."""
@@ -68,8 +69,8 @@ class LatencyKey:
     def format(self) -> str:
         """The exporter format whose artefacts the runtime runs (``onnx``, ``tflite``)."""
         for suffix in RUNTIMES.get(self.runtime).suffixes:
-            if suffix in _FORMATS:
-                return _FORMATS[suffix]
+            if (fmt := format_for_suffix(suffix)) is not None:
+                return fmt
         raise ConfigError(f"latency tables: runtime {self.runtime!r} runs no format edgeslim exports")
 
     def file_name(self) -> str:
@@ -78,10 +79,9 @@ class LatencyKey:
         return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-") + ".json"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        d = asdict(self)
-        d["input_size"] = list(self.input_size)
-        return d
+        """JSON-able form (:func:`edgeslim.config.to_data`, untagged)."""
+        data: dict[str, Any] = to_data(self, tagged=False)
+        return data
 
 
 @dataclass(frozen=True)

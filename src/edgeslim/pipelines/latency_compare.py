@@ -21,10 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeslim.config import from_data, serializable, to_data
 from edgeslim.errors import ConfigError
 from edgeslim.pipelines.latency import LatencyMeter, fingerprint
 
 
+@serializable()
 @dataclass(frozen=True)
 class Timing:
     """One model's latency from one interleaved session with the references.
@@ -46,15 +48,14 @@ class Timing:
         return self.references[label] / self.ms
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {"ms": self.ms, "references": dict(self.references), "rounds": self.rounds,
-                "per_round": list(self.per_round)}
+        """JSON-able form (:func:`edgeslim.config.to_data`, untagged)."""
+        data: dict[str, Any] = to_data(self, tagged=False)
+        return data
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Timing:
         """The inverse of :meth:`to_dict`."""
-        return cls(float(d["ms"]), {k: float(v) for k, v in d["references"].items()}, int(d["rounds"]),
-                   tuple(float(v) for v in d.get("per_round", ())))
+        return from_data(dict(d), cls)
 
 
 class Comparison:

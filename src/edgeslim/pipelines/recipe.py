@@ -33,6 +33,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from edgeslim.config import to_data
 from edgeslim.errors import ConfigError, EdgeslimError
 from edgeslim.pipelines.recipe_sections import (
     BUDGET_KINDS,
@@ -44,7 +45,6 @@ from edgeslim.pipelines.recipe_sections import (
     Launcher,
     Pipeline,
     QuantizeSection,
-    QuantMethod,
     RecipeError,
     SearchSection,
     Variant,
@@ -56,6 +56,7 @@ from edgeslim.pipelines.recipe_sections import (
     parse_budget,
 )
 from edgeslim.plugin.pruning.config import PruneConfig
+from edgeslim.plugin.quantization.config import Mode
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class Recipe:
             if isinstance(value, PruneConfig):
                 out[f.name] = value.to_dict()
             else:
-                out[f.name] = value.to_plain() if isinstance(value, DataSection) else _plain(value)
+                out[f.name] = value.to_plain() if isinstance(value, DataSection) else to_data(value, tagged=False)
         return out
 
     def to_yaml(self) -> str:
@@ -154,16 +155,6 @@ class Recipe:
             if pruned:
                 out.append(Variant.PRUNED_QUANTIZED)
         return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if hasattr(value, "__dataclass_fields__"):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-    return value
 
 
 def _type_name(tp: Any) -> str:
@@ -336,7 +327,7 @@ def _recipe_from(data: Any) -> Recipe:
     _available(recipe.pipeline)
     check_launcher(recipe.launcher, recipe.nproc_per_node, recipe.pipeline, recipe.finetune,
                    pruned=recipe.prune is not None or recipe.pipeline is Pipeline.JOINT,
-                   qat=recipe.quantize is not None and recipe.quantize.method is QuantMethod.QAT)
+                   qat=recipe.quantize is not None and recipe.quantize.method is Mode.QAT)
     if recipe.pipeline is Pipeline.JOINT and recipe.search is None:
         raise RecipeError("search: pipeline 'joint' needs a search section (budget: speedup=5, ...)")
     if recipe.pipeline is not Pipeline.JOINT and recipe.search is not None:
@@ -392,7 +383,6 @@ __all__ = [
     "FinetuneSection",
     "Launcher",
     "Pipeline",
-    "QuantMethod",
     "QuantizeSection",
     "Recipe",
     "RecipeError",

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from edgeslim.config import serializable
 from edgeslim.errors import ConfigError
+from edgeslim.plugin.quantization.config import Mode
 
 
 class RecipeError(ConfigError):
@@ -79,13 +81,6 @@ def _listed(values: tuple[float, ...] | None) -> list[float] | None:
     return None if values is None else list(values)
 
 
-class QuantMethod(str, Enum):
-    """Post-training quantization or quantization-aware training."""
-
-    PTQ = "ptq"
-    QAT = "qat"
-
-
 class Variant(str, Enum):
     """The four models a run compares (the rows of the report)."""
 
@@ -130,6 +125,7 @@ def parse_budget(text: str, key: str = "search.budget") -> tuple[str, float]:
     return kind, value
 
 
+@serializable()
 @dataclass(frozen=True)
 class FinetuneSection:
     """Fine-tune of the pruned model (SGD, cosine decay).
@@ -153,6 +149,7 @@ class FinetuneSection:
         _at_least("finetune.batch_size", self.batch_size, 1)
 
 
+@serializable()
 @dataclass(frozen=True)
 class SearchSection:
     """The joint search of channel widths under a latency/size budget (``pipeline: joint``).
@@ -211,6 +208,7 @@ class SearchSection:
                 raise RecipeError(f"search.groups[{i}]: {pattern!r} is not a valid regular expression ({exc})") from None
 
 
+@serializable()
 @dataclass(frozen=True)
 class QuantizeSection:
     """Quantization of the (pruned) model.
@@ -226,7 +224,7 @@ class QuantizeSection:
     """
 
     scheme: str = "int8"
-    method: QuantMethod = QuantMethod.PTQ
+    method: Mode = Mode.PTQ
     qat_epochs: float = 0.0
     lr: float = 1e-3
     calibration: int = 256
@@ -244,7 +242,7 @@ class QuantizeSection:
         _at_least("quantize.calibration", self.calibration, 1)
         _at_least("quantize.qat_epochs", self.qat_epochs, 0.0)
         _positive("quantize.lr", self.lr)
-        if self.method is QuantMethod.QAT and self.qat_epochs <= 0:
+        if self.method is Mode.QAT and self.qat_epochs <= 0:
             raise RecipeError("quantize.qat_epochs: method qat needs qat_epochs > 0 (e.g. 0.1)")
 
     def config(self) -> Any:
@@ -254,6 +252,7 @@ class QuantizeSection:
         return QuantConfig.from_spec(self.scheme, calibrator=self.calibrator)
 
 
+@serializable()
 @dataclass(frozen=True)
 class ExportSection:
     """Artefacts written for each variant, each verified in its runtime.
@@ -281,6 +280,7 @@ class ExportSection:
         _at_least("export.verify_samples", self.verify_samples, 1)
 
 
+@serializable()
 @dataclass(frozen=True)
 class BenchSection:
     """Latency of every artefact on every target.

@@ -374,8 +374,8 @@ def _quantize_one(ctx: Context, variant: Variant) -> dict[str, Any]:
     import torch
 
     from edgeslim.lineage import extend
-    from edgeslim.pipelines.recipe import QuantMethod
     from edgeslim.plugin.quantization import convert, prepare_qat, quantize
+    from edgeslim.plugin.quantization.config import Mode
     from edgeslim.plugin.quantization.qat import train_qat
 
     sec = ctx.recipe.quantize
@@ -384,7 +384,7 @@ def _quantize_one(ctx: Context, variant: Variant) -> dict[str, Any]:
     config = sec.config()
     x = ctx.example(batch=2)
     torch.manual_seed(ctx.recipe.seed)
-    if sec.method is QuantMethod.QAT:
+    if sec.method is Mode.QAT:
         train = ctx.train_loader(64)
         steps = max(1, round(sec.qat_epochs * len(train)))
         prepared = prepare_qat(copy.deepcopy(net), x, config)

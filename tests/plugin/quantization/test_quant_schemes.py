@@ -76,3 +76,28 @@ def test_registry_refuses_duplicates_and_names_known_schemes() -> None:
         register_scheme("log2")(type("Dup", (), {}))
     with pytest.raises(RegistryError, match="codebook"):
         SCHEMES.get("nope")
+
+
+def test_builtin_schemes_declare_kind_bits_and_lowering() -> None:
+    from edgeslim.plugin.quantization.schemes import (
+        ACTIVATION_QSPECS,
+        ACTIVATION_SCHEMES,
+        WEIGHT_SCHEMES,
+        Lowering,
+        SchemeKind,
+        register_activation_scheme,
+    )
+    from edgeslim.spec import schemes_of
+
+    assert set(WEIGHT_SCHEMES.names()) == set(SCHEMES.names()) >= {"affine", "codebook", "log2", "pwl"}
+    assert set(ACTIVATION_SCHEMES.names()) == set(ACTIVATION_QSPECS.names()) >= {"affine", "log2"}
+    assert WEIGHT_SCHEMES.get("affine").kind is SchemeKind.GRID
+    assert {"codebook", "log2", "pwl"} <= set(schemes_of(SchemeKind.CODED))
+    log2_act = ACTIVATION_SCHEMES.get("log2")
+    assert (log2_act.min_bits, log2_act.max_bits) == (2, 5)
+    assert log2_act.lowers_to("onnx") is Lowering.QDQ and log2_act.lowers_to("tflite") is Lowering.NONE
+    assert WEIGHT_SCHEMES.get("log2").lowers_to("onnx") is Lowering.CODES
+    assert WEIGHT_SCHEMES.get("codebook").formats(Lowering.CODES) == ["onnx"]
+    with pytest.raises(RegistryError, match="activation quantization scheme 'log2' is already registered"):
+        register_activation_scheme("log2", kind=SchemeKind.CODED, bits=(2, 5))(lambda spec, qat: None)
+    assert "log2" in ACTIVATION_QSPECS and ACTIVATION_QSPECS.get("log2").__name__ == "log2_activation_qspec"

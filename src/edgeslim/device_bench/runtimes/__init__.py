@@ -15,12 +15,11 @@ from edgeslim.device_bench.runtimes.litert import LiteRtRunner, TfliteRuntimeRun
 from edgeslim.device_bench.runtimes.onnxruntime import OnnxRuntimeRunner
 from edgeslim.device_bench.runtimes.tensorrt import TensorRtRunner
 
-#: The runner classes, in the agent's order of preference per suffix.
+#: The runner classes, in the agent's order of preference per suffix: the one list of runtimes. Each is
+#: registered in :data:`RUNTIMES` here, and the agent build pastes the same classes into the agent.
 RUNNERS = (OnnxRuntimeRunner, LiteRtRunner, TfliteRuntimeRunner, TensorRtRunner)
-ONNXRUNTIME = register_runtime(RuntimeSpec.of(OnnxRuntimeRunner))
-AI_EDGE_LITERT = register_runtime(RuntimeSpec.of(LiteRtRunner))
-TFLITE_RUNTIME = register_runtime(RuntimeSpec.of(TfliteRuntimeRunner))
-TENSORRT = register_runtime(RuntimeSpec.of(TensorRtRunner))
+for _runner in RUNNERS:
+    register_runtime(RuntimeSpec.of(_runner))
 
-__all__ = ["AI_EDGE_LITERT", "ONNXRUNTIME", "RUNNERS", "RUNTIMES", "TENSORRT", "TFLITE_RUNTIME", "LiteRtRunner",
-           "OnnxRuntimeRunner", "RuntimeSpec", "TensorRtRunner", "TfliteRuntimeRunner", "register_runtime", "runtimes_for"]
+__all__ = ["RUNNERS", "RUNTIMES", "LiteRtRunner", "OnnxRuntimeRunner", "RuntimeSpec", "TensorRtRunner",
+           "TfliteRuntimeRunner", "register_runtime", "runtimes_for"]

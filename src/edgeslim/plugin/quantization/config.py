@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from edgeslim.config import SerializationError, from_data, serializable, to_data
 from edgeslim.errors import SpecError
 from edgeslim.plugin.quantization.errors import QuantConfigError, QuantSpecError
-from edgeslim.spec import MAX_BITS, MIN_BITS, parse_spec
-
-#: Activation schemes: uniform affine, or power-of-two levels.
-ACTIVATION_SCHEMES = ("affine", "log2")
+from edgeslim.spec import ACTIVATION_SCHEMES, MAX_BITS, MIN_BITS, WEIGHT_SCHEMES, SchemeInfo, parse_spec
 
 
 class Granularity(str, Enum):
@@ -37,12 +35,23 @@ class Mode(str, Enum):
     QAT = "qat"
 
 
-def _check_bits(bits: int, what: str) -> int:
-    if not isinstance(bits, int) or isinstance(bits, bool) or not MIN_BITS <= bits <= MAX_BITS:
-        raise QuantConfigError(f"{what} bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
+def _check_bits(bits: int, what: str, low: int = MIN_BITS, high: int = MAX_BITS) -> int:
+    if not isinstance(bits, int) or isinstance(bits, bool) or not low <= bits <= high:
+        raise QuantConfigError(f"{what} bits must be an integer in {low}..{high}, got {bits!r}")
     return bits
 
 
+def _scheme(name: str, what: str) -> SchemeInfo:
+    """The declared scheme ``name`` of the weight or activation registry (the plugin's schemes registered first)."""
+    import edgeslim.plugin.quantization.schemes  # noqa: F401  (registers the built-in schemes)
+
+    registry = WEIGHT_SCHEMES if what == "weight" else ACTIVATION_SCHEMES
+    if not isinstance(name, str) or name not in registry.names():
+        raise QuantConfigError(f"unknown {what} scheme {name!r}; known: {', '.join(registry.names())}")
+    return registry.get(name)
+
+
+@serializable()
 @dataclass(frozen=True)
 class WeightSpec:
     """How a weight tensor is quantized.
@@ -62,25 +71,24 @@ class WeightSpec:
     options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        _check_bits(self.bits, f"weight ({self.scheme})")
-        from edgeslim.plugin.quantization.schemes import SCHEMES
-
-        if self.scheme not in SCHEMES:
-            raise QuantConfigError(f"unknown weight scheme {self.scheme!r}; known: {', '.join(SCHEMES.names())}")
+        info = _scheme(self.scheme, "weight")
+        _check_bits(self.bits, f"weight ({self.scheme})", info.min_bits, info.max_bits)
         object.__setattr__(self, "granularity", Granularity(self.granularity))
 
 
+@serializable()
 @dataclass(frozen=True)
 class ActivationSpec:
     """How activations are quantized (per tensor).
 
     Attributes:
-        bits: 8 or 16 (any 2–16 is accepted; int8 storage up to 8 bits, int16 above); 2–5 for log2.
+        bits: 8 or 16 (any 2–16 is accepted; int8 storage up to 8 bits, int16 above); the scheme's
+            declared range otherwise (2–5 for log2).
         calibrator: A registered calibrator name (``minmax``, ``ema``, ``percentile``, ``mse``, ``entropy``);
             affine only (log2 picks its top level by MSE).
         symmetric: Symmetric range around zero instead of an asymmetric min/max range (affine).
-        scheme: ``affine`` (uniform) or ``log2`` (power-of-two levels, see
-            :mod:`edgeslim.plugin.quantization.log_act`).
+        scheme: A registered activation scheme: ``affine`` (uniform) or ``log2`` (power-of-two
+            levels, see :mod:`edgeslim.plugin.quantization.log_act`) built in.
     """
 
     bits: int = 8
@@ -89,13 +97,8 @@ class ActivationSpec:
     scheme: str = "affine"
 
     def __post_init__(self) -> None:
-        _check_bits(self.bits, "activation")
-        if self.scheme not in ACTIVATION_SCHEMES:
-            raise QuantConfigError(f"unknown activation scheme {self.scheme!r}; known: {', '.join(ACTIVATION_SCHEMES)}")
-        if self.scheme == "log2":
-            from edgeslim.plugin.quantization.log_act import check_bits
-
-            check_bits(self.bits)
+        info = _scheme(self.scheme, "activation")
+        _check_bits(self.bits, "activation" if self.scheme == "affine" else f"{self.scheme} activation", info.min_bits, info.max_bits)
         from edgeslim.plugin.quantization.calibration import CALIBRATORS
 
         if self.calibrator not in CALIBRATORS:
@@ -104,6 +107,7 @@ class ActivationSpec:
             )
 
 
+@serializable()
 @dataclass(frozen=True)
 class LayerConfig:
     """Weight and activation quantization of one layer; ``None`` keeps that part in float."""
@@ -120,6 +124,7 @@ class LayerConfig:
 FLOAT = LayerConfig(weight=None, activation=None)
 
 
+@serializable()
 @dataclass(frozen=True)
 class QuantConfig:
     """A whole-model quantization config.
@@ -168,7 +173,7 @@ class QuantConfig:
             QuantSpecError: Unknown spelling or scheme, bits out of range, export-only precision
                 (a :class:`QuantConfigError` and an :class:`~edgeslim.errors.SpecError`).
         """
-        from edgeslim.plugin.quantization.schemes import SCHEMES
+        import edgeslim.plugin.quantization.schemes  # noqa: F401  (registers the built-in schemes)
 
         if spec.strip().lower() == "mixed":
             raise QuantSpecError(
@@ -176,7 +181,7 @@ class QuantConfig:
                 "edgeslim.plugin.quantization.mixed_precision.search(..., budget_fraction=1/6).config"
             )
         try:
-            p = parse_spec(spec, schemes=SCHEMES.names())
+            p = parse_spec(spec)
         except SpecError as exc:
             raise QuantSpecError(str(exc)) from exc
         if p.export_only or p.weight_scheme is None or p.weight_bits is None or p.activation_bits is None:
@@ -188,23 +193,22 @@ class QuantConfig:
         act = ActivationSpec(p.activation_bits, calibrator, scheme=p.activation_scheme or "affine")
         return cls(default=LayerConfig(weight, act), strict=strict, name=p.label)
 
-    # ---- serialisation ----------------------------------------------------------------------
+    # ---- serialisation (edgeslim.config, the one serializer) ---------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (enums as their values)."""
-        return json.loads(json.dumps(asdict(self), default=lambda o: o.value))
+        """JSON/YAML-able data tagged with ``_type``/``_version`` (:func:`edgeslim.config.to_data`)."""
+        data: dict[str, Any] = to_data(self)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; also reads the untagged shape older edgeslim versions wrote.
+
+        Raises:
+            QuantConfigError: Malformed data (the message names the key).
+        """
         try:
-            return cls(
-                default=_layer_from_dict(data.get("default")),
-                overrides=tuple((str(p), _layer_from_dict(c)) for p, c in data.get("overrides", [])),
-                strict=bool(data.get("strict", False)),
-                name=str(data.get("name", "custom")),
-                bias_correction=bool(data.get("bias_correction", True)),
-            )
-        except (TypeError, AttributeError) as exc:
+            return from_data(data, cls)
+        except SerializationError as exc:
             raise QuantConfigError(f"malformed quantization config: {exc}") from exc
 
     def to_json(self) -> str:
@@ -235,21 +239,6 @@ class QuantConfig:
         p = Path(path)
         text = p.read_text()
         return cls.from_json(text) if p.suffix == ".json" else cls.from_yaml(text)
-
-
-def _layer_from_dict(d: dict[str, Any] | None) -> LayerConfig:
-    if d is None:
-        return LayerConfig()
-    w, a = d.get("weight"), d.get("activation")
-    weight = None if w is None else WeightSpec(
-        scheme=w.get("scheme", "affine"),
-        bits=w.get("bits", 8),
-        granularity=Granularity(w.get("granularity", "per_channel")),
-        symmetric=w.get("symmetric", True),
-        options=tuple((str(k), v) for k, v in w.get("options", [])),
-    )
-    act = None if a is None else ActivationSpec(**a)
-    return LayerConfig(weight=weight, activation=act)
 
 
 __all__ = [

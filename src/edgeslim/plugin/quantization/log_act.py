@@ -24,8 +24,9 @@ from torch.fx import GraphModule
 from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
 
 from edgeslim.plugin.quantization.errors import QuantConfigError
-from edgeslim.spec import LOG2_ACT_MAX_BITS, LOG2_ACT_MIN_BITS
 
+#: Bits of log2 activations (2^b - 1 exponents plus zero must fit the int16 grid).
+LOG2_ACT_MIN_BITS, LOG2_ACT_MAX_BITS = 2, 5
 #: An int16 grid holds ``2^0 .. 2^14``: at most 15 exponents.
 MAX_EXPONENTS = 15
 #: Candidate ``top`` levels relative to the observed max |a|, picked by MSE on a sample.
@@ -192,4 +193,4 @@ def insert_log2_snaps(gm: GraphModule) -> int:
     return n
 
 
-__all__ = ["Log2ActFakeQuantize", "check_bits", "exponents", "insert_log2_snaps", "log2_snap"]
+__all__ = ["LOG2_ACT_MAX_BITS", "LOG2_ACT_MIN_BITS", "Log2ActFakeQuantize", "check_bits", "exponents", "insert_log2_snaps", "log2_snap"]

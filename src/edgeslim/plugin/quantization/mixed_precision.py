@@ -29,7 +29,8 @@ from torch import nn
 from edgeslim.plugin.quantization.config import ActivationSpec, LayerConfig, QuantConfig, WeightSpec
 from edgeslim.plugin.quantization.errors import QuantConfigError, QuantizationError
 from edgeslim.plugin.quantization.report import sqnr_db
-from edgeslim.plugin.quantization.schemes.base import SCHEMES
+from edgeslim.plugin.quantization.schemes import SCHEMES, WEIGHT_SCHEMES
+from edgeslim.spec import SchemeKind
 from edgeslim.train import count_top1
 
 DEFAULT_CANDIDATES: tuple[WeightSpec, ...] = (
@@ -85,7 +86,7 @@ def _fake_weight(w: torch.Tensor, spec: WeightSpec) -> torch.Tensor:
 def spec_bytes(w: torch.Tensor, spec: WeightSpec) -> int:
     """Deployed bytes of ``w`` under ``spec``: packed codes + per-channel scale (+ codebook for non-affine)."""
     c = int(w.shape[0])
-    book = 0 if spec.scheme == "affine" else c * 2**spec.bits * 4
+    book = c * 2**spec.bits * 4 if WEIGHT_SCHEMES.get(spec.scheme).kind is SchemeKind.CODED else 0
     return (w.numel() * spec.bits + 7) // 8 + c * 4 + book
 
 

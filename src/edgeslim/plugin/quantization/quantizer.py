@@ -31,12 +31,11 @@ from torchao.quantization.pt2e.quantizer import (
     SharedQuantizationSpec,
 )
 
-from edgeslim.plugin.quantization.calibration import observer_class
 from edgeslim.plugin.quantization.config import ActivationSpec, Granularity, LayerConfig, QuantConfig, WeightSpec
 from edgeslim.plugin.quantization.errors import UnsupportedOpError
 from edgeslim.plugin.quantization.fake_quant import GridFakeQuantizePerChannel
-from edgeslim.plugin.quantization.log_act import Log2ActFakeQuantize
-from edgeslim.plugin.quantization.schemes.base import SCHEMES
+from edgeslim.plugin.quantization.schemes import ACTIVATION_QSPECS, SCHEMES
+from edgeslim.spec import WEIGHT_SCHEMES, SchemeKind
 
 aten = torch.ops.aten
 WEIGHTED = {aten.conv1d.default, aten.conv2d.default, aten.linear.default}
@@ -78,27 +77,20 @@ def module_name(node: Node) -> str:
 
 
 def activation_qspec(spec: ActivationSpec, qat: bool) -> QuantizationSpec:
-    """The PT2E spec of an activation (int8 up to 8 bits, int16 above; log2: an int16 grid)."""
-    if spec.scheme == "log2":
-        lctr = Log2ActFakeQuantize.with_args(bits=spec.bits, qat=qat)
-        return QuantizationSpec(dtype=torch.int16, quant_min=-32767, quant_max=32767,
-                                qscheme=torch.per_tensor_symmetric, observer_or_fake_quant_ctr=lctr)
-    dtype = torch.int8 if spec.bits <= 8 else torch.int16
-    qmin, qmax = -(2 ** (spec.bits - 1)), 2 ** (spec.bits - 1) - 1
-    qscheme = torch.per_tensor_symmetric if spec.symmetric else torch.per_tensor_affine
-    ctr: Any
-    if qat:
-        ctr = FusedMovingAvgObsFakeQuantize.with_args(observer=MovingAverageMinMaxObserver)
-    else:
-        ctr = observer_class(spec.calibrator)
-    return QuantizationSpec(dtype=dtype, quant_min=qmin, quant_max=qmax, qscheme=qscheme, observer_or_fake_quant_ctr=ctr)
+    """The PT2E spec of an activation, from its registered scheme (affine: int8 up to 8 bits, int16 above)."""
+    qspec: QuantizationSpec = ACTIVATION_QSPECS.get(spec.scheme)(spec, qat)
+    return qspec
 
 
 def weight_qspec(spec: WeightSpec, qat: bool) -> QuantizationSpec:
     """The PT2E spec of a conv/linear weight: stock affine observers, or the grid fake-quant."""
     per_channel = spec.granularity is Granularity.PER_CHANNEL
     ctr: Any
-    if spec.scheme == "affine":
+    kind = WEIGHT_SCHEMES.get(spec.scheme).kind
+    if kind is SchemeKind.FLOAT:
+        raise UnsupportedOpError(f"weight scheme {spec.scheme!r} has float levels: the PT2E quantizer lowers only grid "
+                                 "and coded schemes; register it with kind=SchemeKind.CODED on an integer grid")
+    if kind is SchemeKind.GRID:
         qmax = 2 ** (spec.bits - 1) - 1
         qmin = -qmax if spec.symmetric else -qmax - 1
         dtype = torch.int8 if spec.bits <= 8 else torch.int16

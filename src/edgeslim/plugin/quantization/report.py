@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from edgeslim.config import from_data, serializable, to_data
 
 
 def sqnr_db(reference: torch.Tensor, quantized: torch.Tensor) -> float:
@@ -20,6 +22,7 @@ def sqnr_db(reference: torch.Tensor, quantized: torch.Tensor) -> float:
     return 10 * math.log10(max(signal, 1e-300) / noise)
 
 
+@serializable(strict=False)
 @dataclass(frozen=True)
 class LayerReport:
     """One conv/linear layer: scheme, bits, weight SQNR (dB) and deployed bytes."""
@@ -33,6 +36,7 @@ class LayerReport:
     bytes: int
 
 
+@serializable(rename={"config_name": "config"}, derived=("weight_bytes", "float_bytes", "mean_sqnr_db"), strict=False)
 @dataclass
 class QuantReport:
     """The per-layer report of one quantized model.
@@ -68,19 +72,14 @@ class QuantReport:
         return {layer.name: layer.weight_bits for layer in self.layers}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able summary."""
-        return {
-            "config": self.config_name, "weight_bytes": self.weight_bytes, "float_bytes": self.float_bytes,
-            "mean_sqnr_db": self.mean_sqnr_db, "accuracy": dict(self.accuracy),
-            "layers": [asdict(layer) for layer in self.layers],
-        }
+        """JSON-able summary: the fields (``config_name`` as ``config``) and the derived byte counts and SQNR."""
+        data: dict[str, Any] = to_data(self, tagged=False)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantReport:
         """Inverse of :meth:`to_dict` (the stored report of a saved quantized model)."""
-        fields = set(LayerReport.__dataclass_fields__)
-        layers = [LayerReport(**{k: v for k, v in layer.items() if k in fields}) for layer in data.get("layers", [])]
-        return cls(str(data.get("config", "custom")), layers, dict(data.get("accuracy", {})))
+        return from_data({"config": "custom", "layers": [], **data}, cls)
 
     def to_markdown(self) -> str:
         """A Markdown table of the layers."""

@@ -1,8 +1,8 @@
 """A saved quantized file back as a :class:`QuantResult` (the next step of the chain starts from it).
 
 ``load_result("q/model.pt")`` returns what ``edgeslim.quantize`` returned: the converted graph
-(bit-exact), its config, its report and weight bytes, and — for grid schemes (log2, codebook,
-pwl, narrow affine) — the integer codes and per-channel codebooks, recovered exactly from the
+(bit-exact), its config, its report and weight bytes, and — for coded schemes (log2, codebook,
+pwl: every registered scheme of kind ``CODED``) — the integer codes and per-channel codebooks, recovered exactly from the
 converted graph's int8 weights and scales (nothing extra is stored for them).
 """
 
@@ -22,13 +22,12 @@ from edgeslim.plugin.quantization.coded import CodedWeight
 from edgeslim.plugin.quantization.config import QuantConfig
 from edgeslim.plugin.quantization.info import info_of
 from edgeslim.plugin.quantization.report import QuantReport
-
-#: Weight schemes whose layers are exported as N-bit codes + codebook (``CodedWeight``).
-GRID_SCHEMES = ("log2", "codebook", "pwl")
+from edgeslim.plugin.quantization.schemes import WEIGHT_SCHEMES
+from edgeslim.spec import SchemeKind
 
 
 def coded_from_graph(gm: GraphModule, config: QuantConfig) -> dict[str, CodedWeight]:
-    """``{layer: CodedWeight}`` of the grid-scheme layers of a converted graph, decoded exactly.
+    """``{layer: CodedWeight}`` of the coded-scheme layers of a converted graph, decoded exactly.
 
     Each output channel's distinct dequantized values become its codebook row; a layer with more
     levels than its scheme's ``2**bits`` is reported, never silently widened.
@@ -39,7 +38,7 @@ def coded_from_graph(gm: GraphModule, config: QuantConfig) -> dict[str, CodedWei
     out: dict[str, CodedWeight] = {}
     for name, w in _dequantized_weights(gm).items():
         spec = config.for_layer(name).weight
-        if spec is None or spec.scheme not in GRID_SCHEMES:
+        if spec is None or WEIGHT_SCHEMES.get(spec.scheme).kind is not SchemeKind.CODED:
             continue
         k = 1 << spec.bits
         rows = w.reshape(w.shape[0], -1)
@@ -78,4 +77,4 @@ def load_result(path: str | Path, *, base: nn.Module | None = None) -> QuantResu
     return QuantResult(gm, config, report, weight_bytes, coded, list(header.get("left_float", [])), info_of(gm))
 
 
-__all__ = ["GRID_SCHEMES", "coded_from_graph", "load_result"]
+__all__ = ["coded_from_graph", "load_result"]

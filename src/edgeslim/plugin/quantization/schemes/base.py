@@ -10,13 +10,16 @@ the codebook instead (:class:`~edgeslim.plugin.quantization.coded.CodedWeight`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
+from edgeslim.errors import RegistryError
 from edgeslim.plugin.quantization.coded import CodedWeight
 from edgeslim.registry import Registry
+from edgeslim.spec import ACTIVATION_SCHEMES, MAX_BITS, MIN_BITS, WEIGHT_SCHEMES, Lowering, SchemeInfo, SchemeKind
 
 INT8_QMAX = 127
 INT16_QMAX = 32767
@@ -58,16 +61,68 @@ class Scheme(Protocol):
         ...
 
 
-#: Weight quantization schemes by name.
+#: Weight quantization schemes by name (their implementations; what they are: :data:`edgeslim.spec.WEIGHT_SCHEMES`).
 SCHEMES: Registry[Scheme] = Registry("quantization scheme")
+#: Activation schemes by name: ``(ActivationSpec, qat) -> torchao QuantizationSpec`` (the PT2E annotation).
+ACTIVATION_QSPECS: Registry[Callable[..., Any]] = Registry("activation quantization scheme")
 
 
-def register_scheme(name: str) -> Any:
-    """Class decorator: register an instance of the decorated scheme class under ``name``."""
+def _declare(name: str, kind: SchemeKind | str, bits: tuple[int, int], lowering: Mapping[str, Lowering | str] | None,
+             implementations: Registry[Any], infos: Registry[SchemeInfo]) -> SchemeInfo:
+    """Check ``name`` is free in both registries and build its :class:`SchemeInfo` (registers nothing)."""
+    for reg in (implementations, infos):
+        if name in reg:
+            raise RegistryError(f"{reg.kind} {name!r} is already registered (by {reg.get(name)!r}); pick another name")
+    low, high = bits
+    return SchemeInfo(name.lower(), SchemeKind(kind), low, high, {k: Lowering(v) for k, v in (lowering or {}).items()})
+
+
+def register_scheme(name: str, *, kind: SchemeKind | str = SchemeKind.CODED, bits: tuple[int, int] = (MIN_BITS, MAX_BITS),
+                    lowering: Mapping[str, Lowering | str] | None = None) -> Callable[[type], type]:
+    """Class decorator: the one place a weight scheme is added.
+
+    Registers an instance of the decorated class (a :class:`Scheme`) under ``name`` and declares
+    what it is in :data:`edgeslim.spec.WEIGHT_SCHEMES`, which the spec parser, the quantizer, saved
+    files and the exporters read.
+
+    Args:
+        name: The ``SCHEME`` of ``SCHEME:BITS`` (case-insensitive).
+        kind: ``CODED`` (default: ``2^bits`` levels on an int8/int16 grid, e.g. log2), ``GRID``
+            (every level of a uniform grid: stock affine observers) or ``FLOAT``.
+        bits: Fewest and most bits the scheme takes (within 2..16).
+        lowering: Export format -> :class:`~edgeslim.spec.Lowering`, overriding the kind's default
+            (:data:`edgeslim.spec.DEFAULT_LOWERING`).
+
+    Raises:
+        RegistryError: ``name`` is already registered.
+    """
 
     def deco(cls: type) -> type:
+        info = _declare(name, kind, bits, lowering, SCHEMES, WEIGHT_SCHEMES)
         SCHEMES.register(name)(cls())
+        WEIGHT_SCHEMES.register(name)(info)
         return cls
+
+    return deco
+
+
+def register_activation_scheme(name: str, *, kind: SchemeKind | str, bits: tuple[int, int],
+                               lowering: Mapping[str, Lowering | str] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Function decorator: the one place an activation scheme is added.
+
+    The decorated function maps ``(ActivationSpec, qat: bool)`` to the torchao
+    ``QuantizationSpec`` that annotates the activation; what the scheme is goes to
+    :data:`edgeslim.spec.ACTIVATION_SCHEMES` (arguments as in :func:`register_scheme`).
+
+    Raises:
+        RegistryError: ``name`` is already registered.
+    """
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        info = _declare(name, kind, bits, lowering, ACTIVATION_QSPECS, ACTIVATION_SCHEMES)
+        ACTIVATION_QSPECS.register(name)(fn)
+        ACTIVATION_SCHEMES.register(name)(info)
+        return fn
 
     return deco
 
@@ -128,6 +183,7 @@ def safe_max(wc: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "ACTIVATION_QSPECS",
     "INT8_QMAX",
     "INT16_QMAX",
     "SCHEMES",
@@ -138,6 +194,7 @@ __all__ = [
     "finish",
     "grid_qmax",
     "nearest_level",
+    "register_activation_scheme",
     "register_scheme",
     "safe_max",
     "to_coded",

@@ -22,6 +22,7 @@ from edgeslim.plugin.quantization.schemes.base import (
     register_scheme,
     safe_max,
 )
+from edgeslim.spec import SchemeKind
 
 #: Lloyd iterations of the 1-D k-means.
 ITERATIONS = 20
@@ -52,7 +53,7 @@ def kmeans_1d(x: torch.Tensor, k: int, iterations: int = ITERATIONS) -> torch.Te
     return cent.to(x.dtype)
 
 
-@register_scheme("codebook")
+@register_scheme("codebook", kind=SchemeKind.CODED)
 class CodebookScheme:
     """k-means levels snapped onto an integer grid; see the module docstring."""
 

@@ -6,6 +6,8 @@ levels are ``±s·2^k`` for ``k ∈ [kmin, 0]`` — on an integer grid of step `
 ``±2^(k-kmin)``, so 4-bit log2 weights (``kmin = -6``) are exactly representable in int8 and
 run on int8 kernels. Base ``sqrt2`` (``options={"base": "sqrt2"}``) halves the ratio between
 levels; its levels are rounded onto an int16 grid.
+
+Activations: ``log2:BITS`` (2..5 bits), see :mod:`edgeslim.plugin.quantization.log_act`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import math
 from typing import Any
 
 import torch
+from torchao.quantization.pt2e.quantizer import QuantizationSpec
 
+from edgeslim.plugin.quantization.log_act import LOG2_ACT_MAX_BITS, LOG2_ACT_MIN_BITS, Log2ActFakeQuantize
 from edgeslim.plugin.quantization.schemes.base import (
     INT16_QMAX,
     QParams,
@@ -23,9 +27,11 @@ from edgeslim.plugin.quantization.schemes.base import (
     finish,
     grid_qmax,
     nearest_level,
+    register_activation_scheme,
     register_scheme,
     safe_max,
 )
+from edgeslim.spec import SchemeKind
 
 #: At most this many exponents (keeps every level on an int16 grid).
 MAX_EXPONENTS = 15
@@ -43,7 +49,23 @@ def _int_magnitudes(bits: int, base: str) -> tuple[torch.Tensor, int]:
     return mags, INT16_QMAX
 
 
-@register_scheme("log2")
+@register_activation_scheme("log2", kind=SchemeKind.CODED, bits=(LOG2_ACT_MIN_BITS, LOG2_ACT_MAX_BITS),
+                            lowering={"onnx": "qdq", "tflite": "none"})
+def log2_activation_qspec(spec: Any, qat: bool) -> QuantizationSpec:
+    """Log2 activations: the log-domain fake-quant on an int16 per-tensor grid (snapped at convert).
+
+    TFLite has no kernel for the snap op, hence no TFLite lowering.
+
+    Args:
+        spec: The layer's ``ActivationSpec``.
+        qat: Quantization-aware training (straight-through gradient).
+    """
+    ctr = Log2ActFakeQuantize.with_args(bits=spec.bits, qat=qat)
+    return QuantizationSpec(dtype=torch.int16, quant_min=-32767, quant_max=32767,
+                            qscheme=torch.per_tensor_symmetric, observer_or_fake_quant_ctr=ctr)
+
+
+@register_scheme("log2", kind=SchemeKind.CODED)
 class Log2Scheme:
     """Sign + exponent levels; see the module docstring."""
 

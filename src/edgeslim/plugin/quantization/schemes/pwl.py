@@ -23,6 +23,7 @@ from edgeslim.plugin.quantization.schemes.base import (
     register_scheme,
     safe_max,
 )
+from edgeslim.spec import SchemeKind
 
 #: Breakpoint ratios searched per channel.
 RATIOS = tuple(r / 20 for r in range(2, 20))
@@ -37,7 +38,7 @@ def _unit_levels(bits: int, r: float) -> torch.Tensor:
     return torch.cat([-tail.flip(0), inner, tail]).sort().values
 
 
-@register_scheme("pwl")
+@register_scheme("pwl", kind=SchemeKind.CODED)
 class PiecewiseLinearScheme:
     """Two-segment uniform levels with an MSE-chosen breakpoint; see the module docstring."""
 
