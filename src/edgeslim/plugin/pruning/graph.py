@@ -253,6 +253,37 @@ def check_forward(model: nn.Module, example_inputs: Inputs) -> None:
             model.train(was)
 
 
+def output_shapes(output: object) -> list[tuple[int, ...]]:
+    """The shapes of every tensor in a model output (a tensor, or nested tuples / lists / dicts of them)."""
+    if isinstance(output, torch.Tensor):
+        return [tuple(output.shape)]
+    if isinstance(output, dict):
+        return [s for k in sorted(output, key=str) for s in output_shapes(output[k])]
+    if isinstance(output, list | tuple):
+        return [s for item in output for s in output_shapes(item)]
+    return []
+
+
+def forward_failure(model: nn.Module, example_inputs: Inputs, expected: Sequence[tuple[int, ...]]) -> str | None:
+    """Why ``model`` no longer runs like the original on ``example_inputs``: an exception (naming the module
+    whose forward raised) or output shapes other than ``expected``; ``None`` when it runs and matches."""
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    was = model.training
+    model.eval()
+    with _last_module_tracker(model) as tracker, torch.no_grad():
+        try:
+            out = model(*args)
+        except Exception as exc:
+            return (f"after pruning, {tracker.where()} fails with {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}")
+        finally:
+            model.train(was)
+    got = output_shapes(out)
+    if got != list(expected):
+        return f"after pruning, the output shapes change from {list(expected)} to {got}"
+    return None
+
+
 def group_roots(model: nn.Module, example_inputs: Inputs, ignored: Sequence[nn.Module]) -> list[tuple[str, int]]:
     """The prunable channel groups of ``model``: ``(root module name, channels)`` per group."""
     names = {m: n for n, m in model.named_modules()}
