@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 
 from edgeslim.data import evaluate
-from edgeslim.errors import ConfigError, TargetUnreachableError, UntraceableModelError
+from edgeslim.errors import ConfigError, TargetUnreachableError
 from edgeslim.plugin.pruning import Allocation, LayerRule, PruneConfig, Target, prune
 
 

@@ -168,7 +168,7 @@ def prune(
     work.eval()
     if config.method is not Method.UNSTRUCTURED:  # heads become prunable (same outputs); see transformers.py
         convert_attention(work, keep=ignored_modules(work, config))
-    before = measure(work, example_inputs)
+    before = measure(work, example_inputs, config.forward_fn)
     given, plan = plan, Plan(ratio=0.0)
     table = sensitivity_table
     extra: dict[str, Any] = {}
@@ -193,7 +193,7 @@ def prune(
             work, sparsity, criterion=crit, scope=config.sparsity_scope, ignored=ignored_modules(work, config),
             rules=config.layer_rules, batches=batches, loss_fn=loss_fn,
         )
-    after = measure(work, example_inputs)
+    after = measure(work, example_inputs, config.forward_fn)
     layers = layer_report(model, work)
     if config.inplace:
         model.__dict__.update(work.__dict__)

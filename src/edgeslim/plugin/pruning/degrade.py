@@ -22,7 +22,7 @@ from edgeslim.errors import EdgeslimError, UntraceableModelError
 from edgeslim.plugin.pruning.config import PruneConfig, TargetKind
 from edgeslim.plugin.pruning.graph import forward_failure, output_shapes
 from edgeslim.plugin.pruning.importance.base import Batch, LossFn
-from edgeslim.plugin.pruning.metrics import Inputs, ModelStats, measure
+from edgeslim.plugin.pruning.metrics import Inputs, ModelStats, call, measure
 from edgeslim.plugin.pruning.plan_stats import PlanEvaluator
 from edgeslim.plugin.pruning.structured import Plan, prune_structured
 from edgeslim.plugin.pruning.targets import Allocator, goal_value, metric, search_plan
@@ -65,7 +65,7 @@ class _Job:
             raise
         except Exception as exc:  # torch-pruning itself failed on a group: same treatment as a broken forward
             return work, f"torch-pruning fails while pruning it ({type(exc).__name__}: {str(exc)[:200]})"
-        return work, forward_failure(work, self.example_inputs, self.expected)
+        return work, forward_failure(work, self.example_inputs, self.expected, self.config.forward_fn)
 
     def culprits(self, plan: Plan, extra: list[str], groups: list[str], reason: str) -> list[dict[str, str]]:
         """The groups (root layer names) among ``groups`` whose pruning alone breaks the model, by bisection."""
@@ -102,9 +102,8 @@ def prune_checked(
         NearestPlanError: Without the groups left whole the target cannot be met (names them).
         UntraceableModelError: The model breaks even with every group left whole that was found.
     """
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     with torch.no_grad():
-        expected = output_shapes(model.eval()(*args))
+        expected = output_shapes(call(model.eval(), example_inputs, config.forward_fn))
     job = _Job(model, example_inputs, config, importance, batches, loss_fn, expected)
     left: list[dict[str, str]] = []
     for _ in range(MAX_ROUNDS + 1):
@@ -140,10 +139,10 @@ def _correct(job: _Job, work: nn.Module, plan: Plan, extra: list[str], before: M
     if kind in (TargetKind.RATIO, TargetKind.SPARSITY):
         return work, plan
     goal = goal_value(config, before)
-    best = (abs(metric(measure(work, job.example_inputs), kind) / goal - 1), work, plan)
+    best = (abs(metric(measure(work, job.example_inputs, config.forward_fn), kind) / goal - 1), work, plan)
     current = plan
     for _ in range(MAX_CORRECTIONS):
-        err = metric(measure(best[1], job.example_inputs), kind) / goal - 1
+        err = metric(measure(best[1], job.example_inputs, config.forward_fn), kind) / goal - 1
         if abs(err) <= config.tolerance:
             break
 
@@ -156,7 +155,7 @@ def _correct(job: _Job, work: nn.Module, plan: Plan, extra: list[str], before: M
         candidate, why = job.attempt(current, extra)
         if why is not None:
             break
-        miss = abs(metric(measure(candidate, job.example_inputs), kind) / goal - 1)
+        miss = abs(metric(measure(candidate, job.example_inputs, config.forward_fn), kind) / goal - 1)
         if miss < best[0]:
             best = (miss, candidate, current)
     return best[1], best[2]

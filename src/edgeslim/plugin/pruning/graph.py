@@ -13,7 +13,7 @@ from torch import nn
 from torch_pruning.dependency.node import Node
 
 from edgeslim.errors import ConfigError, UntraceableModelError
-from edgeslim.plugin.pruning.metrics import Inputs
+from edgeslim.plugin.pruning.metrics import ForwardFn, Inputs, call
 
 PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -264,15 +264,15 @@ def output_shapes(output: object) -> list[tuple[int, ...]]:
     return []
 
 
-def forward_failure(model: nn.Module, example_inputs: Inputs, expected: Sequence[tuple[int, ...]]) -> str | None:
+def forward_failure(model: nn.Module, example_inputs: Inputs, expected: Sequence[tuple[int, ...]],
+                    forward_fn: ForwardFn | None = None) -> str | None:
     """Why ``model`` no longer runs like the original on ``example_inputs``: an exception (naming the module
     whose forward raised) or output shapes other than ``expected``; ``None`` when it runs and matches."""
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     was = model.training
     model.eval()
     with _last_module_tracker(model) as tracker, torch.no_grad():
         try:
-            out = model(*args)
+            out = call(model, example_inputs, forward_fn)
         except Exception as exc:
             return (f"after pruning, {tracker.where()} fails with {type(exc).__name__}: "
                     f"{str(exc).splitlines()[0] if str(exc) else ''}")

@@ -26,7 +26,7 @@ from torch import nn
 
 from edgeslim.plugin.pruning.config import PruneConfig
 from edgeslim.plugin.pruning.importance.base import needs_data
-from edgeslim.plugin.pruning.metrics import Inputs, ModelStats, measure
+from edgeslim.plugin.pruning.metrics import Called, ForwardFn, Inputs, ModelStats, call, measure
 from edgeslim.plugin.pruning.structured import Plan, make_pruner
 
 _Key = tuple[int, Any]  # (id of the pruned layer or parameter, torch-pruning handler)
@@ -120,12 +120,15 @@ class PlanEvaluator:
         self._scores: dict[tuple[int, Any, int], Any] = {}
         if needs_data(importance):
             importance.bind(model)
-        self.before = measure(model, example_inputs)
+        self.before = measure(model, example_inputs, config.forward_fn)
         was = model.training
         model.eval()
         try:
-            _, _, flops, _ = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)
-            self._source = _producers(model, example_inputs)
+            fn = config.forward_fn
+            counted = model if fn is None else Called(model, fn)
+            _, _, flops, _ = tp.utils.count_ops_and_params(counted, (example_inputs,) if fn else example_inputs,
+                                                           layer_wise=True)
+            self._source = _producers(model, example_inputs, fn)
         finally:
             model.train(was)
         self._flops = {id(m): float(f or 0) for m, f in flops.items()}
@@ -226,7 +229,7 @@ class PlanEvaluator:
                           nonzero_params=max(b.nonzero_params - d_params, 0))
 
 
-def _producers(model: nn.Module, example_inputs: Inputs) -> dict[int, int]:
+def _producers(model: nn.Module, example_inputs: Inputs, forward_fn: ForwardFn | None) -> dict[int, int]:
     """For each leaf module, the leaf module whose output it consumes (id -> id), when that is a module's output."""
     made: dict[int, tuple[int, torch.Tensor]] = {}  # id(tensor) -> (module id, the tensor kept alive)
     source: dict[int, int] = {}
@@ -240,10 +243,9 @@ def _producers(model: nn.Module, example_inputs: Inputs) -> dict[int, int]:
 
     leaves = [m for m in model.modules() if not next(m.children(), None)]
     handles = [m.register_forward_hook(hook) for m in leaves]
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     try:
         with torch.no_grad():
-            model(*args)
+            call(model, example_inputs, forward_fn)
     finally:
         for h in handles:
             h.remove()

@@ -62,7 +62,7 @@ def trial(
     make_pruner(work, example_inputs, config, importance, plan, extra_ignored=extra_ignored).step()
     if needs_data(importance):
         importance.bind(model)
-    return measure(work, example_inputs)
+    return measure(work, example_inputs, config.forward_fn)
 
 
 def _describe(kind: TargetKind, value: float, before: ModelStats) -> str:
