@@ -21,7 +21,7 @@ from torch import nn
 from edgeslim.errors import EdgeslimError, UntraceableModelError
 from edgeslim.plugin.pruning.config import PruneConfig, TargetKind
 from edgeslim.plugin.pruning.graph import forward_failure, output_shapes
-from edgeslim.plugin.pruning.importance.base import Batch, LossFn
+from edgeslim.plugin.pruning.importance.base import Batch, LossFn, needs_data
 from edgeslim.plugin.pruning.metrics import Inputs, ModelStats, call, measure
 from edgeslim.plugin.pruning.plan_stats import PlanEvaluator
 from edgeslim.plugin.pruning.structured import Plan, prune_structured
@@ -67,6 +67,17 @@ class _Job:
             return work, f"torch-pruning fails while pruning it ({type(exc).__name__}: {str(exc)[:200]})"
         return work, forward_failure(work, self.example_inputs, self.expected, self.config.forward_fn)
 
+    def attempt_with(self, evaluator: PlanEvaluator, plan: Plan) -> tuple[nn.Module, str | None]:
+        """Like :meth:`attempt`, pruning the evaluator's own model with its graph (no second trace)."""
+        self.real_trials += 1
+        try:
+            work = evaluator.prune(plan)
+        except EdgeslimError:
+            raise
+        except Exception as exc:
+            return evaluator.model, f"torch-pruning fails while pruning it ({type(exc).__name__}: {str(exc)[:200]})"
+        return work, forward_failure(work, self.example_inputs, self.expected, self.config.forward_fn)
+
     def culprits(self, plan: Plan, extra: list[str], groups: list[str], reason: str) -> list[dict[str, str]]:
         """The groups (root layer names) among ``groups`` whose pruning alone breaks the model, by bisection."""
         if len(groups) == 1:
@@ -93,7 +104,9 @@ def prune_checked(
     batches: Sequence[Batch] = (),
     loss_fn: LossFn | None = None,
 ) -> Checked:
-    """Search a plan (unless ``plan`` is given), prune a copy of ``model`` and check it; degrade when it breaks.
+    """Search a plan (unless ``plan`` is given), prune ``model`` and check it; degrade when it breaks.
+
+    ``model`` is the caller's working copy and is consumed (pruned in place or replaced).
 
     Returns:
         The checked copy. ``left_whole`` lists the groups left whole (root layer and why).
@@ -104,8 +117,11 @@ def prune_checked(
     """
     with torch.no_grad():
         expected = output_shapes(call(model.eval(), example_inputs, config.forward_fn))
-    job = _Job(model, example_inputs, config, importance, batches, loss_fn, expected)
+    job = _Job(copy.deepcopy(model), example_inputs, config, importance, batches, loss_fn, expected)
     left: list[dict[str, str]] = []
+    # one step with a criterion that needs no data: the real prune reuses the search's graph (on ``model``,
+    # which is consumed; ``job.model`` stays whole for re-planning and bisection)
+    fast = config.iterative_steps == 1 and not needs_data(importance)
     for _ in range(MAX_ROUNDS + 1):
         extra = [d["module"] for d in left]
         evaluator = PlanEvaluator(model, example_inputs, config, importance, extra)
@@ -114,13 +130,18 @@ def prune_checked(
             chosen, _ = search_plan(model, example_inputs, config, importance, before, allocator=allocator,
                                     on_trial=on_trial, extra_ignored=extra, evaluator=evaluator)
         if not (chosen.ratio > 0 or chosen.group_ratios):
-            return Checked(copy.deepcopy(model), chosen, left, job.real_trials)
-        work, why = job.attempt(chosen, extra)
+            return Checked(job.model, chosen, left, job.real_trials)
+        roots = evaluator.groups(chosen).roots  # before the evaluator's model is pruned
+        if fast:
+            work, why = job.attempt_with(evaluator, chosen)
+            model = copy.deepcopy(job.model)  # the next round (if any) plans on a whole copy
+        else:
+            work, why = job.attempt(chosen, extra)
         if why is None:
             if plan is None:
                 work, chosen = _correct(job, work, chosen, extra, before)
             return Checked(work, chosen, left, job.real_trials)
-        groups = [name for name, n in evaluator.groups(chosen).roots.items() if n > 0 and name not in extra]
+        groups = [name for name, n in roots.items() if n > 0 and name not in extra]
         found = job.culprits(chosen, extra, groups, why) if groups else []
         if not found:
             break

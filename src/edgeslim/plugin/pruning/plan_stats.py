@@ -70,6 +70,7 @@ class _CachedGraph:
         self.get_all_groups = graph.get_all_groups
         self.full: dict[tuple[int, Any], Any] = {}
         self.groups: dict[tuple[Any, ...], list[Any]] = {}
+        self.live = False  # pruning for real: groups traced on the current (partly pruned) model
         graph.get_pruning_group = self.pruning_group
         graph.get_all_groups = self.all_groups
 
@@ -81,6 +82,8 @@ class _CachedGraph:
         return iter(self.groups[key])
 
     def pruning_group(self, module: Any, pruning_fn: Any, idxs: Sequence[int]) -> Any:
+        if self.live:
+            return self.get_pruning_group(module, pruning_fn, idxs)
         dg = self.graph
         if isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.out_channels > 1:
             pruning_fn = tp.pruner.function.prune_depthwise_conv_out_channels
@@ -117,6 +120,8 @@ class PlanEvaluator:
         self.model, self.example_inputs, self.config, self.importance = model, example_inputs, config, importance
         self.extra_ignored = list(extra_ignored)
         self._graph: tp.DependencyGraph | None = None
+        self._cache: _CachedGraph | None = None
+        self.spent = False
         self._scores: dict[tuple[int, Any, int], Any] = {}
         if needs_data(importance):
             importance.bind(model)
@@ -142,7 +147,7 @@ class PlanEvaluator:
                                  extra_ignored=self.extra_ignored)
         if self._graph is None:
             self._graph = built[0] if built else pruner.DG
-            _CachedGraph(self._graph)
+            self._cache = _CachedGraph(self._graph)
         scores = self._scores
         estimate = pruner.estimate_importance
 
@@ -155,6 +160,20 @@ class PlanEvaluator:
 
         pruner.estimate_importance = cached
         return pruner
+
+    def prune(self, plan: Plan) -> nn.Module:
+        """Prune ``model`` itself following ``plan``, in one step, reusing the graph, its groups (all taken
+        before any channel goes) and the importance scores; each group's indices are traced on the model as
+        it is pruned, as torch-pruning does. The evaluator is spent afterwards (its graph is the pruned one).
+        """
+        if self.spent:
+            raise RuntimeError("this PlanEvaluator already pruned its model; build a new one")
+        pruner = self._pruner(plan)
+        assert self._cache is not None
+        self._cache.live = self.spent = True
+        pruner.step()
+        self.model.zero_grad(set_to_none=True)
+        return self.model
 
     def groups(self, plan: Plan) -> PlanGroups:
         """The groups ``plan`` prunes and, per layer (and pruning function), the original indices removed."""

@@ -1,0 +1,143 @@
+"""Prune time: ``edgeslim.prune(params=0.5)`` against torch-pruning's own one-shot prune at the same ratio.
+
+For each model (random weights, seed 0), in its own subprocess with a time limit:
+
+1. ``edgeslim.prune(model, x, PruneConfig(target="params=0.5"))`` (L2, uniform allocation, classifier
+   head kept, ±2 %): the target search, the real prune and its forward check, timed end to end;
+2. torch-pruning 1.6 alone on a fresh copy: ``tp.pruner.BasePruner(model, x, importance=
+   GroupMagnitudeImportance(p=2), pruning_ratio=<the channel ratio edgeslim found>, ignored_layers=[head],
+   max_pruning_ratio=0.9).step()`` — one graph, one prune, no search.
+
+Rows go to ``benchmarks/results/prune_time.{json,md}`` after each model (models already there are
+skipped unless named with ``--only``), each with its command, commit and date.
+
+    .venv/bin/python benchmarks/prune_time.py
+    .venv/bin/python benchmarks/prune_time.py --only timm:rexnet_100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import record, runs_lines  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+#: (model, input size); ``timm:`` names come from timm.
+MODELS = [("resnet18", 64), ("mobilenet_v2", 64), ("regnet_y_400mf", 64), ("densenet121", 64),
+          ("timm:rexnet_100", 64), ("timm:mobilenetv3_large_100", 64), ("timm:efficientnet_lite0", 64),
+          ("timm:convnext_atto", 64)]
+LIMIT_S = 900
+
+
+def _build(name: str) -> Any:
+    import torch
+
+    torch.manual_seed(0)
+    if name.startswith("timm:"):
+        import timm
+
+        return timm.create_model(name[5:], num_classes=10).eval()
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None, num_classes=10).eval()
+
+
+def _one(name: str, size: int) -> dict[str, Any]:
+    """Runs in the child: both timings for one model."""
+    import torch
+    import torch_pruning as tp
+
+    import edgeslim
+    from edgeslim.plugin.pruning import PruneConfig
+    from edgeslim.plugin.pruning.graph import classifier_head
+
+    torch.set_num_threads(1)
+    x = torch.randn(1, 3, size, size)
+    model = _build(name)
+    params = sum(p.numel() for p in model.parameters())
+    t0 = time.perf_counter()
+    res = edgeslim.prune(model, x, PruneConfig(target="params=0.5"))
+    es = time.perf_counter() - t0
+    s = res.summary()
+    ratio = res.plan.ratio
+    fresh = _build(name)
+    head = [fresh.get_submodule(n) for n in classifier_head(fresh)]
+    t0 = time.perf_counter()
+    pruner = tp.pruner.BasePruner(fresh, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                  pruning_ratio=ratio, ignored_layers=head, max_pruning_ratio=0.9)
+    pruner.step()
+    tps = time.perf_counter() - t0
+    return {"model": name, "input": size, "params": params, "edgeslim_s": round(es, 2), "tp_oneshot_s": round(tps, 2),
+            "ratio_vs_tp": round(es / tps, 2), "channel_ratio": round(ratio, 4),
+            "params_fraction": round(s["params_fraction"], 4), "target_met": s.get("target_met"),
+            "left_whole": [d["module"] for d in s["left_whole"]]}
+
+
+def _run(name: str, size: int) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", name, str(size)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=LIMIT_S, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "input": size, "error": f"over {LIMIT_S} s"}
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode or not lines:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"model": name, "input": size, "error": tail[:300]}
+    row: dict[str, Any] = json.loads(lines[-1])
+    return row
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    ok = [r for r in rows if "error" not in r]
+    lines = ["# Prune time: edgeslim.prune(params=0.5) vs torch-pruning one-shot", "",
+             "Random weights, seed 0, 1 torch thread, on a shared 2-core machine (wall seconds, load varies: compare "
+             "within a row). `tp one-shot` prunes a fresh copy once at the channel ratio edgeslim's search found.", "",
+             "| model | input | params | edgeslim s | tp one-shot s | ratio | channel ratio | params kept | target met "
+             "| left whole |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['input']} | | error: {r['error']} | | | | | | |")
+            continue
+        lines.append(f"| {r['model']} | {r['input']} | {r['params'] / 1e6:.2f} M | {r['edgeslim_s']} | "
+                     f"{r['tp_oneshot_s']} | {r['ratio_vs_tp']}x | {r['channel_ratio']} | {r['params_fraction']} | "
+                     f"{r['target_met']} | {', '.join(r['left_whole']) or '-'} |")
+    if ok:
+        lines += ["", f"Median edgeslim / tp one-shot: {statistics.median(r['ratio_vs_tp'] for r in ok):.2f}x over "
+                  f"{len(ok)} models; slowest edgeslim.prune: {max(r['edgeslim_s'] for r in ok):.1f} s."]
+    lines += runs_lines(rows)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Run the sweep (or, with ``--child``, one model) and write the results."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", nargs="*", help="models to (re)run, e.g. resnet18 timm:rexnet_100")
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(_one(args.child[0], int(args.child[1]))), flush=True)
+        return
+    path = RESULTS / "prune_time.json"
+    rows: list[dict[str, Any]] = json.loads(path.read_text()) if path.exists() else []
+    done = {r["model"] for r in rows}
+    sizes = dict(MODELS)
+    todo = [(m, sizes.get(m, 64)) for m in args.only] if args.only else [(m, s) for m, s in MODELS if m not in done]
+    for name, size in todo:
+        row = {**_run(name, size), **record("prune_time.py")}
+        print(json.dumps(row), flush=True)
+        rows = [r for r in rows if r["model"] != name] + [row]
+        path.write_text(json.dumps(rows, indent=1) + "\n")
+        (RESULTS / "prune_time.md").write_text(_markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
