@@ -230,29 +230,6 @@ def build_graph(model: nn.Module, example_inputs: Inputs) -> tp.DependencyGraph:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
 
 
-def check_forward(model: nn.Module, example_inputs: Inputs) -> None:
-    """Run ``model`` once after pruning; a failure means torch-pruning missed a dependency.
-
-    Raises:
-        UntraceableModelError: Names the module whose forward failed and the op's message.
-    """
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    was = model.training
-    model.eval()
-    with _last_module_tracker(model) as tracker, torch.no_grad():
-        try:
-            model(*args)
-        except Exception as exc:
-            raise UntraceableModelError(
-                f"torch-pruning could not follow the dependencies of {type(model).__name__}: after pruning, "
-                f"{tracker.where()} fails with {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
-                "An op in its forward is invisible to autograd tracing (detach, no_grad, in-place tensor tricks, "
-                "numpy): make it traceable or list the layers around it in ignored_layers. Your model was not modified"
-            ) from exc
-        finally:
-            model.train(was)
-
-
 def output_shapes(output: object) -> list[tuple[int, ...]]:
     """The shapes of every tensor in a model output (a tensor, or nested tuples / lists / dicts of them)."""
     if isinstance(output, torch.Tensor):
@@ -282,17 +259,6 @@ def forward_failure(model: nn.Module, example_inputs: Inputs, expected: Sequence
     if got != list(expected):
         return f"after pruning, the output shapes change from {list(expected)} to {got}"
     return None
-
-
-def group_roots(model: nn.Module, example_inputs: Inputs, ignored: Sequence[nn.Module]) -> list[tuple[str, int]]:
-    """The prunable channel groups of ``model``: ``(root module name, channels)`` per group."""
-    names = {m: n for n, m in model.named_modules()}
-    dg = build_graph(model, example_inputs)
-    out: list[tuple[str, int]] = []
-    for group in dg.get_all_groups(ignored_layers=list(ignored), root_module_types=list(PRUNABLE)):
-        root = group[0].dep.target.module
-        out.append((names.get(root, "?"), len(group[0].idxs)))
-    return out
 
 
 def check_inputs(example_inputs: Inputs) -> Inputs:
