@@ -124,7 +124,7 @@ def prune_checked(
     fast = config.iterative_steps == 1 and not needs_data(importance)
     for _ in range(MAX_ROUNDS + 1):
         extra = [d["module"] for d in left]
-        evaluator = PlanEvaluator(model, example_inputs, config, importance, extra)
+        evaluator = PlanEvaluator(model, example_inputs, config, importance, extra, before)
         chosen = plan
         if chosen is None:
             chosen, _ = search_plan(model, example_inputs, config, importance, before, allocator=allocator,
@@ -134,13 +134,13 @@ def prune_checked(
         roots = evaluator.groups(chosen).roots  # before the evaluator's model is pruned
         if fast:
             work, why = job.attempt_with(evaluator, chosen)
-            model = copy.deepcopy(job.model)  # the next round (if any) plans on a whole copy
         else:
             work, why = job.attempt(chosen, extra)
         if why is None:
             if plan is None:
                 work, chosen = _correct(job, work, chosen, extra, before)
             return Checked(work, chosen, left, job.real_trials)
+        model = copy.deepcopy(job.model) if fast else model  # the next round plans on a whole copy
         groups = [name for name, n in roots.items() if n > 0 and name not in extra]
         found = job.culprits(chosen, extra, groups, why) if groups else []
         if not found:

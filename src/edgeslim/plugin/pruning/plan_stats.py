@@ -113,10 +113,12 @@ class PlanEvaluator:
         config: The prune config (ignored layers, round_to, max_layer_ratio ...).
         importance: The criterion (statistics already collected).
         extra_ignored: Names of layers left whole on top of the config's (see ``left_whole``).
+        before: ``measure(model, example_inputs)`` when the caller has it.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Inputs, config: PruneConfig,
-                 importance: tp.importance.Importance, extra_ignored: Sequence[str] = ()) -> None:
+                 importance: tp.importance.Importance, extra_ignored: Sequence[str] = (),
+                 before: ModelStats | None = None) -> None:
         self.model, self.example_inputs, self.config, self.importance = model, example_inputs, config, importance
         self.extra_ignored = list(extra_ignored)
         self._graph: tp.DependencyGraph | None = None
@@ -125,7 +127,7 @@ class PlanEvaluator:
         self._scores: dict[tuple[int, Any, int], Any] = {}
         if needs_data(importance):
             importance.bind(model)
-        self.before = measure(model, example_inputs, config.forward_fn)
+        self.before = before or measure(model, example_inputs, config.forward_fn)
         was = model.training
         model.eval()
         try:
@@ -223,8 +225,13 @@ class PlanEvaluator:
                 base = copies.get(tid, target)
                 copies[tid] = handler(base, sorted(idxs))
             else:
-                work = copies.setdefault(tid, copy.deepcopy(target))
-                handler(work, sorted(idxs))
+                if tid not in copies:
+                    copies[tid] = _shape_copy(target)
+                try:
+                    handler(copies[tid], sorted(idxs))
+                except (NotImplementedError, RuntimeError):  # a custom pruner that needs real data
+                    copies[tid] = copy.deepcopy(target)
+                    handler(copies[tid], sorted(idxs))
         d_params = d_bytes = 0
         macs = float(self.before.macs)
         width: dict[int, float] = {}  # kept fraction of each touched layer's output channels
@@ -246,6 +253,17 @@ class PlanEvaluator:
         b = self.before
         return ModelStats(params=b.params - d_params, macs=round(macs), bytes=b.bytes - d_bytes,
                           nonzero_params=max(b.nonzero_params - d_params, 0))
+
+
+def _shape_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters and buffers are on the meta device (shapes and dtypes only):
+    pruning it costs no copy of the weights."""
+    new = copy.copy(module)
+    new._parameters = {k: None if p is None else nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
+                       for k, p in module._parameters.items()}
+    new._buffers = {k: None if b is None else torch.empty_like(b, device="meta") for k, b in module._buffers.items()}
+    new._modules = {k: None if c is None else _shape_copy(c) for k, c in module._modules.items()}
+    return new
 
 
 def _producers(model: nn.Module, example_inputs: Inputs, forward_fn: ForwardFn | None) -> dict[int, int]:

@@ -152,7 +152,7 @@ def search_plan(
         return Plan(ratio=0.0), None
     goal = goal_value(config, before)
     tol = config.tolerance
-    evaluator = evaluator or PlanEvaluator(model, example_inputs, config, importance, extra_ignored)
+    evaluator = evaluator or PlanEvaluator(model, example_inputs, config, importance, extra_ignored, before)
 
     def plan_at(x: float) -> Plan:
         if allocator is not None:
