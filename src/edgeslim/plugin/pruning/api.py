@@ -172,6 +172,7 @@ def prune(
     given, plan = plan, Plan(ratio=0.0)
     table = sensitivity_table
     extra: dict[str, Any] = {}
+    measured: ModelStats | None = None
     if config.method is not Method.UNSTRUCTURED:
         imp = make(config.criterion)
         allocator = None
@@ -183,7 +184,7 @@ def prune(
             imp.collect(work, batches, loss_fn)
         checked = prune_checked(work, example_inputs, config, imp, before, plan=given, allocator=allocator,
                                 on_trial=on_trial, batches=batches, loss_fn=loss_fn)
-        work, plan = copy_arch(model, checked.model), checked.plan
+        work, plan, measured = copy_arch(model, checked.model), checked.plan, checked.after
         extra["left_whole"] = checked.left_whole
     masks = None
     if config.method is not Method.STRUCTURED:
@@ -193,7 +194,7 @@ def prune(
             work, sparsity, criterion=crit, scope=config.sparsity_scope, ignored=ignored_modules(work, config),
             rules=config.layer_rules, batches=batches, loss_fn=loss_fn,
         )
-    after = measure(work, example_inputs, config.forward_fn)
+    after = measured if masks is None and measured is not None else measure(work, example_inputs, config.forward_fn)
     layers = layer_report(model, work)
     if config.inplace:
         model.__dict__.update(work.__dict__)

@@ -41,6 +41,7 @@ class Checked:
     plan: Plan
     left_whole: list[dict[str, str]] = field(default_factory=list)
     real_trials: int = 0
+    after: ModelStats | None = None  # measured on ``model`` when the target check needed it
 
 
 @dataclass
@@ -137,9 +138,10 @@ def prune_checked(
         else:
             work, why = job.attempt(chosen, extra)
         if why is None:
+            after = None
             if plan is None:
-                work, chosen = _correct(job, work, chosen, extra, before)
-            return Checked(work, chosen, left, job.real_trials)
+                work, chosen, after = _correct(job, work, chosen, extra, before)
+            return Checked(work, chosen, left, job.real_trials, after)
         model = copy.deepcopy(job.model) if fast else model  # the next round plans on a whole copy
         groups = [name for name, n in roots.items() if n > 0 and name not in extra]
         found = job.culprits(chosen, extra, groups, why) if groups else []
@@ -152,18 +154,20 @@ def prune_checked(
         "(detach, no_grad, hard-coded sizes): list the layers around it in ignored_layers. Your model was not modified")
 
 
-def _correct(job: _Job, work: nn.Module, plan: Plan, extra: list[str], before: ModelStats) -> tuple[nn.Module, Plan]:
+def _correct(job: _Job, work: nn.Module, plan: Plan, extra: list[str],
+             before: ModelStats) -> tuple[nn.Module, Plan, ModelStats | None]:
     """When the real pruned size misses the tolerance (estimated MACs, iterative steps), a few real trials
     rescale the plan's ratios; the closest real result is kept (never an estimate)."""
     config = job.config
     kind = config.target.kind
     if kind in (TargetKind.RATIO, TargetKind.SPARSITY):
-        return work, plan
+        return work, plan, None
     goal = goal_value(config, before)
-    best = (abs(metric(measure(work, job.example_inputs, config.forward_fn), kind) / goal - 1), work, plan)
+    stats = measure(work, job.example_inputs, config.forward_fn)
+    best = (abs(metric(stats, kind) / goal - 1), work, plan, stats)
     current = plan
     for _ in range(MAX_CORRECTIONS):
-        err = metric(measure(best[1], job.example_inputs, config.forward_fn), kind) / goal - 1
+        err = metric(best[3], kind) / goal - 1
         if abs(err) <= config.tolerance:
             break
 
@@ -176,7 +180,8 @@ def _correct(job: _Job, work: nn.Module, plan: Plan, extra: list[str], before: M
         candidate, why = job.attempt(current, extra)
         if why is not None:
             break
-        miss = abs(metric(measure(candidate, job.example_inputs, config.forward_fn), kind) / goal - 1)
+        got = measure(candidate, job.example_inputs, config.forward_fn)
+        miss = abs(metric(got, kind) / goal - 1)
         if miss < best[0]:
-            best = (miss, candidate, current)
-    return best[1], best[2]
+            best = (miss, candidate, current, got)
+    return best[1], best[2], best[3]
