@@ -129,14 +129,20 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="models to (re)run, e.g. resnet18 timm:rexnet_100")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--markdown", action="store_true", help="only rewrite the Markdown from the JSON")
+    ap.add_argument("--merge", help="also take the rows of this JSON file (a second sweep run beside this one)")
+    ap.add_argument("--out", default="prune_time", help="results file stem under benchmarks/results")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(_one(args.child[0], int(args.child[1]))), flush=True)
         return
-    path = RESULTS / "prune_time.json"
+    path, md = RESULTS / f"{args.out}.json", RESULTS / f"{args.out}.md"
     rows: list[dict[str, Any]] = json.loads(path.read_text()) if path.exists() else []
-    if args.markdown:
-        (RESULTS / "prune_time.md").write_text(_markdown(rows))
+    if args.merge:
+        extra = json.loads(Path(args.merge).read_text())
+        rows = [r for r in rows if r["model"] not in {e["model"] for e in extra}] + extra
+        path.write_text(json.dumps(rows, indent=1) + "\n")
+    if args.markdown or args.merge:
+        md.write_text(_markdown(rows))
         return
     done = {r["model"] for r in rows}
     sizes = dict(MODELS)
@@ -146,7 +152,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows = [r for r in rows if r["model"] != name] + [row]
         path.write_text(json.dumps(rows, indent=1) + "\n")
-        (RESULTS / "prune_time.md").write_text(_markdown(rows))
+        md.write_text(_markdown(rows))
 
 
 if __name__ == "__main__":
