@@ -143,7 +143,7 @@ def prune_checked(
                 work, chosen, after = _correct(job, work, chosen, extra, before)
             return Checked(work, chosen, left, job.real_trials, after)
         model = copy.deepcopy(job.model) if fast else model  # the next round plans on a whole copy
-        groups = [name for name, n in roots.items() if n > 0 and name not in extra]
+        groups = [name for name, n in roots.items() if n > 0 and name not in extra and name != "?"]
         found = job.culprits(chosen, extra, groups, why) if groups else []
         if not found:
             break

@@ -184,7 +184,7 @@ class PlanEvaluator:
         roots: dict[str, int] = {}
         with torch.no_grad():
             for group in tp.pruner.BasePruner.step(pruner, interactive=True) or ():
-                root = _owner(pruner.DG, group)
+                root = _owner(pruner.DG, group, self._names)
                 name = self._names.get(id(root), "?")
                 roots[name] = roots.get(name, 0) + len(group[0].idxs)
                 for dep, idxs in group:
@@ -300,10 +300,10 @@ def _out_width(module: nn.Module) -> int:
     return int(w.shape[0]) if isinstance(w, torch.Tensor) and w.dim() else 1
 
 
-def _owner(graph: tp.DependencyGraph, group: Any) -> Any:
-    """The first layer of ``group`` that loses output channels (ignoring it leaves the group whole)."""
+def _owner(graph: tp.DependencyGraph, group: Any, names: dict[int, str]) -> Any:
+    """The first named layer of ``group`` that loses output channels (ignoring it leaves the group whole)."""
     for dep, _ in group:
-        if isinstance(dep.target.module, nn.Module) and graph.is_out_channel_pruning_fn(dep.handler):
+        if id(dep.target.module) in names and graph.is_out_channel_pruning_fn(dep.handler):
             return dep.target.module
     return group[0].dep.target.module
 
