@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 
 from edgeslim.data import evaluate
-from edgeslim.errors import ConfigError, TargetUnreachableError, UntraceableModelError
+from edgeslim.errors import ConfigError, TargetUnreachableError
 from edgeslim.plugin.pruning import Allocation, LayerRule, PruneConfig, Target, prune
 
 
@@ -101,16 +101,22 @@ def test_einsum_channels_are_kept_whole_and_the_rest_prunes(x32: torch.Tensor) -
     assert pruned(x32).shape == (x32.shape[0], 10)
 
 
-def test_untraceable_model_names_module_and_op_and_is_untouched(x32: torch.Tensor) -> None:
+def test_group_breaking_the_forward_is_left_whole_and_named(x32: torch.Tensor) -> None:
+    # torch-pruning cannot map channels through tensordot: pruning c1 breaks the forward. The group is
+    # left whole (named, with the op's message), c2 still prunes, the model is untouched
     m = _Einsum("tensordot")
     ref = copy.deepcopy(m.state_dict())
-    with pytest.raises(UntraceableModelError, match=r"after module 'c1'.*contracted dimensions.*not modified"):
-        prune(m, x32, PruneConfig(target=Target.parse("ratio=0.5")), )
+    res = prune(m, x32, PruneConfig(target=Target.parse("ratio=0.5")))
+    left = res.summary()["left_whole"]
+    assert [d["module"] for d in left] == ["c1"]
+    assert "contracted dimensions need to match" in left[0]["reason"] and "after module 'c1'" in left[0]["reason"]
+    assert res.model.c1.out_channels == 16 and res.model.c2.out_channels == 8
+    assert res.model(x32).shape == (x32.shape[0], 10)
     assert all(torch.equal(v, ref[k]) for k, v in m.state_dict().items())
     m2 = _Einsum("tensordot")
-    with pytest.raises(UntraceableModelError):
-        prune(m2, x32, PruneConfig(target=Target.parse("ratio=0.5"), inplace=True))
-    assert m2.c1.out_channels == 16 and m2.c1.weight.shape[0] == 16  # in-place too: nothing half-pruned
+    res2 = prune(m2, x32, PruneConfig(target=Target.parse("ratio=0.5"), inplace=True))
+    assert res2.model is m2 and m2.c1.out_channels == 16 and m2.c2.out_channels == 8
+    assert [d["module"] for d in res2.summary()["left_whole"]] == ["c1"]
 
 
 def test_inplace(small_net: nn.Module, x32: torch.Tensor) -> None:

@@ -9,17 +9,18 @@ from typing import Any
 
 from torch import nn
 
-from edgeslim.errors import ConfigError, EdgeslimError, UntraceableModelError
+from edgeslim.errors import ConfigError
 from edgeslim.models import copy_arch
 from edgeslim.plugin.pruning.attention import convert_attention
 from edgeslim.plugin.pruning.config import Allocation, Method, PruneConfig, TargetKind
-from edgeslim.plugin.pruning.graph import check_forward, check_inputs
+from edgeslim.plugin.pruning.degrade import prune_checked
+from edgeslim.plugin.pruning.graph import check_inputs
 from edgeslim.plugin.pruning.importance import IMPORTANCE, make, needs_data
 from edgeslim.plugin.pruning.importance.base import Batch, LossFn
 from edgeslim.plugin.pruning.metrics import Inputs, ModelStats, layer_report, measure
 from edgeslim.plugin.pruning.sensitivity import SensitivityResult, sensitivity
-from edgeslim.plugin.pruning.structured import Plan, ignored_modules, prune_structured
-from edgeslim.plugin.pruning.targets import search_plan, target_outcome
+from edgeslim.plugin.pruning.structured import Plan, ignored_modules
+from edgeslim.plugin.pruning.targets import target_outcome
 from edgeslim.plugin.pruning.unstructured import WEIGHT_SCORES, Masks, compute_masks, remember_masks
 
 
@@ -63,6 +64,48 @@ class PruneResult:
         return out
 
 
+#: Channel criteria that rank single weights the same way as ``magnitude`` (|w|).
+_MAGNITUDE_ALIASES = ("l1", "l2")
+
+
+def weight_criterion(config: PruneConfig) -> str:
+    """The per-weight criterion of unstructured / hybrid pruning (``l1`` / ``l2`` rank weights as ``magnitude``).
+
+    Raises:
+        ConfigError: ``config.criterion`` cannot score single weights (names the valid ones).
+    """
+    crit = config.criterion
+    if crit in _MAGNITUDE_ALIASES:
+        return "magnitude"
+    if crit not in WEIGHT_SCORES:
+        valid = sorted([*WEIGHT_SCORES.loaded(), *_MAGNITUDE_ALIASES])
+        raise ConfigError(f"edgeslim.plugin.pruning: criterion {crit!r} cannot score single weights for "
+                          f"{config.method.value} pruning; use one of {valid}")
+    return crit
+
+
+def named_params(model: nn.Module, config: PruneConfig) -> PruneConfig:
+    """``config`` with parameters given as objects (``unwrapped_parameters``, ``ignored_params``) named,
+    so that they refer to the same parameters in the copy that is pruned.
+
+    Raises:
+        ConfigError: A parameter object does not belong to ``model``.
+    """
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def name(p: object, what: str) -> object:
+        if isinstance(p, str):
+            return p
+        if id(p) not in names:
+            raise ConfigError(f"edgeslim.plugin.pruning: a parameter in {what} is not a parameter of "
+                              f"{type(model).__name__}; give its name (see model.named_parameters())")
+        return names[id(p)]
+
+    return config.with_(
+        unwrapped_parameters=tuple((name(p, "unwrapped_parameters"), d) for p, d in config.unwrapped_parameters),
+        ignored_params=tuple(name(p, "ignored_params") for p in config.ignored_params))
+
+
 def _validate(config: PruneConfig, data: Iterable[Batch] | None) -> None:
     if config.method is not Method.UNSTRUCTURED:
         IMPORTANCE.get(config.criterion)  # unknown names fail before any work
@@ -70,7 +113,7 @@ def _validate(config: PruneConfig, data: Iterable[Batch] | None) -> None:
         config.allocation is Allocation.SENSITIVITY and config.target.kind is not TargetKind.RATIO
     )
     if config.method is not Method.STRUCTURED:
-        crit = config.criterion if config.criterion in WEIGHT_SCORES else "magnitude"
+        crit = weight_criterion(config)
         needs = needs or crit == "gradient"
     if needs and data is None:
         raise ConfigError(
@@ -116,7 +159,7 @@ def prune(
             with ``config.accept_nearest`` that plan is used and the summary has ``target_met: false``
             and ``nearest``).
     """
-    config = config or PruneConfig()
+    config = named_params(model, config or PruneConfig())
     check_inputs(example_inputs)
     _validate(config, data)
     loss_fn = loss_fn or nn.functional.cross_entropy
@@ -125,9 +168,11 @@ def prune(
     work.eval()
     if config.method is not Method.UNSTRUCTURED:  # heads become prunable (same outputs); see transformers.py
         convert_attention(work, keep=ignored_modules(work, config))
-    before = measure(work, example_inputs)
+    before = measure(work, example_inputs, config.forward_fn)
     given, plan = plan, Plan(ratio=0.0)
     table = sensitivity_table
+    extra: dict[str, Any] = {}
+    measured: ModelStats | None = None
     if config.method is not Method.UNSTRUCTURED:
         imp = make(config.criterion)
         allocator = None
@@ -137,31 +182,19 @@ def prune(
             allocator = table.allocator()
         if needs_data(imp):
             imp.collect(work, batches, loss_fn)
-        if given is not None:
-            plan = given
-        else:
-            plan, _ = search_plan(work, example_inputs, config, imp, before, allocator=allocator, on_trial=on_trial)
-        if plan.ratio > 0 or plan.group_ratios:
-            try:
-                prune_structured(work, example_inputs, config, imp, plan, batches, loss_fn)
-            except EdgeslimError:
-                raise
-            except Exception as exc:
-                raise UntraceableModelError(
-                    f"torch-pruning failed while pruning {type(model).__name__} ({type(exc).__name__}: {exc}); an op in "
-                    "its forward (a custom autograd.Function, in-place indexing ...) hides a channel dependency: "
-                    "list the layers around it in ignored_layers. Your model was not modified"
-                ) from exc
-            check_forward(work, example_inputs)
+        checked = prune_checked(work, example_inputs, config, imp, before, plan=given, allocator=allocator,
+                                on_trial=on_trial, batches=batches, loss_fn=loss_fn)
+        work, plan, measured = copy_arch(model, checked.model), checked.plan, checked.after
+        extra["left_whole"] = checked.left_whole
     masks = None
     if config.method is not Method.STRUCTURED:
         sparsity = config.target.value if config.target.kind is TargetKind.SPARSITY else config.sparsity
-        crit = config.criterion if config.criterion in WEIGHT_SCORES else "magnitude"
+        crit = weight_criterion(config)
         masks = compute_masks(
             work, sparsity, criterion=crit, scope=config.sparsity_scope, ignored=ignored_modules(work, config),
             rules=config.layer_rules, batches=batches, loss_fn=loss_fn,
         )
-    after = measure(work, example_inputs)
+    after = measured if masks is None and measured is not None else measure(work, example_inputs, config.forward_fn)
     layers = layer_report(model, work)
     if config.inplace:
         model.__dict__.update(work.__dict__)
@@ -169,5 +202,6 @@ def prune(
         if masks is not None:
             masks.model = model
             remember_masks(model, masks.masks)
-    outcome = target_outcome(config, before, after) if config.method is not Method.UNSTRUCTURED and given is None else {}
-    return PruneResult(work, config, before, after, layers, plan, masks, table, extra=outcome)
+    if config.method is not Method.UNSTRUCTURED and given is None:
+        extra.update(target_outcome(config, before, after))
+    return PruneResult(work, config, before, after, layers, plan, masks, table, extra=extra)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
 from edgeslim.errors import ConfigError
+from edgeslim.plugin.pruning import hooks
 
 
 class Method(str, Enum):
@@ -168,6 +170,15 @@ class PruneConfig:
         sensitivity_ratios: Ratios probed by the sensitivity analysis.
         inplace: Prune the caller's model in place instead of a copy.
         transformer: What is pruned in transformer blocks (heads, MLP widths, embedding width).
+        forward_fn: ``forward_fn(model, example_inputs) -> output`` for models not called as
+            ``model(*inputs)`` (torch-pruning's tracing hook); an import path ``"pkg.mod:fn"`` in files.
+        output_transform: Maps the model's output to a tensor (or tuple) to trace from, e.g. a dict of
+            heads; an import path in files.
+        customized_pruners: ``{layer type: torch-pruning pruning function}`` for your own layer types
+            (a ``tp.pruner.BasePruningFunc`` instance or class); import paths on both sides in files.
+        unwrapped_parameters: ``(parameter name or Parameter, dim)`` pairs: bare ``nn.Parameter`` objects
+            torch-pruning must prune along ``dim`` with the channels they follow.
+        ignored_params: Parameters (names or objects) never pruned.
     """
 
     method: Method = Method.STRUCTURED
@@ -187,9 +198,15 @@ class PruneConfig:
     sensitivity_ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     inplace: bool = False
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    forward_fn: Callable[..., Any] | None = None
+    output_transform: Callable[..., Any] | None = None
+    customized_pruners: tuple[tuple[type, Any], ...] = ()
+    unwrapped_parameters: tuple[tuple[Any, int], ...] = ()
+    ignored_params: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "transformer", TransformerConfig.coerce(self.transformer))
+        self._coerce_hooks()
         object.__setattr__(self, "method", Method(self.method))
         object.__setattr__(self, "allocation", Allocation(self.allocation))
         if isinstance(self.target, str):
@@ -219,32 +236,79 @@ class PruneConfig:
         ))
         object.__setattr__(self, "sensitivity_ratios", tuple(float(r) for r in self.sensitivity_ratios))
 
+    def _coerce_hooks(self) -> None:
+        for name in ("forward_fn", "output_transform"):
+            fn = hooks.resolve(getattr(self, name), name)
+            if fn is not None and not callable(fn):
+                raise ConfigError(f"prune config {name} must be callable or an import path, got {fn!r}")
+            object.__setattr__(self, name, fn)
+        pairs = self.customized_pruners
+        items = pairs.items() if isinstance(pairs, dict) else pairs
+        custom = []
+        for key, pruner in items:
+            layer = hooks.resolve(key, "customized_pruners")
+            if not isinstance(layer, type):
+                raise ConfigError(f"customized_pruners keys must be layer types (classes), got {layer!r}")
+            custom.append((layer, hooks.pruner_instance(pruner, f"customized_pruners[{layer.__name__}]")))
+        object.__setattr__(self, "customized_pruners", tuple(custom))
+        unwrapped = []
+        for pair in self.unwrapped_parameters:
+            if not isinstance(pair, list | tuple) or len(pair) != 2 or not isinstance(pair[1], int):
+                raise ConfigError(f"unwrapped_parameters entries are (parameter name, dim) pairs, got {pair!r}")
+            unwrapped.append((pair[0], int(pair[1])))
+        object.__setattr__(self, "unwrapped_parameters", tuple(unwrapped))
+        object.__setattr__(self, "ignored_params", tuple(self.ignored_params))
+
     def with_(self, **changes: Any) -> PruneConfig:
         """A copy with some fields changed."""
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON/YAML-able dict (enums as their values)."""
-        d = asdict(self)
+        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["transformer"] = asdict(self.transformer)
+        d["target"] = str(self.target)
         d["method"] = self.method.value
         d["allocation"] = self.allocation.value
         d["target"] = str(self.target)
         d["ignored_layers"] = None if self.ignored_layers is None else list(self.ignored_layers)
         d["layer_rules"] = [asdict(r) for r in self.layer_rules]
         d["sensitivity_ratios"] = list(self.sensitivity_ratios)
+        dropped: list[str] = []
+
+        def name(obj: Any, field_name: str) -> str | None:
+            path = hooks.path_of(obj) if obj is not None and not isinstance(obj, str) else obj
+            if obj is not None and path is None:
+                dropped.append(f"{field_name}: {obj!r} has no import path (lambda or local); pass it again in Python")
+            return path
+
+        d["forward_fn"] = name(self.forward_fn, "forward_fn")
+        d["output_transform"] = name(self.output_transform, "output_transform")
+        d["customized_pruners"] = {hooks.path_of(k) or k.__name__: name(v, f"customized_pruners[{k.__name__}]")
+                                   for k, v in self.customized_pruners}
+        for p in [p for p, _ in self.unwrapped_parameters] + list(self.ignored_params):
+            if not isinstance(p, str):  # a Parameter object has no name outside its model
+                dropped.append(f"parameter of shape {tuple(p.shape)} given as an object; give its name to keep it")
+        d["unwrapped_parameters"] = [[p, dim] for p, dim in self.unwrapped_parameters if isinstance(p, str)]
+        d["ignored_params"] = [p for p in self.ignored_params if isinstance(p, str)]
+        if dropped:
+            d["_dropped"] = dropped
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
         known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
+        unknown = set(data) - known - {"_dropped"}
         if unknown:
             raise ConfigError(f"unknown prune config keys {sorted(unknown)}; known: {sorted(known)}")
         d = dict(data)
+        d.pop("_dropped", None)
+        d["customized_pruners"] = tuple((d.get("customized_pruners") or {}).items())
         if isinstance(d.get("target"), str):
             d["target"] = Target.parse(d["target"])
-        for key in ("ignored_layers", "layer_rules", "sensitivity_ratios"):
+        for key in ("ignored_layers", "layer_rules", "sensitivity_ratios", "unwrapped_parameters", "ignored_params"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
         return cls(**d)
+

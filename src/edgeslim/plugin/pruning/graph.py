@@ -13,7 +13,7 @@ from torch import nn
 from torch_pruning.dependency.node import Node
 
 from edgeslim.errors import ConfigError, UntraceableModelError
-from edgeslim.plugin.pruning.metrics import Inputs
+from edgeslim.plugin.pruning.metrics import ForwardFn, Inputs, call
 
 PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -230,38 +230,35 @@ def build_graph(model: nn.Module, example_inputs: Inputs) -> tp.DependencyGraph:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
 
 
-def check_forward(model: nn.Module, example_inputs: Inputs) -> None:
-    """Run ``model`` once after pruning; a failure means torch-pruning missed a dependency.
+def output_shapes(output: object) -> list[tuple[int, ...]]:
+    """The shapes of every tensor in a model output (a tensor, or nested tuples / lists / dicts of them)."""
+    if isinstance(output, torch.Tensor):
+        return [tuple(output.shape)]
+    if isinstance(output, dict):
+        return [s for k in sorted(output, key=str) for s in output_shapes(output[k])]
+    if isinstance(output, list | tuple):
+        return [s for item in output for s in output_shapes(item)]
+    return []
 
-    Raises:
-        UntraceableModelError: Names the module whose forward failed and the op's message.
-    """
-    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+
+def forward_failure(model: nn.Module, example_inputs: Inputs, expected: Sequence[tuple[int, ...]],
+                    forward_fn: ForwardFn | None = None) -> str | None:
+    """Why ``model`` no longer runs like the original on ``example_inputs``: an exception (naming the module
+    whose forward raised) or output shapes other than ``expected``; ``None`` when it runs and matches."""
     was = model.training
     model.eval()
     with _last_module_tracker(model) as tracker, torch.no_grad():
         try:
-            model(*args)
+            out = call(model, example_inputs, forward_fn)
         except Exception as exc:
-            raise UntraceableModelError(
-                f"torch-pruning could not follow the dependencies of {type(model).__name__}: after pruning, "
-                f"{tracker.where()} fails with {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
-                "An op in its forward is invisible to autograd tracing (detach, no_grad, in-place tensor tricks, "
-                "numpy): make it traceable or list the layers around it in ignored_layers. Your model was not modified"
-            ) from exc
+            return (f"after pruning, {tracker.where()} fails with {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}")
         finally:
             model.train(was)
-
-
-def group_roots(model: nn.Module, example_inputs: Inputs, ignored: Sequence[nn.Module]) -> list[tuple[str, int]]:
-    """The prunable channel groups of ``model``: ``(root module name, channels)`` per group."""
-    names = {m: n for n, m in model.named_modules()}
-    dg = build_graph(model, example_inputs)
-    out: list[tuple[str, int]] = []
-    for group in dg.get_all_groups(ignored_layers=list(ignored), root_module_types=list(PRUNABLE)):
-        root = group[0].dep.target.module
-        out.append((names.get(root, "?"), len(group[0].idxs)))
-    return out
+    got = output_shapes(out)
+    if got != list(expected):
+        return f"after pruning, the output shapes change from {list(expected)} to {got}"
+    return None
 
 
 def check_inputs(example_inputs: Inputs) -> Inputs:

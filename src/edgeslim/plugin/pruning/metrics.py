@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,12 +32,35 @@ def state_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
 
 
-def measure(model: nn.Module, example_inputs: Inputs) -> ModelStats:
-    """Count ``model``'s parameters, MACs (for ``example_inputs``) and bytes."""
+ForwardFn = Callable[[nn.Module, Any], Any]
+
+
+class Called(nn.Module):
+    """``model`` called through ``forward_fn(model, inputs)`` (a model not called as ``model(*inputs)``)."""
+
+    def __init__(self, model: nn.Module, forward_fn: ForwardFn) -> None:
+        super().__init__()
+        self.model, self.forward_fn = model, forward_fn
+
+    def forward(self, inputs: Any) -> Any:
+        """``forward_fn(model, inputs)``."""
+        return self.forward_fn(self.model, inputs)
+
+
+def call(model: nn.Module, example_inputs: Inputs, forward_fn: ForwardFn | None = None) -> Any:
+    """Run ``model`` on ``example_inputs``: ``forward_fn(model, inputs)`` if given, else ``model(*inputs)``."""
+    if forward_fn is not None:
+        return forward_fn(model, example_inputs)
+    return model(*example_inputs) if isinstance(example_inputs, tuple) else model(example_inputs)
+
+
+def measure(model: nn.Module, example_inputs: Inputs, forward_fn: ForwardFn | None = None) -> ModelStats:
+    """Count ``model``'s parameters, MACs (for ``example_inputs``, run through ``forward_fn`` if given) and bytes."""
     was_training = model.training
     model.eval()
     try:
-        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+        counted: nn.Module = model if forward_fn is None else Called(model, forward_fn)
+        macs, params = tp.utils.count_ops_and_params(counted, (example_inputs,) if forward_fn else example_inputs)
     finally:
         model.train(was_training)
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch_pruning as tp
 from torch import nn
 
+from edgeslim.errors import ConfigError
 from edgeslim.plugin.pruning.config import LayerRule, PruneConfig
 from edgeslim.plugin.pruning.graph import PRUNABLE, classifier_head, resolve_layers, tracing_errors
 from edgeslim.plugin.pruning.importance.base import Batch, LossFn, needs_data
@@ -47,6 +48,28 @@ def rule_ratios(model: nn.Module, rules: Sequence[LayerRule]) -> dict[str, float
     return out
 
 
+def resolve_params(model: nn.Module, pairs: Sequence[tuple[object, int]], what: str) -> list[tuple[nn.Parameter, int]]:
+    """``(parameter, dim)`` pairs from ``(name or parameter, dim)`` pairs of the config.
+
+    Raises:
+        ConfigError: A name is not a parameter of ``model`` (names a few that are).
+    """
+    named = dict(model.named_parameters())
+    out: list[tuple[nn.Parameter, int]] = []
+    for p, dim in pairs:
+        if isinstance(p, str):
+            if p not in named:
+                sample = ", ".join(list(named)[:6])
+                raise ConfigError(f"prune config {what}: {p!r} is not a parameter of {type(model).__name__} "
+                                  f"(parameters: {sample}, ...)")
+            out.append((named[p], dim))
+        elif isinstance(p, nn.Parameter):
+            out.append((p, dim))
+        else:
+            raise ConfigError(f"prune config {what}: {p!r} is neither a parameter name nor an nn.Parameter")
+    return out
+
+
 def make_pruner(
     model: nn.Module,
     example_inputs: Inputs,
@@ -55,19 +78,38 @@ def make_pruner(
     plan: Plan,
     steps: int = 1,
     scheduler: Callable[[float, int], list[float]] | None = None,
+    extra_ignored: Sequence[str] = (),
 ) -> tp.pruner.BasePruner:
-    """A torch-pruning pruner for ``model`` following ``plan`` (nothing is pruned yet)."""
+    """A torch-pruning pruner for ``model`` following ``plan`` (nothing is pruned yet).
+
+    ``extra_ignored``: names of layers left whole on top of the config's ignored layers (groups that broke the
+    forward, see :mod:`~edgeslim.plugin.pruning.degrade`). The config's torch-pruning hooks
+    (``forward_fn``, ``output_transform``, ``customized_pruners``, ``unwrapped_parameters``,
+    ``ignored_params``) are passed on.
+    """
     modules = dict(model.named_modules())
     ratio_dict: dict[nn.Module, float] = {}
     for name, r in {**rule_ratios(model, config.layer_rules), **plan.group_ratios}.items():
         if name in modules:
             ratio_dict[modules[name]] = r
     kwargs: dict[str, object] = {} if scheduler is None else {"iterative_pruning_ratio_scheduler": scheduler}
-    ignored = ignored_modules(model, config)
+    ignored: list[nn.Module] = ignored_modules(model, config)
+    ignored += [m for m in map(model.get_submodule, extra_ignored) if m not in ignored]
     spec = transformer_spec(model, config.transformer, keep=ignored)  # heads, MLPs: see transformers.py
     cls: type[tp.pruner.BasePruner] = tp.pruner.BasePruner
+    unwrapped = resolve_params(model, config.unwrapped_parameters, "unwrapped_parameters")
     if spec is not None:
         cls, kwargs = TransformerPruner, {**kwargs, "spec": spec, "head_ratio": plan.ratio}
+        known = {id(p) for p, _ in spec.unwrapped}
+        spec.unwrapped.extend((p, d) for p, d in unwrapped if id(p) not in known)
+    elif unwrapped:
+        kwargs["unwrapped_parameters"] = unwrapped
+    if config.customized_pruners:
+        kwargs["customized_pruners"] = dict(config.customized_pruners)
+    for hook in ("forward_fn", "output_transform"):
+        if getattr(config, hook) is not None:
+            kwargs[hook] = getattr(config, hook)
+    params = [p for p, _ in resolve_params(model, [(q, 0) for q in config.ignored_params], "ignored_params")]
     with tracing_errors(model):
         return cls(
             model,
@@ -78,7 +120,7 @@ def make_pruner(
             global_pruning=plan.global_ranking,
             max_pruning_ratio=config.max_layer_ratio,
             iterative_steps=steps,
-            ignored_layers=ignored,
+            ignored_layers=[*ignored, *params],
             round_to=config.round_to,
             **kwargs,
         )
@@ -92,6 +134,7 @@ def prune_structured(
     plan: Plan,
     batches: Sequence[Batch] = (),
     loss_fn: LossFn | None = None,
+    extra_ignored: Sequence[str] = (),
 ) -> nn.Module:
     """Remove channels from ``model`` in place following ``plan``, in ``config.iterative_steps`` steps.
 
@@ -101,7 +144,7 @@ def prune_structured(
     if needs_data(importance):
         importance.collect(model, batches, loss_fn)
         importance.bind(model)
-    pruner = make_pruner(model, example_inputs, config, importance, plan, steps=steps)
+    pruner = make_pruner(model, example_inputs, config, importance, plan, steps=steps, extra_ignored=extra_ignored)
     for step in range(steps):
         if step > 0 and needs_data(importance):
             importance.collect(model, batches, loss_fn)

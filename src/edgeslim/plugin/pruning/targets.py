@@ -1,5 +1,9 @@
 """Reaching a params / MACs / bytes target: search over the channel ratio (or the λ of a
-sensitivity-based allocation) on throw-away copies until the measured size is within tolerance."""
+sensitivity-based allocation) until the size is within tolerance.
+
+Each plan's size comes from :class:`~edgeslim.plugin.pruning.plan_stats.PlanEvaluator` (one dependency
+graph per model, no pruning); :func:`trial` prunes a copy for real (used to check and correct the final plan).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,9 @@ from torch import nn
 
 from edgeslim.errors import TargetUnreachableError
 from edgeslim.plugin.pruning.config import Allocation, PruneConfig, TargetKind
-from edgeslim.plugin.pruning.graph import group_roots
 from edgeslim.plugin.pruning.importance.base import needs_data
 from edgeslim.plugin.pruning.metrics import Inputs, ModelStats, measure
+from edgeslim.plugin.pruning.plan_stats import PlanEvaluator
 from edgeslim.plugin.pruning.structured import Plan, ignored_modules, make_pruner, rule_ratios
 
 Allocator = Callable[[float], dict[str, float]]  # lambda -> group ratios
@@ -48,14 +52,17 @@ def goal_value(config: PruneConfig, before: ModelStats) -> float:
 
 
 def trial(
-    model: nn.Module, example_inputs: Inputs, config: PruneConfig, importance: tp.importance.Importance, plan: Plan
+    model: nn.Module, example_inputs: Inputs, config: PruneConfig, importance: tp.importance.Importance, plan: Plan,
+    extra_ignored: Sequence[str] = (),
 ) -> ModelStats:
-    """Prune a deep copy of ``model`` in one step following ``plan`` and measure it."""
+    """Prune a deep copy of ``model`` in one step following ``plan`` and measure it (a real prune)."""
     work = copy.deepcopy(model)
     if needs_data(importance):
         importance.bind(work)
-    make_pruner(work, example_inputs, config, importance, plan).step()
-    return measure(work, example_inputs)
+    make_pruner(work, example_inputs, config, importance, plan, extra_ignored=extra_ignored).step()
+    if needs_data(importance):
+        importance.bind(model)
+    return measure(work, example_inputs, config.forward_fn)
 
 
 def _describe(kind: TargetKind, value: float, before: ModelStats) -> str:
@@ -69,22 +76,29 @@ def reached_value(kind: TargetKind, stats: ModelStats, before: ModelStats) -> fl
     return metric(stats, kind) if kind is TargetKind.BYTES else metric(stats, kind) / metric(before, kind)
 
 
-def _ignored(model: nn.Module, config: PruneConfig) -> str:
+def _ignored(model: nn.Module, config: PruneConfig, extra: Sequence[str] = ()) -> str:
     ids = {id(m) for m in ignored_modules(model, config)}
-    names = [n for n, m in model.named_modules() if id(m) in ids]
+    names = [n for n, m in model.named_modules() if id(m) in ids and n not in extra] + list(extra)
     shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
     return f"ignored layers: {shown or 'none'}"
 
 
 def _nearest_error(model: nn.Module, config: PruneConfig, stats: ModelStats, before: ModelStats, goal: float,
-                   why: str, advice: str) -> NearestPlanError:
+                   why: str, advice: str, extra: Sequence[str] = ()) -> NearestPlanError:
     kind = config.target.kind
     nearest = reached_value(kind, stats, before)
     return NearestPlanError(
         f"{config.target} cannot be reached for {type(model).__name__}{why}: the nearest reachable plan keeps "
         f"{_describe(kind, metric(stats, kind), before)} (wanted {_describe(kind, goal, before)}; "
-        f"max_layer_ratio={config.max_layer_ratio:g}, round_to={config.round_to}, {_ignored(model, config)}); "
+        f"max_layer_ratio={config.max_layer_ratio:g}, round_to={config.round_to}, {_ignored(model, config, extra)}"
+        f"{_left_whole_note(extra)}); "
         f"{ACCEPT_HINT}, or {advice}", kind, nearest, config.target.value)
+
+
+def _left_whole_note(extra: Sequence[str]) -> str:
+    if not extra:
+        return ""
+    return f"; left whole because pruning them broke the forward: {', '.join(extra)}"
 
 
 def target_outcome(config: PruneConfig, before: ModelStats, after: ModelStats) -> dict[str, Any]:
@@ -113,13 +127,17 @@ def search_plan(
     before: ModelStats,
     allocator: Allocator | None = None,
     on_trial: Callable[[Plan, ModelStats], None] | None = None,
+    extra_ignored: Sequence[str] = (),
+    evaluator: PlanEvaluator | None = None,
 ) -> tuple[Plan, ModelStats | None]:
     """Find the plan that meets ``config.target`` within ``config.tolerance``.
 
     For a ``ratio`` target the plan is immediate. Otherwise the channel ratio (uniform or
     global allocation) or the trade-off λ of ``allocator`` (sensitivity allocation) is
-    bisected on copies of the model; importance statistics must already be collected.
-    With ``config.accept_nearest`` a target that cannot be met returns the nearest plan instead.
+    bisected; each plan's size is counted by a :class:`PlanEvaluator` (one graph, nothing pruned;
+    ``evaluator`` reuses one). Importance statistics must already be collected. ``extra_ignored``:
+    names of layers left whole (groups that broke the forward). With ``config.accept_nearest`` a target
+    that cannot be met returns the nearest plan instead.
 
     Raises:
         NearestPlanError: Even the most aggressive plan stays above the target, or no plan lands
@@ -134,6 +152,7 @@ def search_plan(
         return Plan(ratio=0.0), None
     goal = goal_value(config, before)
     tol = config.tolerance
+    evaluator = evaluator or PlanEvaluator(model, example_inputs, config, importance, extra_ignored, before)
 
     def plan_at(x: float) -> Plan:
         if allocator is not None:
@@ -141,7 +160,7 @@ def search_plan(
         return Plan(ratio=x, global_ranking=global_rank)
 
     lo, hi = 0.0, (1e6 if allocator is not None else config.max_layer_ratio)
-    best_plan, best = plan_at(hi), trial(model, example_inputs, config, importance, plan_at(hi))
+    best_plan, best = plan_at(hi), evaluator.stats(plan_at(hi))
     if on_trial:
         on_trial(best_plan, best)
     if metric(best, kind) > goal * (1 + tol) and allocator is None and config.round_to:
@@ -149,7 +168,7 @@ def search_plan(
         # down to 0 is not pruned at all, while a smaller ratio prunes it; the most aggressive plan is among these
         for k in range(7, 0, -1):
             x = hi * k / 8
-            p, stats = plan_at(x), trial(model, example_inputs, config, importance, plan_at(x))
+            p, stats = plan_at(x), evaluator.stats(plan_at(x))
             if on_trial:
                 on_trial(p, stats)
             if metric(stats, kind) < metric(best, kind):
@@ -158,12 +177,12 @@ def search_plan(
         if config.accept_nearest:
             return best_plan, best
         raise _nearest_error(model, config, best, before, goal, "",
-                             "raise max_layer_ratio, ignore fewer layers, or relax the target")
+                             "raise max_layer_ratio, ignore fewer layers, or relax the target", extra_ignored)
     candidates: list[tuple[float, float, Plan, ModelStats]] = [(abs(metric(best, kind) / goal - 1), hi, best_plan, best)]
 
     def run(x: float, make: Callable[[float], Plan]) -> float:
         p = make(x)
-        stats = trial(model, example_inputs, config, importance, p)
+        stats = evaluator.stats(p)
         if on_trial:
             on_trial(p, stats)
         err = metric(stats, kind) / goal - 1
@@ -207,21 +226,20 @@ def search_plan(
                 break
             a, b = (t, b) if err > 0 else (a, t)
     if allocator is None and not global_rank and min(c[0] for c in candidates) > tol / 2:
-        _mix_uniform(model, example_inputs, config, lo, hi, tol, run)
+        _mix_uniform(model, evaluator.root_names(), config, lo, hi, tol, run)
     err_best, _, plan, stats = min(candidates, key=lambda c: c[0])
     if err_best > tol and not config.accept_nearest:
         raise _nearest_error(model, config, stats, before, goal, f" within ±{tol:.0%} (channel widths move in steps)",
-                             "try round_to=None or a larger tolerance")
+                             "try round_to=None or a larger tolerance", extra_ignored)
     return plan, stats
 
 
-def _mix_uniform(model: nn.Module, example_inputs: Inputs, config: PruneConfig, lo: float, hi: float, tol: float,
+def _mix_uniform(model: nn.Module, roots: list[str], config: PruneConfig, lo: float, hi: float, tol: float,
                  run: Callable[[float, Callable[[float], Plan]], float]) -> None:
     """Uniform allocation whose widths jump past the target (group convs: every group of one width moves
     by a whole group at the same ratio, e.g. RegNet 0.487 vs 0.5): the first ``k`` groups get the
     bracketing ratio ``hi`` (too much pruning), the rest ``lo`` (too little); ``k`` is bisected.
     Each trial is recorded by ``run``."""
-    roots = [name for name, _ in group_roots(model, example_inputs, ignored_modules(model, config))]
     ruled = rule_ratios(model, config.layer_rules)  # layers with their own ratio keep it
     roots = [r for r in roots if r not in ruled]
 
