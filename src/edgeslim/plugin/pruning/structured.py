@@ -64,7 +64,7 @@ def make_pruner(
             ratio_dict[modules[name]] = r
     kwargs: dict[str, object] = {} if scheduler is None else {"iterative_pruning_ratio_scheduler": scheduler}
     ignored = ignored_modules(model, config)
-    spec = transformer_spec(model, config.transformer, keep=ignored)  # heads, MLPs: see transformers.py
+    spec = transformer_spec(model, config.transformer, keep=ignored, example_inputs=example_inputs)  # see transformers.py
     cls: type[tp.pruner.BasePruner] = tp.pruner.BasePruner
     if spec is not None:
         cls, kwargs = TransformerPruner, {**kwargs, "spec": spec, "head_ratio": plan.ratio}
