@@ -80,6 +80,7 @@ class Analysis:
     keep: list[nn.Module] = field(default_factory=list)
     tables: list[nn.Parameter] = field(default_factory=list)
     reads: dict[nn.Module, dict[str, Any]] = field(default_factory=dict)
+    transformer: bool = False  # some module splits channels into heads and multiplies them (attention)
 
 
 def _width(layer: nn.Module, out: bool) -> int:
@@ -219,6 +220,7 @@ def _named(found: Analysis, model: nn.Module) -> dict[str, Any]:
         "keep": [names[m] for m in found.keep if m in names],
         "tables": [pnames[id(p)] for p in found.tables if id(p) in pnames],
         "reads": {names[m]: dict(r) for m, r in found.reads.items() if m in names},
+        "transformer": found.transformer,
     }
 
 
@@ -230,6 +232,7 @@ def _resolve(named: Mapping[str, Any], model: nn.Module) -> Analysis:
         keep=[mods[n] for n in named["keep"]],
         tables=[model.get_parameter(n) for n in named["tables"]],
         reads={mods[n]: dict(r) for n, r in named["reads"].items()},
+        transformer=bool(named["transformer"]),
     )
 
 
@@ -257,7 +260,7 @@ def analyse(model: nn.Module, example_inputs: Any) -> Analysis:
 def _analyse(model: nn.Module, example_inputs: Any) -> Analysis:
     tr = trace(model, example_inputs)
     found, other = _candidates(tr)
-    out = Analysis(reads=tr.reads)
+    out = Analysis(reads=tr.reads, transformer=any(s.owner in tr.attention_owners for s in tr.splits))
     for m in [*tr.lost, *other]:
         if isinstance(m, nn.Parameter):
             if all(m is not t for t in out.tables):

@@ -43,7 +43,7 @@ from torch import nn
 from edgeslim.plugin.pruning.attention import HeadAttention, convert_attention
 from edgeslim.plugin.pruning.config import TransformerConfig
 from edgeslim.plugin.pruning.heads import (
-    Analysis, Attention, analyse, follow_sizes, reads_sizes, set_sizes, size_snapshot,
+    Analysis, Attention, analyse, follow_sizes, set_sizes, size_snapshot,
 )
 from edgeslim.registry import Registry
 
@@ -211,8 +211,8 @@ def transformer_spec(
             (``None``: nothing is traced and only the adapters apply).
 
     Returns:
-        ``None`` if nothing in ``model`` needs more than torch-pruning's plain pruner (no attention,
-        no layer left whole, no size attribute read by a forward, no head-indexed table).
+        ``None`` without ``example_inputs`` when ``model`` has no :class:`HeadAttention` (plain pruner); with
+        them always a spec (its size fix-ups and unmappable-group check serve CNNs too).
     """
     keep = list(keep)
     convert_attention(model, keep)
@@ -234,12 +234,11 @@ def transformer_spec(
         spec.blocks.append((module, adapter))
         spec.keep.extend(m for m in adapter.keep(module, config) if m not in spec.keep)
         first = mlp_first(module) if name == "mlp" and config.mlp else None
-        if first is not None and spec.attentions:
+        if first is not None and found.transformer:
             spec.mlps.append(first)
-    if not (spec.attentions or spec.keep or spec.tables or reads_sizes(found.reads)
-            or any(isinstance(m, HeadAttention) for m in model.modules())):
+    if example_inputs is None and not any(isinstance(m, HeadAttention) for m in model.modules()):
         return None
-    if spec.attentions and not config.embed_dim:
+    if found.transformer and not config.embed_dim:
         spec.keep.extend(m for m in embedding_layers(model) if m not in spec.keep)
     tables = {id(t) for t in spec.tables}
     for module in model.modules():
@@ -288,6 +287,9 @@ class TransformerPruner(tp.pruner.BasePruner):
             head_pruning_ratio_dict=head_ratios, pruning_ratio_dict=ratio_dict or None, **kwargs,
         )
         self.spec = spec
+        #: Root layers of the groups whose channel indices torch-pruning cannot map (left whole).
+        self.unfollowed = _unmappable_roots(self)
+        self.ignored_layers.extend(self.unfollowed)
 
     def step(self, interactive: bool = False) -> Any:
         """One pruning step; then head tables lose the removed heads and every read size attribute follows."""
@@ -308,6 +310,27 @@ class TransformerPruner(tp.pruner.BasePruner):
         self.spec.fix(self.num_heads)
         follow_sizes(before, self.spec.reads, skip={a.owner for a in self.spec.attentions})
         return None
+
+
+def _unmappable_roots(pruner: tp.pruner.BasePruner) -> list[nn.Module]:
+    """Roots of the groups where torch-pruning maps a channel index past a layer's size (a concat or
+    split it did not follow): pruning them would fail or cut the wrong channels, so they stay whole."""
+    dg, bad = pruner.DG, []
+    for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types):
+        for dep, idxs in group:
+            m = dep.target.module
+            if not isinstance(m, nn.Module) or not idxs or dg.get_pruner_of_module(m) is None:
+                continue
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                n = dg.get_out_channels(dep.target)
+            elif dg.is_in_channel_pruning_fn(dep.handler):
+                n = dg.get_in_channels(dep.target)
+            else:
+                continue
+            if n is not None and max(int(i) for i in idxs) >= n:
+                bad.append(group[0].dep.target.module)
+                break
+    return bad
 
 
 def _slice_tables(att: Attention, heads: list[int]) -> None:
