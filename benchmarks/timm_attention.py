@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import record, runs_lines  # noqa: E402
+from provenance import record, runs_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         try:
             row = run_one(args.child, not args.skip_quant)
-        except Exception as exc:  # noqa: BLE001 - the row records the failure
+        except Exception as exc:
             row = {"model": args.child, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         print("ROW " + json.dumps(row))
         return
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.only or MODELS:
         cmd = [sys.executable, __file__, "--child", name] + (["--skip-quant"] if args.skip_quant else [])
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+            proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=args.timeout)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")), None)
             row = json.loads(line[4:]) if line else {"model": name, "error": (proc.stderr or "no output")[-300:]}
         except subprocess.TimeoutExpired:

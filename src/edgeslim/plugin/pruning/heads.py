@@ -83,7 +83,7 @@ class Analysis:
     transformer: bool = False  # some module splits channels into heads and multiplies them (attention)
 
 
-def _width(layer: nn.Module, out: bool) -> int:
+def _width(layer: Any, out: bool) -> int:
     if isinstance(layer, nn.Linear):
         return int(layer.out_features if out else layer.in_features)
     return int(layer.out_channels if out else layer.in_channels)
@@ -119,7 +119,7 @@ def _candidates(tr: Trace) -> tuple[list[Attention], list[nn.Module]]:
             heads = {s.factors[1] if len(s.factors) == 3 else s.factors[0] for s in splits}
             for h in heads:
                 for name, _ in _head_tables(owner, h):
-                    other.append(owner._parameters[name])  # type: ignore[arg-type]
+                    other.append(owner._parameters[name])
             continue
         calls = tr.calls.get(owner, [])
         last = max((i for i, (m, _) in enumerate(calls) if m in att.layers), default=-1)
@@ -138,14 +138,14 @@ def _drop_head(att: Attention, owner: nn.Module, head: int) -> None:
     drop = {p * h * d + head * d + j for p in range(parts) for j in range(d)}
     with torch.no_grad():
         for layer in att.layers:
-            lin = owner.get_submodule(names[layer])
+            lin: Any = owner.get_submodule(names[layer])
             keep = [i for i in range(lin.out_features) if i not in drop]
             lin.weight = nn.Parameter(lin.weight[keep])
             if lin.bias is not None:
                 lin.bias = nn.Parameter(lin.bias[keep])
             lin.out_features = len(keep)
         if att.consumer is not None:
-            c = owner.get_submodule(names[att.consumer])
+            c: Any = owner.get_submodule(names[att.consumer])
             cols = [i for i in range(_width(att.consumer, out=False)) if not head * d <= i < (head + 1) * d]
             c.weight = nn.Parameter(c.weight[:, cols])
             if isinstance(c, nn.Linear):

@@ -56,7 +56,7 @@ class Trace:
     inputs: dict[nn.Module, tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
 
 
-def _channels_in(layer: nn.Module) -> int:
+def _channels_in(layer: Any) -> int:
     return int(layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels)
 
 
@@ -83,12 +83,12 @@ class _Recorder(TorchFunctionMode):
         if name in _ATTENTION_OPS and owner is not None and owner not in self.trace.attention_owners:
             self.trace.attention_owners.append(owner)
         if name in ("linear", "conv1d", "conv2d", "conv3d") and len(args) > 1:
-            layer = self.layer_of.get(id(args[1]))
-            if layer is not None and isinstance(out, torch.Tensor):
-                self._set(out, (layer,), out.dim() - 1 if name == "linear" else 1)
+            hit = self.layer_of.get(id(args[1]))
+            if hit is not None and isinstance(out, torch.Tensor):
+                self._set(out, (hit,), out.dim() - 1 if name == "linear" else 1)
                 if owner is not None:
                     for o in self.stack:
-                        self.trace.calls.setdefault(o, []).append((layer, _channels_in(layer)))
+                        self.trace.calls.setdefault(o, []).append((hit, _channels_in(hit)))
                 return out
         flat = [t for a in args for t in (a if isinstance(a, list | tuple) else (a,))]
         src = next((a for a in flat if isinstance(a, torch.Tensor) and id(a) in self.label), None)
@@ -161,10 +161,7 @@ class _Recorder(TorchFunctionMode):
 
     def _pieces(self, name: str, src: torch.Tensor, out: Any, args: Any, kwargs: Any,
                 layer: tuple[nn.Module, ...], dim: int) -> None:
-        if name in ("__getitem__", "select", "narrow"):
-            if isinstance(out, torch.Tensor) and out.dim() == src.dim() and out.shape[dim] == src.shape[dim]:
-                self._set(out, layer, dim)
-                return
+        """Pieces (split, chunk, indexing) along other dimensions keep the channel; along it, the label ends."""
         pieces = out if isinstance(out, list | tuple) else [out]
         if all(isinstance(p, torch.Tensor) and p.dim() == src.dim() and p.shape[dim] == src.shape[dim]
                for p in pieces):
@@ -188,7 +185,7 @@ def _reading(model: nn.Module, reads: dict[nn.Module, dict[str, Any]]) -> Iterat
         cls = type(mod)
         if cls not in cache:
             def getattribute(self: Any, name: str, _cls: type = cls) -> Any:
-                value = _cls.__getattribute__(self, name)
+                value = _cls.__getattribute__(self, name)  # type: ignore[call-arg]
                 if not name.startswith("_") and _is_size(value) and name in object.__getattribute__(self, "__dict__"):
                     reads.setdefault(self, {})[name] = value
                 return value
@@ -228,7 +225,7 @@ def trace(model: nn.Module, example_inputs: Any, owners_to_capture: bool = True)
         The :class:`Trace`.
     """
     out = Trace()
-    layer_of = {id(m.weight): m for m in model.modules() if isinstance(m, LAYERS)}
+    layer_of: dict[int, nn.Module] = {id(m.weight): m for m in model.modules() if isinstance(m, LAYERS)}
     stack: list[nn.Module] = []
 
     def pre(mod: nn.Module, args: Any, kwargs: Any) -> None:

@@ -42,9 +42,7 @@ from torch import nn
 
 from edgeslim.plugin.pruning.attention import HeadAttention, convert_attention
 from edgeslim.plugin.pruning.config import TransformerConfig
-from edgeslim.plugin.pruning.heads import (
-    Analysis, Attention, analyse, follow_sizes, set_sizes, size_snapshot,
-)
+from edgeslim.plugin.pruning.heads import Analysis, Attention, analyse, follow_sizes, set_sizes, size_snapshot
 from edgeslim.registry import Registry
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
