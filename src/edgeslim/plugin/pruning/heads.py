@@ -44,9 +44,14 @@ class Attention:
         owner: The module whose forward splits the heads.
         layers: Its q/k/v projection(s) (one fused layer, or separate ones).
         heads: Number of heads.
-        head_dim: Width of one head.
+        head_dim: Width of one head at the consumer (the merged output).
         consumer: The layer that takes the merged heads (its input columns go with them).
         tables: Head-indexed parameters of ``owner`` (attribute name, head dimension).
+        layout: Per projection, ``(parts, per_head)``: its channels are ``(parts, heads, per_head)``.
+        direct: Removed by edgeslim after torch-pruning's step (a layout torch-pruning's head pruning
+            does not know, e.g. LeViT's ``(heads, 2·key_dim + val_dim)``); else by torch-pruning.
+        followers: Norm layers over a projection's output channels (sliced with it when ``direct``).
+        widths: Per-head widths an attribute may multiply by the head count (``key_dim``, ``val_dim`` ...).
     """
 
     owner: nn.Module
@@ -55,21 +60,93 @@ class Attention:
     head_dim: int
     consumer: nn.Module | None = None
     tables: list[tuple[str, int]] = field(default_factory=list)
+    layout: dict[nn.Module, tuple[int, int]] = field(default_factory=dict)
+    direct: bool = False
+    followers: list[nn.Module] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
 
     @property
     def fused(self) -> bool:
         """One qkv layer (layout ``(3, heads, head_dim)``)."""
         return len(self.layers) == 1
 
-    def head_of(self, channel: int) -> int:
+    def head_of(self, channel: int, layer: nn.Module | None = None) -> int:
         """The head an output channel of a projection belongs to."""
-        return (channel // self.head_dim) % self.heads
+        per = self.layout.get(layer, (1, self.head_dim))[1] if layer is not None else self.head_dim
+        return (channel // per) % self.heads
+
+    def rows(self, layer: nn.Module, heads: list[int]) -> list[int]:
+        """Output channels of ``layer`` that belong to ``heads``."""
+        parts, per = self.layout.get(layer, (3 if self.fused else 1, self.head_dim))
+        return [p * self.heads * per + h * per + j for p in range(parts) for h in heads for j in range(per)]
 
     def sizes(self, heads_left: int) -> dict[int, int]:
         """Old -> new values of the size attributes when ``heads_left`` heads stay."""
-        d, h = self.head_dim, self.heads
-        out = {h: heads_left, h * d: heads_left * d, 3 * h * d: 3 * heads_left * d}
+        h = self.heads
+        structural = {self.head_dim, *(per for _, per in self.layout.values())}
+        out = {h: heads_left}
+        for w in sorted(structural | set(self.widths)):
+            for parts in (1, 3):
+                if parts * h * w not in structural:  # a per-head width is never a total
+                    out.setdefault(parts * h * w, parts * heads_left * w)
         return {k: v for k, v in out.items() if k != v}
+
+
+def _slice_out(m: Any, keep: list[int]) -> None:
+    """Keep the output channels ``keep`` of a Linear/conv/norm, in place."""
+    idx = torch.tensor(keep, dtype=torch.long, device=next(iter(m.parameters())).device)
+    for name in ("weight", "bias"):
+        t = getattr(m, name, None)
+        if isinstance(t, torch.Tensor):
+            setattr(m, name, nn.Parameter(t.index_select(0, idx).detach(), requires_grad=t.requires_grad))
+    for name in ("running_mean", "running_var"):
+        t = getattr(m, name, None)
+        if isinstance(t, torch.Tensor):
+            setattr(m, name, t.index_select(0, idx))
+    for attr in ("out_features", "out_channels", "num_features"):
+        if isinstance(getattr(m, attr, None), int):
+            setattr(m, attr, len(keep))
+    if isinstance(m, nn.LayerNorm):
+        m.normalized_shape = (len(keep),)
+
+
+def remove_heads(att: Attention, owner: nn.Module, heads: list[int]) -> None:
+    """Remove ``heads`` from ``owner`` (``att.owner`` or a copy of it): projection rows and their norms,
+    consumer columns, head tables; then clear caches (``owner.train(owner.training)``)."""
+    if not heads:
+        return
+    names = {m: n for n, m in att.owner.named_modules()}
+    kept_heads = [i for i in range(att.heads) if i not in heads]
+    sliced: set[nn.Module] = set()
+    with torch.no_grad():
+        for layer in att.layers:
+            drop, width = set(att.rows(layer, heads)), _width(layer, out=True)
+            keep = [i for i in range(width) if i not in drop]
+            for norm in att.followers:
+                if norm in names and norm not in sliced and _norm_width(norm) == width:
+                    _slice_out(owner.get_submodule(names[norm]), keep)
+                    sliced.add(norm)
+            _slice_out(owner.get_submodule(names[layer]), keep)
+        if att.consumer is not None:
+            c: Any = owner.get_submodule(names[att.consumer])
+            d = att.head_dim
+            cols = [h * d + j for h in kept_heads for j in range(d)]
+            idx = torch.tensor(cols, dtype=torch.long, device=c.weight.device)
+            c.weight = nn.Parameter(c.weight.index_select(1, idx).detach(), requires_grad=c.weight.requires_grad)
+            if isinstance(c, nn.Linear):
+                c.in_features = len(cols)
+            else:
+                c.in_channels = len(cols)
+        for name, dim in att.tables:
+            t = getattr(owner, name)
+            idx = torch.tensor(kept_heads, device=t.device)
+            setattr(owner, name, nn.Parameter(t.index_select(dim, idx).detach(), requires_grad=t.requires_grad))
+    owner.train(owner.training)  # modules that cache per-head tables (LeViT) clear them here
+
+
+def _norm_width(norm: Any) -> int:
+    w = getattr(norm, "weight", None)
+    return int(w.shape[0]) if isinstance(w, torch.Tensor) else -1
 
 
 @dataclass
@@ -81,6 +158,7 @@ class Analysis:
     tables: list[nn.Parameter] = field(default_factory=list)
     reads: dict[nn.Module, dict[str, Any]] = field(default_factory=dict)
     transformer: bool = False  # some module splits channels into heads and multiplies them (attention)
+    entries: list[nn.Module] = field(default_factory=list)  # the first layer each attention runs (its input width)
 
 
 def _width(layer: Any, out: bool) -> int:
@@ -97,8 +175,8 @@ def _head_tables(owner: nn.Module, heads: int) -> list[tuple[str, int]]:
     return out
 
 
-def _candidates(tr: Trace) -> tuple[list[Attention], list[nn.Module]]:
-    """Attentions in a layout torch-pruning removes whole heads from, and the layers of other head splits."""
+def _candidates(tr: Trace) -> tuple[list[Attention], list[Any]]:
+    """Attentions whose heads can be cut, and the layers/tables of other head splits (left whole)."""
     by_owner: dict[nn.Module, list[Any]] = {}
     for s in tr.splits:
         if s.owner in tr.attention_owners:
@@ -106,56 +184,54 @@ def _candidates(tr: Trace) -> tuple[list[Attention], list[nn.Module]]:
     found: list[Attention] = []
     other: list[Any] = []
     for owner, splits in by_owner.items():
-        layers = list(dict.fromkeys(s.layer for s in splits))
-        fused = [s for s in splits if len(s.factors) == 3 and s.factors[0] == 3]
-        pairs = [s for s in splits if len(s.factors) == 2]
-        att: Attention | None = None
-        if len(layers) == 1 and fused and all(s.factors == fused[0].factors for s in splits):
-            att = Attention(owner, layers, fused[0].factors[1], fused[0].factors[2])
-        elif len(layers) >= 3 and len(pairs) == len(splits) and len({s.factors for s in pairs}) == 1:
-            att = Attention(owner, layers, pairs[0].factors[0], pairs[0].factors[1])
-        if att is None or not all(isinstance(m, nn.Linear) for m in att.layers):
-            other += layers
+        att = _attention(owner, splits, tr)
+        if att is None:
+            other += list(dict.fromkeys(s.layer for s in splits))
             heads = {s.factors[1] if len(s.factors) == 3 else s.factors[0] for s in splits}
             for h in heads:
-                for name, _ in _head_tables(owner, h):
-                    other.append(owner._parameters[name])
+                other += [owner._parameters[name] for name, _ in _head_tables(owner, h)]
             continue
-        calls = tr.calls.get(owner, [])
-        last = max((i for i, (m, _) in enumerate(calls) if m in att.layers), default=-1)
-        width = att.heads * att.head_dim
-        att.consumer = next((m for m, w in calls[last + 1:] if w == width and m not in att.layers), None)
-        att.tables = _head_tables(owner, att.heads)
         found.append(att)
     return found, other
 
 
-def _drop_head(att: Attention, owner: nn.Module, head: int) -> None:
-    """Remove ``head`` from a copy of ``att.owner`` (``owner``): rows, columns, tables, size attributes."""
-    names = {m: n for n, m in att.owner.named_modules()}
-    d, h = att.head_dim, att.heads
-    parts = 3 if att.fused else 1
-    drop = {p * h * d + head * d + j for p in range(parts) for j in range(d)}
-    with torch.no_grad():
-        for layer in att.layers:
-            lin: Any = owner.get_submodule(names[layer])
-            keep = [i for i in range(lin.out_features) if i not in drop]
-            lin.weight = nn.Parameter(lin.weight[keep])
-            if lin.bias is not None:
-                lin.bias = nn.Parameter(lin.bias[keep])
-            lin.out_features = len(keep)
-        if att.consumer is not None:
-            c: Any = owner.get_submodule(names[att.consumer])
-            cols = [i for i in range(_width(att.consumer, out=False)) if not head * d <= i < (head + 1) * d]
-            c.weight = nn.Parameter(c.weight[:, cols])
-            if isinstance(c, nn.Linear):
-                c.in_features = len(cols)
-            else:
-                c.in_channels = len(cols)
-        for name, dim in att.tables:
-            t = getattr(owner, name)
-            idx = torch.tensor([i for i in range(h) if i != head], device=t.device)
-            setattr(owner, name, nn.Parameter(t.index_select(dim, idx)))
+def _attention(owner: nn.Module, splits: list[Any], tr: Trace) -> Attention | None:
+    layers = list(dict.fromkeys(s.layer for s in splits))
+    if not all(isinstance(m, nn.Linear) for m in layers):
+        return None
+    layout: dict[nn.Module, tuple[int, int]] = {}
+    heads = set()
+    for s in splits:
+        f = s.factors
+        if len(f) == 3 and f[0] in (2, 3):
+            parts, h, per = f
+        elif len(f) == 2:
+            parts, (h, per) = 1, f
+        else:
+            return None
+        if layout.get(s.layer, (parts, per)) != (parts, per):
+            return None
+        layout[s.layer] = (parts, per)
+        heads.add(h)
+    if len(heads) != 1:
+        return None
+    (h,) = heads
+    calls = tr.calls.get(owner, [])
+    last = max((i for i, (m, _) in enumerate(calls) if m in layers), default=-1)
+    consumer = next((m for m, w in calls[last + 1:] if w % h == 0 and m not in layers), None)
+    if consumer is None:
+        return None
+    d = _width(consumer, out=False) // h
+    tp_fused = len(layers) == 1 and layout[layers[0]] == (3, d)
+    tp_separate = len(layers) >= 3 and all(v == (1, d) for v in layout.values())
+    ints = {v for v in tr.reads.get(owner, {}).values() if isinstance(v, int) and not isinstance(v, bool) and v > 1}
+    widths = sorted(v for v in ints if v != h and v * h in ints)  # key_dim where key_dim * heads is read too
+    att = Attention(owner, layers, h, d, consumer, _head_tables(owner, h), layout,
+                    direct=not (tp_fused or tp_separate), widths=widths)
+    att.followers = [n for m in layers for n in tr.followers.get(m, [])]
+    if att.direct and any(not isinstance(n, _NORMS) or isinstance(n, nn.GroupNorm) for n in att.followers):
+        return None
+    return att
 
 
 def removable(att: Attention, tr: Trace) -> bool:
@@ -166,7 +242,7 @@ def removable(att: Attention, tr: Trace) -> bool:
     with torch.no_grad():
         ref = att.owner(*args, **kwargs)
         work = copy.deepcopy(att.owner)
-        _drop_head(att, work, 0)
+        remove_heads(att, work, [0])
         set_sizes(work, tr.reads.get(att.owner, {}), att.sizes(att.heads - 1))
         try:
             got = work(*args, **kwargs)
@@ -216,23 +292,28 @@ def _named(found: Analysis, model: nn.Module) -> dict[str, Any]:
     pnames = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     return {
         "attentions": [(names[a.owner], [names[m] for m in a.layers], a.heads, a.head_dim,
-                        None if a.consumer is None else names[a.consumer], list(a.tables)) for a in found.attentions],
+                        None if a.consumer is None else names[a.consumer], list(a.tables),
+                        {names[m]: v for m, v in a.layout.items()}, a.direct, [names[m] for m in a.followers],
+                        list(a.widths)) for a in found.attentions],
         "keep": [names[m] for m in found.keep if m in names],
         "tables": [pnames[id(p)] for p in found.tables if id(p) in pnames],
         "reads": {names[m]: dict(r) for m, r in found.reads.items() if m in names},
         "transformer": found.transformer,
+        "entries": [names[m] for m in found.entries],
     }
 
 
 def _resolve(named: Mapping[str, Any], model: nn.Module) -> Analysis:
     mods = dict(model.named_modules())
     return Analysis(
-        attentions=[Attention(mods[o], [mods[n] for n in ls], h, d, None if c is None else mods[c], list(t))
-                    for o, ls, h, d, c, t in named["attentions"]],
+        attentions=[Attention(mods[o], [mods[n] for n in ls], h, d, None if c is None else mods[c], list(t),
+                              {mods[n]: v for n, v in lay.items()}, direct, [mods[n] for n in fol], list(w))
+                    for o, ls, h, d, c, t, lay, direct, fol, w in named["attentions"]],
         keep=[mods[n] for n in named["keep"]],
         tables=[model.get_parameter(n) for n in named["tables"]],
         reads={mods[n]: dict(r) for n, r in named["reads"].items()},
         transformer=bool(named["transformer"]),
+        entries=[mods[n] for n in named["entries"]],
     )
 
 
@@ -261,6 +342,7 @@ def _analyse(model: nn.Module, example_inputs: Any) -> Analysis:
     tr = trace(model, example_inputs)
     found, other = _candidates(tr)
     out = Analysis(reads=tr.reads, transformer=any(s.owner in tr.attention_owners for s in tr.splits))
+    out.entries = list(dict.fromkeys(tr.calls[o][0][0] for o in tr.attention_owners if tr.calls.get(o)))
     for m in [*tr.lost, *other]:
         if isinstance(m, nn.Parameter):
             if all(m is not t for t in out.tables):

@@ -30,6 +30,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 _RESHAPES = {"reshape", "view", "unflatten", "flatten", "_reshape_alias", "reshape_as", "view_as"}
 _PIECES = {"split", "chunk", "tensor_split", "unbind", "narrow", "split_with_sizes", "__getitem__", "select"}
 _ATTENTION_OPS = {"matmul", "__matmul__", "bmm", "einsum", "scaled_dot_product_attention", "baddbmm", "__rmatmul__"}
@@ -54,6 +55,7 @@ class Trace:
     reads: dict[nn.Module, dict[str, Any]] = field(default_factory=dict)
     calls: dict[nn.Module, list[tuple[nn.Module, int]]] = field(default_factory=dict)
     inputs: dict[nn.Module, tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
+    followers: dict[nn.Module, list[nn.Module]] = field(default_factory=dict)
 
 
 def _channels_in(layer: Any) -> int:
@@ -61,9 +63,10 @@ def _channels_in(layer: Any) -> int:
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, trace: Trace, layer_of: dict[int, nn.Module], stack: list[nn.Module]) -> None:
+    def __init__(self, trace: Trace, layer_of: dict[int, nn.Module], stack: list[nn.Module],
+                 norm_of: dict[int, nn.Module]) -> None:
         super().__init__()
-        self.trace, self.layer_of, self.stack = trace, layer_of, stack
+        self.trace, self.layer_of, self.stack, self.norm_of = trace, layer_of, stack, norm_of
         self.label: dict[int, tuple[tuple[nn.Module, ...], int]] = {}
         self.alive: list[torch.Tensor] = []  # keeps labelled tensors alive so their ids stay unique
 
@@ -90,11 +93,16 @@ class _Recorder(TorchFunctionMode):
                     for o in self.stack:
                         self.trace.calls.setdefault(o, []).append((hit, _channels_in(hit)))
                 return out
-        flat = [t for a in args for t in (a if isinstance(a, list | tuple) else (a,))]
+        flat = [t for a in [*args, *kwargs.values()] for t in (a if isinstance(a, list | tuple) else (a,))]
         src = next((a for a in flat if isinstance(a, torch.Tensor) and id(a) in self.label), None)
         if src is None:
             return out
         layer, dim = self.label[id(src)]
+        norm = next((self.norm_of[id(a)] for a in flat if id(a) in self.norm_of), None)
+        if norm is not None and len(layer) == 1:  # a norm over the layer's channels (LinearNorm, ConvNorm ...)
+            known = self.trace.followers.setdefault(layer[0], [])
+            if norm not in known:
+                known.append(norm)
         if name in ("cat", "concat", "concatenate") and isinstance(out, torch.Tensor):
             self._cat(args, kwargs, out, dim)
         elif name in _RESHAPES and isinstance(out, torch.Tensor):
@@ -243,7 +251,8 @@ def trace(model: nn.Module, example_inputs: Any, owners_to_capture: bool = True)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _reading(model, out.reads), _Recorder(out, layer_of, stack):
+        norm_of = {id(p): m for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
+        with torch.no_grad(), _reading(model, out.reads), _Recorder(out, layer_of, stack, norm_of):
             if isinstance(x, dict):
                 model(**x)
             elif isinstance(x, tuple | list):

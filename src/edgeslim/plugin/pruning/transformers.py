@@ -42,7 +42,15 @@ from torch import nn
 
 from edgeslim.plugin.pruning.attention import HeadAttention, convert_attention
 from edgeslim.plugin.pruning.config import TransformerConfig
-from edgeslim.plugin.pruning.heads import Analysis, Attention, analyse, follow_sizes, set_sizes, size_snapshot
+from edgeslim.plugin.pruning.heads import (
+    Analysis,
+    Attention,
+    analyse,
+    follow_sizes,
+    remove_heads,
+    set_sizes,
+    size_snapshot,
+)
 from edgeslim.registry import Registry
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -154,6 +162,7 @@ class TransformerSpec:
     attentions: list[Attention] = field(default_factory=list)
     tables: list[nn.Parameter] = field(default_factory=list)
     reads: dict[nn.Module, dict[str, Any]] = field(default_factory=dict)
+    entries: list[nn.Module] = field(default_factory=list)
 
     def ratios(
         self, ratio: float, given: Mapping[nn.Module, float] | None = None
@@ -168,13 +177,13 @@ class TransformerSpec:
         given = given or {}
         heads: dict[nn.Module, float] = {}
         attn_total = attn_removed = 0.0
-        qkv: Any
-        for qkv, h in self.num_heads.items():
-            r = given.get(qkv, ratio)
+        for att in self.attentions if self.config.heads else []:
+            h = att.heads
+            r = given.get(att.layers[0], ratio)
             k = min(math.floor(r * h + 1e-9), h - 1)
-            heads[qkv] = max(k / h - 1e-6, 0.0)
-            size = qkv.weight.numel() * 4 / 3  # q, k, v (fused or each of three) + their share of the output projection
-            attn_total += size * r
+            heads.update(dict.fromkeys(att.layers, max(k / h - 1e-6, 0.0)))
+            size = sum(float(m.weight.numel()) for m in [*att.layers, att.consumer] if m is not None)
+            attn_total += size * r  # q, k, v (fused or separate) and the consumer's columns
             attn_removed += size * k / h
         mlp_total = sum(2.0 * m.weight.numel() for m in self.mlps if m not in given)
         if not mlp_total:
@@ -215,14 +224,15 @@ def transformer_spec(
     keep = list(keep)
     convert_attention(model, keep)
     found = analyse(model, example_inputs) if example_inputs is not None else Analysis()
-    spec = TransformerSpec(config, keep=list(found.keep), tables=list(found.tables), reads=found.reads)
+    spec = TransformerSpec(config, keep=list(found.keep), tables=list(found.tables), reads=found.reads,
+                           entries=[] if config.embed_dim else list(found.entries))
     for att in found.attentions:
         if any(m in keep for m in att.layers):
             continue
         spec.attentions.append(att)
-        if config.heads:
+        if config.heads and not att.direct:
             spec.num_heads.update(dict.fromkeys(att.layers, att.heads))
-        else:
+        else:  # heads kept, or removed by edgeslim after torch-pruning's step: torch-pruning leaves them
             spec.keep.extend(m for m in att.layers if m not in spec.keep)
     for module in model.modules():
         hit = _first_adapter(module)
@@ -277,6 +287,9 @@ class TransformerPruner(tp.pruner.BasePruner):
         ignored = list(kwargs.pop("ignored_layers", None) or []) + spec.keep
         given = kwargs.pop("pruning_ratio_dict", None) or {}
         head_ratios, mlp_ratios = spec.ratios(head_ratio, given)
+        direct = {m for a in spec.attentions if a.direct for m in a.layers}
+        self.direct_ratios = {m: r for m, r in head_ratios.items() if m in direct}
+        head_ratios = {m: r for m, r in head_ratios.items() if m not in direct}
         ratio_dict = {**{m: r for m, r in mlp_ratios.items() if m not in ignored}, **given}
         super().__init__(
             model, example_inputs, ignored_layers=[*ignored, *spec.tables], num_heads=dict(spec.num_heads),
@@ -287,7 +300,7 @@ class TransformerPruner(tp.pruner.BasePruner):
         self.spec = spec
         #: Root layers of the groups whose channel indices torch-pruning cannot map (left whole).
         self.unfollowed = _unmappable_roots(self)
-        self.ignored_layers.extend(self.unfollowed)
+        self.ignored_layers.extend(self.unfollowed + _stream_producers(self, spec.entries))
 
     def step(self, interactive: bool = False) -> Any:
         """One pruning step; then head tables lose the removed heads and every read size attribute follows."""
@@ -304,10 +317,51 @@ class TransformerPruner(tp.pruner.BasePruner):
                     removed.setdefault(id(att), set()).update(att.head_of(int(i)) for i in idxs)
             group.prune()
         for att in self.spec.attentions:
-            _slice_tables(att, sorted(removed.get(id(att), set())))
+            if att.direct:
+                self._remove_direct(att)
+            else:
+                _slice_tables(att, sorted(removed.get(id(att), set())))
         self.spec.fix(self.num_heads)
         follow_sizes(before, self.spec.reads, skip={a.owner for a in self.spec.attentions})
         return None
+
+    def _remove_direct(self, att: Attention) -> None:
+        """Remove the least important heads of an attention torch-pruning cannot cut (all in the first step)."""
+        ratio = self.direct_ratios.get(att.layers[0], 0.0)
+        if self.current_step != 1 or ratio <= 0:
+            return
+        k = min(math.ceil(ratio * att.heads), att.heads - 1)
+        drop = sorted(int(i) for i in torch.topk(_head_scores(att), k, largest=False).indices)
+        remove_heads(att, att.owner, drop)
+        self.num_heads.update(dict.fromkeys(att.layers, att.heads - k))
+
+
+def _head_scores(att: Attention) -> torch.Tensor:
+    """L2 norm of each head's projection rows and consumer columns."""
+    score = torch.zeros(att.heads)
+    for h in range(att.heads):
+        for layer in att.layers:
+            score[h] += layer.weight.detach()[att.rows(layer, [h])].pow(2).sum()  # type: ignore[index]
+        if att.consumer is not None:
+            w = att.consumer.weight.detach()
+            score[h] += w[:, h * att.head_dim:(h + 1) * att.head_dim].pow(2).sum()  # type: ignore[index]
+    return score.sqrt()
+
+
+def _stream_producers(pruner: tp.pruner.BasePruner, entries: list[nn.Module]) -> list[nn.Module]:
+    """One producer of each attention's input channels (the embedding / residual stream): ignoring it keeps
+    that width whole (``TransformerConfig.embed_dim=False``), whatever layer made it."""
+    dg, out = pruner.DG, []
+    for layer in entries:
+        pruner_fn = dg.get_pruner_of_module(layer)
+        if pruner_fn is None or layer not in dg.module2node:
+            continue
+        for dep, _ in dg.get_pruning_group(layer, pruner_fn.prune_in_channels, [0]):
+            m = dep.target.module
+            if isinstance(m, nn.Module) and dg.is_out_channel_pruning_fn(dep.handler):
+                out.append(m)
+                break
+    return out
 
 
 def _unmappable_roots(pruner: tp.pruner.BasePruner) -> list[nn.Module]:
