@@ -251,7 +251,7 @@ def trace(model: nn.Module, example_inputs: Any, owners_to_capture: bool = True)
     was_training = model.training
     model.eval()
     try:
-        norm_of = {id(p): m for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
+        norm_of: dict[int, nn.Module] = {id(p): m for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
         with torch.no_grad(), _reading(model, out.reads), _Recorder(out, layer_of, stack, norm_of):
             if isinstance(x, dict):
                 model(**x)

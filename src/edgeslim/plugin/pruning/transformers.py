@@ -42,6 +42,7 @@ from torch import nn
 
 from edgeslim.plugin.pruning.attention import HeadAttention, convert_attention
 from edgeslim.plugin.pruning.config import TransformerConfig
+from edgeslim.plugin.pruning.groupcheck import stream_producers, unmappable_roots
 from edgeslim.plugin.pruning.heads import (
     Analysis,
     Attention,
@@ -182,7 +183,7 @@ class TransformerSpec:
             r = given.get(att.layers[0], ratio)
             k = min(math.floor(r * h + 1e-9), h - 1)
             heads.update(dict.fromkeys(att.layers, max(k / h - 1e-6, 0.0)))
-            size = sum(float(m.weight.numel()) for m in [*att.layers, att.consumer] if m is not None)
+            size = float(sum(_numel(m) for m in [*att.layers, att.consumer] if m is not None))
             attn_total += size * r  # q, k, v (fused or separate) and the consumer's columns
             attn_removed += size * k / h
         mlp_total = sum(2.0 * m.weight.numel() for m in self.mlps if m not in given)
@@ -299,8 +300,8 @@ class TransformerPruner(tp.pruner.BasePruner):
         )
         self.spec = spec
         #: Root layers of the groups whose channel indices torch-pruning cannot map (left whole).
-        self.unfollowed = _unmappable_roots(self)
-        self.ignored_layers.extend(self.unfollowed + _stream_producers(self, spec.entries))
+        self.unfollowed = unmappable_roots(self)
+        self.ignored_layers.extend(self.unfollowed + stream_producers(self, spec.entries))
 
     def step(self, interactive: bool = False) -> Any:
         """One pruning step; then head tables lose the removed heads and every read size attribute follows."""
@@ -336,53 +337,21 @@ class TransformerPruner(tp.pruner.BasePruner):
         self.num_heads.update(dict.fromkeys(att.layers, att.heads - k))
 
 
+def _numel(m: Any) -> int:
+    return int(m.weight.numel())
+
+
 def _head_scores(att: Attention) -> torch.Tensor:
     """L2 norm of each head's projection rows and consumer columns."""
     score = torch.zeros(att.heads)
     for h in range(att.heads):
         for layer in att.layers:
-            score[h] += layer.weight.detach()[att.rows(layer, [h])].pow(2).sum()  # type: ignore[index]
+            weight: Any = layer.weight
+            score[h] += weight.detach()[att.rows(layer, [h])].pow(2).sum()
         if att.consumer is not None:
-            w = att.consumer.weight.detach()
-            score[h] += w[:, h * att.head_dim:(h + 1) * att.head_dim].pow(2).sum()  # type: ignore[index]
+            w: Any = att.consumer.weight
+            score[h] += w.detach()[:, h * att.head_dim:(h + 1) * att.head_dim].pow(2).sum()
     return score.sqrt()
-
-
-def _stream_producers(pruner: tp.pruner.BasePruner, entries: list[nn.Module]) -> list[nn.Module]:
-    """One producer of each attention's input channels (the embedding / residual stream): ignoring it keeps
-    that width whole (``TransformerConfig.embed_dim=False``), whatever layer made it."""
-    dg, out = pruner.DG, []
-    for layer in entries:
-        pruner_fn = dg.get_pruner_of_module(layer)
-        if pruner_fn is None or layer not in dg.module2node:
-            continue
-        for dep, _ in dg.get_pruning_group(layer, pruner_fn.prune_in_channels, [0]):
-            m = dep.target.module
-            if isinstance(m, nn.Module) and dg.is_out_channel_pruning_fn(dep.handler):
-                out.append(m)
-                break
-    return out
-
-
-def _unmappable_roots(pruner: tp.pruner.BasePruner) -> list[nn.Module]:
-    """Roots of the groups where torch-pruning maps a channel index past a layer's size (a concat or
-    split it did not follow): pruning them would fail or cut the wrong channels, so they stay whole."""
-    dg, bad = pruner.DG, []
-    for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types):
-        for dep, idxs in group:
-            m = dep.target.module
-            if not isinstance(m, nn.Module) or not idxs or dg.get_pruner_of_module(m) is None:
-                continue
-            if dg.is_out_channel_pruning_fn(dep.handler):
-                n = dg.get_out_channels(dep.target)
-            elif dg.is_in_channel_pruning_fn(dep.handler):
-                n = dg.get_in_channels(dep.target)
-            else:
-                continue
-            if n is not None and max(int(i) for i in idxs) >= n:
-                bad.append(group[0].dep.target.module)
-                break
-    return bad
 
 
 def _slice_tables(att: Attention, heads: list[int]) -> None:
