@@ -48,8 +48,9 @@ class Attention:
         consumer: The layer that takes the merged heads (its input columns go with them).
         tables: Head-indexed parameters of ``owner`` (attribute name, head dimension).
         layout: Per projection, ``(parts, per_head)``: its channels are ``(parts, heads, per_head)``.
-        direct: Removed by edgeslim after torch-pruning's step (a layout torch-pruning's head pruning
-            does not know, e.g. LeViT's ``(heads, 2·key_dim + val_dim)``); else by torch-pruning.
+        direct: Removed by edgeslim after torch-pruning's step (separate q/k/v, whose einsum torch-pruning
+            does not always follow, or a layout it does not know, e.g. LeViT's ``(heads, 2·key_dim + val_dim)``);
+            else (one fused ``(3, heads, head_dim)`` qkv) by torch-pruning.
         followers: Norm layers over a projection's output channels (sliced with it when ``direct``).
         widths: Per-head widths an attribute may multiply by the head count (``key_dim``, ``val_dim`` ...).
     """
@@ -222,12 +223,11 @@ def _attention(owner: nn.Module, splits: list[Any], tr: Trace) -> Attention | No
     if consumer is None:
         return None
     d = _width(consumer, out=False) // h
-    tp_fused = len(layers) == 1 and layout[layers[0]] == (3, d)
-    tp_separate = len(layers) >= 3 and all(v == (1, d) for v in layout.values())
+    tp_fused = len(layers) == 1 and layout[layers[0]] == (3, d)  # torch-pruning follows it (einsum q/k/v: not always)
     ints = {v for v in tr.reads.get(owner, {}).values() if isinstance(v, int) and not isinstance(v, bool) and v > 1}
     widths = sorted(v for v in ints if v != h and v * h in ints)  # key_dim where key_dim * heads is read too
     att = Attention(owner, layers, h, d, consumer, _head_tables(owner, h), layout,
-                    direct=not (tp_fused or tp_separate), widths=widths)
+                    direct=not tp_fused, widths=widths)
     att.followers = [n for m in layers for n in tr.followers.get(m, [])]
     if att.direct and any(not isinstance(n, _NORMS) or isinstance(n, nn.GroupNorm) for n in att.followers):
         return None
