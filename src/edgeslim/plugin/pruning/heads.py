@@ -252,11 +252,7 @@ def removable(att: Attention, tr: Trace) -> bool:
 
 
 def _shapes(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return tuple(x.shape)
-    if isinstance(x, list | tuple):
-        return [_shapes(v) for v in x]
-    return None
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else [_shapes(v) for v in x] if isinstance(x, list | tuple) else None
 
 
 def set_sizes(module: nn.Module, read: Mapping[str, Any], mapping: Mapping[int, int]) -> dict[str, Any]:

@@ -14,7 +14,9 @@ What ``params=0.5`` removes in a ViT-style model (see :class:`~edgeslim.plugin.p
 
 How attentions are found (:mod:`.heads`, no class names): one forward is traced; an attention is a
 module whose forward multiplies tensors and splits a projection's output channels into
-``(3, heads, head_dim)`` (fused qkv) or ``(heads, head_dim)`` (separate q/k/v). Removing one head is
+``(3, heads, head_dim)`` (fused qkv: torch-pruning removes its heads) or ``(heads, per_head)`` per
+projection (separate q/k/v, LeViT's ``(heads, 2·key_dim + val_dim)``: edgeslim removes them after
+torch-pruning's step, with the norms over those channels). Removing one head is
 tried on a copy of that module first; where its forward cannot follow (head_dim derived from the
 embedding width, another qkv layout, channels merged into the batch), the projection stays whole.
 After each step every size attribute the forward READ follows (``num_heads``, ``attn_dim``, ``dh``,
