@@ -41,10 +41,21 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _size_attr(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, tuple) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value))
+
+
 def _manifest(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Each module's class name and size attributes: :data:`STRUCT_ATTRS` and every other public int or
+    int-tuple attribute (``num_heads``, ``attn_dim``, ``key_dim``, ``shape`` ...: whatever pruning made follow)."""
     out: dict[str, dict[str, Any]] = {}
     for name, mod in model.named_modules():
         attrs = {a: _jsonable(getattr(mod, a)) for a in STRUCT_ATTRS if isinstance(getattr(mod, a, None), int | tuple)}
+        attrs.update({a: _jsonable(v) for a, v in vars(mod).items()
+                      if not a.startswith("_") and a not in attrs and _size_attr(v)})
         out[name] = {"type": type(mod).__name__, "attrs": attrs}
     return out
 

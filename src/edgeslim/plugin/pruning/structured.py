@@ -95,7 +95,7 @@ def make_pruner(
     kwargs: dict[str, object] = {} if scheduler is None else {"iterative_pruning_ratio_scheduler": scheduler}
     ignored: list[nn.Module] = ignored_modules(model, config)
     ignored += [m for m in map(model.get_submodule, extra_ignored) if m not in ignored]
-    spec = transformer_spec(model, config.transformer, keep=ignored)  # heads, MLPs: see transformers.py
+    spec = transformer_spec(model, config.transformer, keep=ignored, example_inputs=example_inputs)  # see transformers.py
     cls: type[tp.pruner.BasePruner] = tp.pruner.BasePruner
     unwrapped = resolve_params(model, config.unwrapped_parameters, "unwrapped_parameters")
     if spec is not None:

@@ -12,21 +12,23 @@ What ``params=0.5`` removes in a ViT-style model (see :class:`~edgeslim.plugin.p
   fixed-size code such as ``VisionTransformer._process_input`` depend on it); when on,
   ``VisionTransformer.hidden_dim`` follows.
 
-How blocks are recognised (one adapter each, registered by name in :data:`ADAPTERS`):
+How attentions are found (:mod:`.heads`, no class names): one forward is traced; an attention is a
+module whose forward multiplies tensors and splits a projection's output channels into
+``(3, heads, head_dim)`` (fused qkv: torch-pruning removes its heads) or ``(heads, per_head)`` per
+projection (separate q/k/v, LeViT's ``(heads, 2·key_dim + val_dim)``: edgeslim removes them after
+torch-pruning's step, with the norms over those channels). Removing one head is
+tried on a copy of that module first; where its forward cannot follow (head_dim derived from the
+embedding width, another qkv layout, channels merged into the batch), the projection stays whole.
+After each step every size attribute the forward READ follows (``num_heads``, ``attn_dim``, ``dh``,
+``self.shape`` ...), and head-indexed tables (attention biases, temperatures) lose the removed heads.
 
-- ``nn.MultiheadAttention`` (self-attention: torchvision ``vit_*``, hand-written blocks): its
-  inner width is tied to ``embed_dim``, so it is first replaced by :class:`HeadAttention`, the
-  same computation (same weights, same call signature) with a fused ``qkv`` and a ``proj``
-  Linear whose inner width is ``num_heads * head_dim``. Saved pruned models record this and
-  reload it (:func:`convert_like`).
-- blocks with an int ``num_heads`` and a fused ``qkv`` Linear (timm-style), or separate
-  ``q``/``k``/``v`` (or ``q_proj``/``k_proj``/``v_proj``) Linears: their forward must reshape
-  by ``num_heads`` / ``head_dim`` and merge heads with ``reshape(B, N, -1)``; ``num_heads``
-  (and ``head_dim`` when the block has one) are updated after pruning.
-- torchvision ``swin_*`` (``ShiftedWindowAttention``): its functional forward derives
-  ``head_dim`` from the embedding width, so its heads are kept; MLP widths are pruned.
-- torchvision ``VisionTransformer`` / ``Encoder`` / ``EncoderBlock``: ``class_token`` and
-  ``pos_embedding`` are declared to torch-pruning; ``hidden_dim`` and ``num_heads`` follow.
+``nn.MultiheadAttention`` (self-attention) is first replaced by :class:`HeadAttention`, the same
+computation with a fused ``qkv`` and a ``proj`` Linear whose inner width is ``num_heads * head_dim``
+(saved pruned models record this and reload it, :func:`convert_like`); it is then found like any
+other attention. Parameters outside layers (class token, position embedding, LayerScale ``gamma``,
+``[C, 1, 1]`` scales) are pruned with their channels along their last non-singleton dimension.
+Two adapters (:data:`ADAPTERS`) only refine: MLP widths (``fc1``/``fc2`` or torchvision ``MLP``) and
+the unread ``num_heads`` / ``embed_dim`` of torchvision ``EncoderBlock`` / :class:`HeadAttention`.
 """
 
 from __future__ import annotations
@@ -36,24 +38,32 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import torch
 import torch_pruning as tp
 from torch import nn
 
 from edgeslim.plugin.pruning.attention import HeadAttention, convert_attention
 from edgeslim.plugin.pruning.config import TransformerConfig
+from edgeslim.plugin.pruning.groupcheck import stream_producers, unmappable_roots
+from edgeslim.plugin.pruning.heads import (
+    Analysis,
+    Attention,
+    analyse,
+    follow_sizes,
+    remove_heads,
+    set_sizes,
+    size_snapshot,
+)
 from edgeslim.registry import Registry
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 
 class Adapter(Protocol):
-    """How one kind of transformer module is pruned (see the module docstring)."""
+    """What a refining adapter knows about one kind of module (see the module docstring)."""
 
     def matches(self, module: Any) -> bool:
         """Whether this adapter handles ``module``."""
-
-    def heads(self, module: Any) -> dict[nn.Module, int]:
-        """The qkv Linear(s) of ``module`` and their number of heads ({} if its heads cannot be pruned)."""
 
     def keep(self, module: Any, config: TransformerConfig) -> list[nn.Module]:
         """Layers that must not lose output channels under ``config``."""
@@ -73,18 +83,7 @@ def _linear(module: nn.Module, *names: str) -> nn.Linear | None:
     return None
 
 
-def _qkv_triplet(module: nn.Module) -> list[nn.Linear] | None:
-    for names in (("q", "k", "v"), ("q_proj", "k_proj", "v_proj"), ("query", "key", "value")):
-        found = [_linear(module, n) for n in names]
-        if all(found):
-            return [f for f in found if f is not None]
-    return None
-
-
 class _Base:
-    def heads(self, module: Any) -> dict[nn.Module, int]:
-        return {}
-
     def keep(self, module: Any, config: TransformerConfig) -> list[nn.Module]:
         return []
 
@@ -93,63 +92,13 @@ class _Base:
 
 
 class _HeadAttentionAdapter(_Base):
+    """:class:`HeadAttention`: ``embed_dim`` (not read by its forward) follows ``proj``."""
+
     def matches(self, module: Any) -> bool:
         return isinstance(module, HeadAttention)
 
-    def heads(self, module: Any) -> dict[nn.Module, int]:
-        return {module.qkv: int(module.num_heads)}
-
-    def keep(self, module: Any, config: TransformerConfig) -> list[nn.Module]:
-        return [] if config.heads else [module.qkv]
-
     def fix(self, module: Any, num_heads: Mapping[nn.Module, int]) -> None:
-        module.num_heads = module.qkv.out_features // (3 * module.head_dim)
         module.embed_dim = module.proj.out_features
-
-
-class _SwinAdapter(_Base):
-    """torchvision swin: heads kept (its functional attention derives head_dim from the width)."""
-
-    def matches(self, module: Any) -> bool:
-        from torchvision.models.swin_transformer import ShiftedWindowAttention
-
-        return isinstance(module, ShiftedWindowAttention)
-
-    def keep(self, module: Any, config: TransformerConfig) -> list[nn.Module]:
-        return [module.qkv]
-
-
-class _FusedQkvAdapter(_Base):
-    """A block with an int ``num_heads`` and a fused ``qkv`` Linear (timm style)."""
-
-    def matches(self, module: Any) -> bool:
-        return isinstance(getattr(module, "num_heads", None), int) and _linear(module, "qkv") is not None
-
-    def heads(self, module: Any) -> dict[nn.Module, int]:
-        return {module.qkv: int(module.num_heads)}
-
-    def keep(self, module: Any, config: TransformerConfig) -> list[nn.Module]:
-        return [] if config.heads else [module.qkv]
-
-    def fix(self, module: Any, num_heads: Mapping[nn.Module, int]) -> None:
-        module.num_heads = int(num_heads.get(module.qkv, module.num_heads))
-
-
-class _SeparateQkvAdapter(_Base):
-    """A block with an int ``num_heads`` and separate q/k/v Linears."""
-
-    def matches(self, module: Any) -> bool:
-        return isinstance(getattr(module, "num_heads", None), int) and _qkv_triplet(module) is not None
-
-    def heads(self, module: Any) -> dict[nn.Module, int]:
-        return dict.fromkeys(_qkv_triplet(module) or [], int(module.num_heads))
-
-    def keep(self, module: Any, config: TransformerConfig) -> list[nn.Module]:
-        return [] if config.heads else list(_qkv_triplet(module) or [])
-
-    def fix(self, module: Any, num_heads: Mapping[nn.Module, int]) -> None:
-        q = (_qkv_triplet(module) or [])[:1]
-        module.num_heads = int(num_heads.get(q[0], module.num_heads)) if q else module.num_heads
 
 
 class _TorchvisionViTAdapter(_Base):
@@ -186,14 +135,8 @@ def mlp_first(module: nn.Module) -> nn.Linear | None:
 
 
 ADAPTERS.register("head_attention")(_HeadAttentionAdapter())
-ADAPTERS.register("swin_attention")(_SwinAdapter())
-ADAPTERS.register("fused_qkv")(_FusedQkvAdapter())
-ADAPTERS.register("separate_qkv")(_SeparateQkvAdapter())
 ADAPTERS.register("torchvision_vit")(_TorchvisionViTAdapter())
 ADAPTERS.register("mlp")(_MlpAdapter())
-
-#: Adapters whose presence makes a model a transformer for edgeslim (the others only refine).
-_ATTENTION_ADAPTERS = ("head_attention", "swin_attention", "fused_qkv", "separate_qkv")
 
 
 def _first_adapter(module: nn.Module) -> tuple[str, Adapter] | None:
@@ -205,7 +148,13 @@ def _first_adapter(module: nn.Module) -> tuple[str, Adapter] | None:
 
 @dataclass
 class TransformerSpec:
-    """What torch-pruning needs to prune a transformer: heads, kept layers, unwrapped parameters."""
+    """What torch-pruning needs to prune a model with attention: heads, kept layers, unwrapped parameters.
+
+    Attributes:
+        attentions: The attentions whose heads are removed whole (found by :func:`.heads.analyse`).
+        tables: Head-indexed parameters torch-pruning must not touch (sliced here with the heads).
+        reads: The size attributes each module's forward read (they follow the pruning).
+    """
 
     config: TransformerConfig
     blocks: list[tuple[nn.Module, Adapter]] = field(default_factory=list)
@@ -213,6 +162,10 @@ class TransformerSpec:
     keep: list[nn.Module] = field(default_factory=list)
     unwrapped: list[tuple[nn.Parameter, int]] = field(default_factory=list)
     mlps: list[nn.Linear] = field(default_factory=list)
+    attentions: list[Attention] = field(default_factory=list)
+    tables: list[nn.Parameter] = field(default_factory=list)
+    reads: dict[nn.Module, dict[str, Any]] = field(default_factory=dict)
+    entries: list[nn.Module] = field(default_factory=list)
 
     def ratios(
         self, ratio: float, given: Mapping[nn.Module, float] | None = None
@@ -227,13 +180,13 @@ class TransformerSpec:
         given = given or {}
         heads: dict[nn.Module, float] = {}
         attn_total = attn_removed = 0.0
-        qkv: Any
-        for qkv, h in self.num_heads.items():
-            r = given.get(qkv, ratio)
+        for att in self.attentions if self.config.heads else []:
+            h = att.heads
+            r = given.get(att.layers[0], ratio)
             k = min(math.floor(r * h + 1e-9), h - 1)
-            heads[qkv] = max(k / h - 1e-6, 0.0)
-            size = qkv.weight.numel() * 4 / 3  # q, k, v (fused or each of three) + their share of the output projection
-            attn_total += size * r
+            heads.update(dict.fromkeys(att.layers, max(k / h - 1e-6, 0.0)))
+            size = float(sum(_numel(m) for m in [*att.layers, att.consumer] if m is not None))
+            attn_total += size * r  # q, k, v (fused or separate) and the consumer's columns
             attn_removed += size * k / h
         mlp_total = sum(2.0 * m.weight.numel() for m in self.mlps if m not in given)
         if not mlp_total:
@@ -242,7 +195,12 @@ class TransformerSpec:
         return heads, dict.fromkeys((m for m in self.mlps if m not in given), min(max(m_ratio, 0.0), 0.95))
 
     def fix(self, num_heads: Mapping[nn.Module, int]) -> None:
-        """Update every block's size attributes after a pruning step."""
+        """Update every attention's and block's size attributes after a pruning step."""
+        for att in self.attentions:
+            left = int(num_heads.get(att.layers[0], att.heads))
+            if left != att.heads:
+                set_sizes(att.owner, self.reads.get(att.owner, {}), att.sizes(left))
+                att.heads = left
         for module, adapter in reversed(self.blocks):  # inner modules first (a block reads its attention's)
             adapter.fix(module, num_heads)
 
@@ -250,43 +208,57 @@ class TransformerSpec:
 _OWNED = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.PReLU, nn.MultiheadAttention, *_NORMS)
 
 
-def transformer_spec(model: nn.Module, config: TransformerConfig, keep: Iterable[nn.Module] = ()) -> TransformerSpec | None:
-    """Prepare ``model`` (converting its ``nn.MultiheadAttention``) and describe its transformer blocks.
+def transformer_spec(
+    model: nn.Module, config: TransformerConfig, keep: Iterable[nn.Module] = (), *, example_inputs: Any = None
+) -> TransformerSpec | None:
+    """Prepare ``model`` (converting its ``nn.MultiheadAttention``) and describe its attentions and blocks.
 
     Args:
         model: Modified in place: self-attention ``nn.MultiheadAttention`` become :class:`HeadAttention`.
         config: What may be pruned.
         keep: Layers the caller ignores (never converted).
+        example_inputs: Inputs for the one traced forward that finds attentions and size attributes
+            (``None``: nothing is traced and only the adapters apply).
 
     Returns:
-        ``None`` if ``model`` has no attention block edgeslim recognises (plain CNN path).
+        ``None`` without ``example_inputs`` when ``model`` has no :class:`HeadAttention` (plain pruner); with
+        them always a spec (its size fix-ups and unmappable-group check serve CNNs too).
     """
+    keep = list(keep)
     convert_attention(model, keep)
-    spec = TransformerSpec(config)
-    found = False
+    found = analyse(model, example_inputs) if example_inputs is not None else Analysis()
+    spec = TransformerSpec(config, keep=list(found.keep), tables=list(found.tables), reads=found.reads,
+                           entries=[] if config.embed_dim else list(found.entries))
+    for att in found.attentions:
+        if any(m in keep for m in att.layers):
+            continue
+        spec.attentions.append(att)
+        if config.heads and not att.direct:
+            spec.num_heads.update(dict.fromkeys(att.layers, att.heads))
+        else:  # heads kept, or removed by edgeslim after torch-pruning's step: torch-pruning leaves them
+            spec.keep.extend(m for m in att.layers if m not in spec.keep)
     for module in model.modules():
         hit = _first_adapter(module)
         if hit is None:
             continue
         name, adapter = hit
-        found = found or name in _ATTENTION_ADAPTERS
         spec.blocks.append((module, adapter))
-        if config.heads:
-            spec.num_heads.update(adapter.heads(module))
         spec.keep.extend(m for m in adapter.keep(module, config) if m not in spec.keep)
         first = mlp_first(module) if name == "mlp" and config.mlp else None
-        if first is not None:
+        if first is not None and found.transformer:
             spec.mlps.append(first)
-    if not found:
+    if example_inputs is None and not any(isinstance(m, HeadAttention) for m in model.modules()):
         return None
-    if not config.embed_dim:
+    if found.transformer and not config.embed_dim:
         spec.keep.extend(m for m in embedding_layers(model) if m not in spec.keep)
+    tables = {id(t) for t in spec.tables}
     for module in model.modules():
         if isinstance(module, _OWNED):
             continue
         for p in module.parameters(recurse=False):
-            if p.dim() >= 1:  # class token, position embedding, relative position bias ...: the last dim is the width
-                spec.unwrapped.append((p, p.dim() - 1))
+            dims = [i for i, s in enumerate(p.shape) if s > 1]
+            if dims and id(p) not in tables:  # class token, position embedding, [C, 1, 1] scales: the channel dim
+                spec.unwrapped.append((p, dims[-1]))
     return spec
 
 
@@ -318,23 +290,80 @@ class TransformerPruner(tp.pruner.BasePruner):
         ignored = list(kwargs.pop("ignored_layers", None) or []) + spec.keep
         given = kwargs.pop("pruning_ratio_dict", None) or {}
         head_ratios, mlp_ratios = spec.ratios(head_ratio, given)
+        direct = {m for a in spec.attentions if a.direct for m in a.layers}
+        self.direct_ratios = {m: r for m, r in head_ratios.items() if m in direct}
+        head_ratios = {m: r for m, r in head_ratios.items() if m not in direct}
         ratio_dict = {**{m: r for m, r in mlp_ratios.items() if m not in ignored}, **given}
         super().__init__(
-            model, example_inputs, ignored_layers=ignored, num_heads=dict(spec.num_heads),
+            model, example_inputs, ignored_layers=[*ignored, *spec.tables], num_heads=dict(spec.num_heads),
             prune_num_heads=bool(spec.num_heads), prune_head_dims=False, head_pruning_ratio=head_ratio,
             unwrapped_parameters=list(spec.unwrapped) or None, in_channel_groups={}, out_channel_groups={},
             head_pruning_ratio_dict=head_ratios, pruning_ratio_dict=ratio_dict or None, **kwargs,
         )
         self.spec = spec
+        #: Root layers of the groups whose channel indices torch-pruning cannot map (left whole).
+        self.unfollowed = unmappable_roots(self)
+        self.ignored_layers.extend(self.unfollowed + stream_producers(self, spec.entries))
 
     def step(self, interactive: bool = False) -> Any:
-        """One pruning step, then every block's ``num_heads`` / ``hidden_dim`` / ``embed_dim`` is updated."""
+        """One pruning step; then head tables lose the removed heads and every read size attribute follows."""
         if interactive:
             raise ValueError("interactive pruning of transformer blocks is not supported (the size attributes "
                              "are fixed after each step); call step()")
-        super().step()
+        before = size_snapshot(self.spec.reads)
+        by_layer = {m: att for att in self.spec.attentions for m in att.layers}
+        removed: dict[int, set[int]] = {}
+        for group in super().step(interactive=True):
+            for dep, idxs in group:
+                att = by_layer.get(dep.target.module)
+                if att is not None and self.DG.is_out_channel_pruning_fn(dep.handler):
+                    removed.setdefault(id(att), set()).update(att.head_of(int(i)) for i in idxs)
+            group.prune()
+        for att in self.spec.attentions:
+            if att.direct:
+                self._remove_direct(att)
+            else:
+                _slice_tables(att, sorted(removed.get(id(att), set())))
         self.spec.fix(self.num_heads)
+        follow_sizes(before, self.spec.reads, skip={a.owner for a in self.spec.attentions})
         return None
+
+    def _remove_direct(self, att: Attention) -> None:
+        """Remove the least important heads of an attention torch-pruning cannot cut (all in the first step)."""
+        ratio = self.direct_ratios.get(att.layers[0], 0.0)
+        if self.current_step != 1 or ratio <= 0:
+            return
+        k = min(math.ceil(ratio * att.heads), att.heads - 1)
+        drop = sorted(int(i) for i in torch.topk(_head_scores(att), k, largest=False).indices)
+        remove_heads(att, att.owner, drop)
+        self.num_heads.update(dict.fromkeys(att.layers, att.heads - k))
+
+
+def _numel(m: Any) -> int:
+    return int(m.weight.numel())
+
+
+def _head_scores(att: Attention) -> torch.Tensor:
+    """L2 norm of each head's projection rows and consumer columns."""
+    score = torch.zeros(att.heads)
+    for h in range(att.heads):
+        for layer in att.layers:
+            weight: Any = layer.weight
+            score[h] += weight.detach()[att.rows(layer, [h])].pow(2).sum()
+        if att.consumer is not None:
+            w: Any = att.consumer.weight
+            score[h] += w.detach()[:, h * att.head_dim:(h + 1) * att.head_dim].pow(2).sum()
+    return score.sqrt()
+
+
+def _slice_tables(att: Attention, heads: list[int]) -> None:
+    if not heads:
+        return
+    for name, dim in att.tables:
+        t = getattr(att.owner, name)
+        idx = torch.tensor([i for i in range(t.shape[dim]) if i not in heads], device=t.device)
+        with torch.no_grad():
+            setattr(att.owner, name, nn.Parameter(t.index_select(dim, idx), requires_grad=t.requires_grad))
 
 
 def heads_left(ratio: float, heads: int) -> int:

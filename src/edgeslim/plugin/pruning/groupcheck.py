@@ -1,0 +1,44 @@
+"""Checks on torch-pruning's groups before a step: widths kept whole, groups it cannot map."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch_pruning as tp
+from torch import nn
+
+
+def stream_producers(pruner: tp.pruner.BasePruner, entries: list[nn.Module]) -> list[nn.Module]:
+    """One producer of each attention's input channels (the embedding / residual stream): ignoring it keeps
+    that width whole (``TransformerConfig.embed_dim=False``), whatever layer made it."""
+    dg, out, seen = pruner.DG, [], set[Any]()
+    for layer in entries:
+        pruner_fn = dg.get_pruner_of_module(layer)
+        if pruner_fn is None or layer not in dg.module2node or layer in seen:
+            continue
+        group = dg.get_pruning_group(layer, pruner_fn.prune_in_channels, [0])
+        seen.update(dep.target.module for dep, _ in group)  # entries on the same stream: one group
+        out += [dep.target.module for dep, _ in group if isinstance(dep.target.module, nn.Module)
+                and dg.is_out_channel_pruning_fn(dep.handler)][:1]
+    return out
+
+
+def unmappable_roots(pruner: tp.pruner.BasePruner) -> list[nn.Module]:
+    """Roots of the groups where torch-pruning maps a channel index past a layer's size (a concat or
+    split it did not follow): pruning them would fail or cut the wrong channels, so they stay whole."""
+    dg, bad = pruner.DG, []
+    for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types):
+        for dep, idxs in group:
+            m = dep.target.module
+            if not isinstance(m, nn.Module) or not idxs or dg.get_pruner_of_module(m) is None:
+                continue
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                n = dg.get_out_channels(dep.target)
+            elif dg.is_in_channel_pruning_fn(dep.handler):
+                n = dg.get_in_channels(dep.target)
+            else:
+                continue
+            if n is not None and max(int(i) for i in idxs) >= n:
+                bad.append(group[0].dep.target.module)
+                break
+    return bad
