@@ -6,6 +6,7 @@ under a file, a Ctrl-C sent by the model itself): no mocks.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -44,6 +45,25 @@ class Head(nn.Module):
 def build():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), Head())
+
+
+class InferenceOnly(nn.Module):
+    """Refuses to run with autograd on: torch-pruning follows channels through autograd, so it cannot trace this."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            raise RuntimeError("InferenceOnly runs under torch.no_grad() only")
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def inference_only():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), InferenceOnly())
 
 
 class Boom(nn.Module):
@@ -143,25 +163,39 @@ def check_unexpected(args: list[str], state: Path, *expected: str) -> str:
     return msg
 
 
-def test_prune_of_a_model_whose_forward_breaks_once_pruned_names_the_module(files: tuple[Path, Path],
-                                                                           tmp_path: Path) -> None:
-    """The issue's show item, through the real console script: a message naming the module, the log path."""
+def test_prune_of_a_model_edgeslim_cannot_follow_names_the_module(files: tuple[Path, Path], tmp_path: Path) -> None:
+    """The issue's show item, through the real console script: a forward torch-pruning cannot trace (it refuses
+    autograd): exit != 0, no traceback, a message naming the module, the log path printed."""
     net, _ = files
     state = tmp_path / "state"
     env = {**os.environ, "XDG_STATE_HOME": str(state), "COLUMNS": "80"}
-    proc = subprocess.run([*EDGESLIM, "prune", "--model", f"{net}:build", "--target", "ratio=0.5", "--input-size", "16",
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300, env=env,
-                          check=False)
+    proc = subprocess.run([*EDGESLIM, "prune", "--model", f"{net}:inference_only", "--target", "ratio=0.5",
+                           "--input-size", "16", "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                          timeout=300, env=env, check=False)
     assert proc.returncode in (EXIT_USAGE, EXIT_SOFTWARE), proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     msg = _flat(proc.stderr)
-    assert "module '2' (Head)" in msg and "RuntimeError: shape '[-1, 16]' is invalid" in msg, msg
+    assert "module '2' (InferenceOnly)" in msg and "InferenceOnly runs under torch.no_grad() only" in msg, msg
     (log,) = _logs(state)
     assert f"log: {log}" in proc.stderr  # one line, never wrapped
     text = log.read_text()
     assert text.splitlines()[1].startswith("command: edgeslim prune --model")
     assert "Traceback (most recent call last)" in text and "in forward" in text and "RuntimeError" in text
     assert not (tmp_path / "o" / "model.pt").exists()
+
+
+def test_prune_of_a_model_whose_forward_breaks_once_pruned_leaves_that_group_whole(files: tuple[Path, Path],
+                                                                                 tmp_path: Path) -> None:
+    """A head reading its width as a fixed number: that group is left whole, the rest pruned, exit 0."""
+    net, _ = files
+    proc = subprocess.run([*EDGESLIM, "prune", "--model", f"{net}:build", "--target", "ratio=0.5", "--input-size", "16",
+                           "--out", str(tmp_path / "o"), "--json"], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["params_after"] < summary["params_before"]
+    assert [d["module"] for d in summary["left_whole"]] == ["2.conv"], summary["left_whole"]
+    assert "shape '[-1, 16]' is invalid" in summary["left_whole"][0]["reason"]
 
 
 def test_prune_with_a_data_source_that_fails_midway(files: tuple[Path, Path], tmp_path: Path) -> None:
