@@ -306,10 +306,19 @@ class TransformerPruner(tp.pruner.BasePruner):
         self.ignored_layers.extend(self.unfollowed + stream_producers(self, spec.entries))
 
     def step(self, interactive: bool = False) -> Any:
-        """One pruning step; then head tables lose the removed heads and every read size attribute follows."""
+        """One pruning step; then head tables lose the removed heads and every read size attribute follows.
+
+        With ``interactive=True`` the groups are yielded for the caller to prune (``group.prune()``, as in
+        torch-pruning); the tables and size attributes follow once the caller has taken the last group.
+        """
+        steps = self._step_groups(self_prune=not interactive)
         if interactive:
-            raise ValueError("interactive pruning of transformer blocks is not supported (the size attributes "
-                             "are fixed after each step); call step()")
+            return steps
+        for _ in steps:
+            pass
+        return None
+
+    def _step_groups(self, *, self_prune: bool) -> Any:
         before = size_snapshot(self.spec.reads)
         by_layer = {m: att for att in self.spec.attentions for m in att.layers}
         removed: dict[int, set[int]] = {}
@@ -318,7 +327,10 @@ class TransformerPruner(tp.pruner.BasePruner):
                 att = by_layer.get(dep.target.module)
                 if att is not None and self.DG.is_out_channel_pruning_fn(dep.handler):
                     removed.setdefault(id(att), set()).update(att.head_of(int(i)) for i in idxs)
-            group.prune()
+            if self_prune:
+                group.prune()
+            else:
+                yield group
         for att in self.spec.attentions:
             if att.direct:
                 self._remove_direct(att)
@@ -326,7 +338,8 @@ class TransformerPruner(tp.pruner.BasePruner):
                 _slice_tables(att, sorted(removed.get(id(att), set())))
         self.spec.fix(self.num_heads)
         follow_sizes(before, self.spec.reads, skip={a.owner for a in self.spec.attentions})
-        return None
+        if self_prune:
+            yield from ()
 
     def _remove_direct(self, att: Attention) -> None:
         """Remove the least important heads of an attention torch-pruning cannot cut (all in the first step)."""
