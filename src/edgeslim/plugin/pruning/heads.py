@@ -23,7 +23,6 @@ module's own parameters or direct layers that changed one way only follows it (`
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeslim.models import clone
 from edgeslim.plugin.pruning.headtrace import LAYERS, Trace, trace
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -160,6 +160,7 @@ class Analysis:
     reads: dict[nn.Module, dict[str, Any]] = field(default_factory=dict)
     transformer: bool = False  # some module splits channels into heads and multiplies them (attention)
     entries: list[nn.Module] = field(default_factory=list)  # the first layer each attention runs (its input width)
+    why: dict[nn.Module, str] = field(default_factory=dict)  # why each layer of ``keep`` is left whole
 
 
 def _width(layer: Any, out: bool) -> int:
@@ -241,7 +242,7 @@ def removable(att: Attention, tr: Trace) -> bool:
         return False
     with torch.no_grad():
         ref = att.owner(*args, **kwargs)
-        work = copy.deepcopy(att.owner)
+        work = clone(att.owner)
         remove_heads(att, work, [0])
         set_sizes(work, tr.reads.get(att.owner, {}), att.sizes(att.heads - 1))
         try:
@@ -296,6 +297,7 @@ def _named(found: Analysis, model: nn.Module) -> dict[str, Any]:
         "reads": {names[m]: dict(r) for m, r in found.reads.items() if m in names},
         "transformer": found.transformer,
         "entries": [names[m] for m in found.entries],
+        "why": {names[m]: r for m, r in found.why.items() if m in names},
     }
 
 
@@ -310,6 +312,7 @@ def _resolve(named: Mapping[str, Any], model: nn.Module) -> Analysis:
         reads={mods[n]: dict(r) for n, r in named["reads"].items()},
         transformer=bool(named["transformer"]),
         entries=[mods[n] for n in named["entries"]],
+        why={mods[n]: r for n, r in named["why"].items()},
     )
 
 
@@ -339,18 +342,26 @@ def _analyse(model: nn.Module, example_inputs: Any) -> Analysis:
     found, other = _candidates(tr)
     out = Analysis(reads=tr.reads, transformer=any(s.owner in tr.attention_owners for s in tr.splits))
     out.entries = list(dict.fromkeys(tr.calls[o][0][0] for o in tr.attention_owners if tr.calls.get(o)))
+    lost = set(tr.lost)
     for m in [*tr.lost, *other]:
         if isinstance(m, nn.Parameter):
             if all(m is not t for t in out.tables):
                 out.tables.append(m)
         elif m not in out.keep:
             out.keep.append(m)
+            out.why[m] = ("its channels are merged into the batch dimension (fold/unfold): the dependency graph "
+                          "cannot follow them" if m in lost else
+                          "its output is split into heads by an attention whose heads cannot be removed whole "
+                          "(layout not recognised)")
     for att in found:
         if removable(att, tr):
             out.attentions.append(att)
             out.tables += [getattr(att.owner, n) for n, _ in att.tables]
         else:
-            out.keep += [m for m in att.layers if m not in out.keep]
+            for m in att.layers:
+                if m not in out.keep:
+                    out.keep.append(m)
+                    out.why[m] = "removing one head of its attention breaks that attention's forward"
             out.tables += [getattr(att.owner, n) for n, _ in att.tables]
     return out
 

@@ -24,6 +24,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from edgeslim.errors import EdgeslimError
 from edgeslim.plugin.pruning.config import PruneConfig
 from edgeslim.plugin.pruning.importance.base import needs_data
 from edgeslim.plugin.pruning.metrics import Called, ForwardFn, Inputs, ModelStats, call, measure
@@ -104,6 +105,20 @@ class _CachedGraph:
         return group
 
 
+class GroupFailure(RuntimeError):
+    """torch-pruning raised while handling one group (its root layer is known): leave that group whole.
+
+    Attributes:
+        module: The group's root layer name.
+        reason: What failed, for ``left_whole``.
+    """
+
+    def __init__(self, module: str, exc: BaseException) -> None:
+        self.module = module
+        self.reason = f"torch-pruning fails on this group ({type(exc).__name__}: {str(exc)[:200]})"
+        super().__init__(f"{module}: {self.reason}")
+
+
 class PlanEvaluator:
     """Params, MACs and bytes of channel plans on ``model`` without pruning it.
 
@@ -141,12 +156,17 @@ class PlanEvaluator:
         self._flops = {id(m): float(f or 0) for m, f in flops.items()}
         self._names = {id(m): n for n, m in model.named_modules()}
         self.trials = 0
+        #: Layers the pruner leaves whole by edgeslim's analysis (``{"module", "reason"}``), once a plan was evaluated.
+        self.left_whole: list[dict[str, str]] = []
 
     def _pruner(self, plan: Plan) -> tp.pruner.BasePruner:
         built: list[tp.DependencyGraph] = []
         with _reuse_graph(self._graph, built):
             pruner = make_pruner(self.model, self.example_inputs, self.config, self.importance, plan,
                                  extra_ignored=self.extra_ignored)
+        names = self._names
+        self.left_whole = [{"module": names.get(id(m), "?"), "reason": r}
+                           for m, r in getattr(pruner, "left_whole", {}).items()]
         if self._graph is None:
             self._graph = built[0] if built else pruner.DG
             self._cache = _CachedGraph(self._graph)
@@ -157,7 +177,12 @@ class PlanEvaluator:
             root = group[0].dep
             key = (id(root.target.module), root.handler, len(group[0].idxs))
             if key not in scores:
-                scores[key] = estimate(group)
+                try:
+                    scores[key] = estimate(group)
+                except EdgeslimError:
+                    raise
+                except Exception as exc:  # torch-pruning cannot score this group: it is left whole (degrade.py)
+                    raise GroupFailure(names.get(id(root.target.module), "?"), exc) from exc
             return scores[key]
 
         pruner.estimate_importance = cached

@@ -44,7 +44,7 @@ from torch import nn
 
 from edgeslim.plugin.pruning.attention import HeadAttention, convert_attention
 from edgeslim.plugin.pruning.config import TransformerConfig
-from edgeslim.plugin.pruning.groupcheck import stream_producers, unmappable_roots
+from edgeslim.plugin.pruning.groupcheck import stream_producers, unmappable_reasons
 from edgeslim.plugin.pruning.heads import (
     Analysis,
     Attention,
@@ -166,6 +166,7 @@ class TransformerSpec:
     tables: list[nn.Parameter] = field(default_factory=list)
     reads: dict[nn.Module, dict[str, Any]] = field(default_factory=dict)
     entries: list[nn.Module] = field(default_factory=list)
+    why: dict[nn.Module, str] = field(default_factory=dict)  # layers of ``keep`` the trace decided to leave whole
 
     def ratios(
         self, ratio: float, given: Mapping[nn.Module, float] | None = None
@@ -228,7 +229,7 @@ def transformer_spec(
     convert_attention(model, keep)
     found = analyse(model, example_inputs) if example_inputs is not None else Analysis()
     spec = TransformerSpec(config, keep=list(found.keep), tables=list(found.tables), reads=found.reads,
-                           entries=[] if config.embed_dim else list(found.entries))
+                           entries=[] if config.embed_dim else list(found.entries), why=dict(found.why))
     for att in found.attentions:
         if any(m in keep for m in att.layers):
             continue
@@ -287,7 +288,8 @@ class TransformerPruner(tp.pruner.BasePruner):
     def __init__(
         self, model: nn.Module, example_inputs: Any, *, spec: TransformerSpec, head_ratio: float, **kwargs: Any
     ) -> None:
-        ignored = list(kwargs.pop("ignored_layers", None) or []) + spec.keep
+        caller = list(kwargs.pop("ignored_layers", None) or [])
+        ignored = caller + spec.keep
         given = kwargs.pop("pruning_ratio_dict", None) or {}
         head_ratios, mlp_ratios = spec.ratios(head_ratio, given)
         direct = {m for a in spec.attentions if a.direct for m in a.layers}
@@ -301,8 +303,11 @@ class TransformerPruner(tp.pruner.BasePruner):
             head_pruning_ratio_dict=head_ratios, pruning_ratio_dict=ratio_dict or None, **kwargs,
         )
         self.spec = spec
+        unmappable = unmappable_reasons(self)
         #: Root layers of the groups whose channel indices torch-pruning cannot map (left whole).
-        self.unfollowed = unmappable_roots(self)
+        self.unfollowed = list(unmappable)
+        #: Layers left whole by edgeslim's own analysis (not by the caller), with why.
+        self.left_whole = {**{m: r for m, r in spec.why.items() if m in spec.keep and m not in caller}, **unmappable}
         self.ignored_layers.extend(self.unfollowed + stream_producers(self, spec.entries))
 
     def step(self, interactive: bool = False) -> Any:
