@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from edgeslim.models import clone
@@ -94,3 +95,42 @@ def test_left_whole_is_an_empty_list_for_unstructured_pruning() -> None:
     net = _cached_net()
     res = prune(net, torch.randn(1, 3, 8, 8), PruneConfig(method="unstructured", target=Target.parse("sparsity=0.5")))
     assert res.summary()["left_whole"] == []
+
+
+class _Scale(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.linspace(0.5, 1.5, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.w.view(1, -1, 1, 1)
+
+
+class _FailingPruner(tp.pruner.BasePruningFunc):
+    """A pruning function that raises (as torch-pruning does on layouts it mis-maps)."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+        raise IndexError("index 1 is out of bounds for dimension 0 with size 1")
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return int(layer.w.numel())
+
+    get_in_channels = get_out_channels
+
+
+def test_group_torch_pruning_raises_on_is_left_whole_and_the_others_meet_the_target() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), _Scale(16), nn.ReLU(), nn.Conv2d(16, 64, 3, padding=1),
+                        nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(64, 10)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    config = PruneConfig(criterion="l2", target=Target.parse("params=0.5"), customized_pruners={_Scale: _FailingPruner()})
+    res = prune(net, x, config)
+    s = res.summary()
+    assert s["left_whole"] == [{"module": "0", "reason": "torch-pruning fails on this group (IndexError: index 1 is "
+                                                          "out of bounds for dimension 0 with size 1)"}]
+    assert res.model[0].out_channels == 16 and res.model[3].out_channels < 64
+    assert s["target_met"] is True and abs(s["params_fraction"] - 0.5) <= 0.02
+    assert tuple(res.model(torch.randn(2, 3, 8, 8)).shape) == (2, 10)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -39,6 +39,7 @@ class PlanGroups:
 
     roots: dict[str, int]
     removed: dict[_Key, tuple[Any, Any, set[int]]]
+    owners: dict[_Key, str] = field(default_factory=dict)  # the root of the (first) group removing each entry
 
 
 @contextlib.contextmanager
@@ -207,6 +208,7 @@ class PlanEvaluator:
         pruner = self._pruner(plan)
         removed: dict[_Key, tuple[Any, Any, set[int]]] = {}
         roots: dict[str, int] = {}
+        owners: dict[_Key, str] = {}
         with torch.no_grad():
             for group in tp.pruner.BasePruner.step(pruner, interactive=True) or ():
                 root = _owner(pruner.DG, group, self._names)
@@ -217,8 +219,9 @@ class PlanEvaluator:
                         continue
                     key = (id(dep.target.module), dep.handler)
                     entry = removed.setdefault(key, (dep.target.module, dep.handler, set()))
+                    owners.setdefault(key, name)
                     entry[2].update(int(i) for i in idxs)
-        return PlanGroups(roots, removed)
+        return PlanGroups(roots, removed, owners)
 
     def root_names(self) -> list[str]:
         """The root layer name of every prunable group (in torch-pruning's order)."""
@@ -246,17 +249,12 @@ class PlanEvaluator:
         for key, (target, handler, idxs) in sorted(found.removed.items(), key=lambda kv: _order(kv[1][1])):
             tid = key[0]
             originals[tid] = target
-            if isinstance(target, nn.Parameter):
-                base = copies.get(tid, target)
-                copies[tid] = handler(base, sorted(idxs))
-            else:
-                if tid not in copies:
-                    copies[tid] = _shape_copy(target)
-                try:
-                    handler(copies[tid], sorted(idxs))
-                except (NotImplementedError, RuntimeError):  # a custom pruner that needs real data
-                    copies[tid] = copy.deepcopy(target)
-                    handler(copies[tid], sorted(idxs))
+            try:
+                _remove(copies, target, handler, sorted(idxs))
+            except EdgeslimError:
+                raise
+            except Exception as exc:  # torch-pruning cannot prune this member: its group is left whole
+                raise GroupFailure(found.owners.get(key, "?"), exc) from exc
         d_params = d_bytes = 0
         macs = float(self.before.macs)
         width: dict[int, float] = {}  # kept fraction of each touched layer's output channels
@@ -278,6 +276,22 @@ class PlanEvaluator:
         b = self.before
         return ModelStats(params=b.params - d_params, macs=round(macs), bytes=b.bytes - d_bytes,
                           nonzero_params=max(b.nonzero_params - d_params, 0))
+
+
+def _remove(copies: dict[int, Any], target: Any, handler: Any, idxs: list[int]) -> None:
+    """Apply ``handler`` to ``target``'s copy in ``copies`` (made on first use: meta shapes, or real weights
+    for a custom pruner that needs them)."""
+    tid = id(target)
+    if isinstance(target, nn.Parameter):
+        copies[tid] = handler(copies.get(tid, target), idxs)
+        return
+    if tid not in copies:
+        copies[tid] = _shape_copy(target)
+    try:
+        handler(copies[tid], idxs)
+    except (NotImplementedError, RuntimeError):  # a custom pruner that needs real data
+        copies[tid] = copy.deepcopy(target)
+        handler(copies[tid], idxs)
 
 
 def _shape_copy(module: nn.Module) -> nn.Module:
