@@ -107,7 +107,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         onnx = "verified" if r.get("onnx_verified") else ("-" if "quantize_s" not in r else "NOT verified")
         lines.append(f"| {r['model']} | {r['input']} | ok ({r['prune_s']} s) | {r['params_fraction']:.3f}{met} | "
                      f"{'kept' if r['output_shape_kept'] else 'CHANGED'} | {heads} | {whole} | {quant} | {onnx} |")
-    whole = [r for r in rows if r.get("left_whole")]
+    whole = [r for r in rows if r.get("left_whole") and isinstance(r["left_whole"][0], dict)]  # older rows: names only
     if whole:
         lines += ["", "Left whole (layer: why):", ""]
         for r in whole:

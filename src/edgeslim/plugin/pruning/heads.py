@@ -337,6 +337,11 @@ def analyse(model: nn.Module, example_inputs: Any) -> Analysis:
     return _resolve(_CACHE[key], model)
 
 
+_WHY = {"lost": "its channels are merged into the batch dimension (fold/unfold): the graph cannot follow them",
+        "layout": "its output is split into heads by an attention whose heads cannot be removed whole",
+        "head": "removing one head of its attention breaks that attention's forward"}
+
+
 def _analyse(model: nn.Module, example_inputs: Any) -> Analysis:
     tr = trace(model, example_inputs)
     found, other = _candidates(tr)
@@ -349,19 +354,14 @@ def _analyse(model: nn.Module, example_inputs: Any) -> Analysis:
                 out.tables.append(m)
         elif m not in out.keep:
             out.keep.append(m)
-            out.why[m] = ("its channels are merged into the batch dimension (fold/unfold): the dependency graph "
-                          "cannot follow them" if m in lost else
-                          "its output is split into heads by an attention whose heads cannot be removed whole "
-                          "(layout not recognised)")
+            out.why[m] = _WHY["lost" if m in lost else "layout"]
     for att in found:
         if removable(att, tr):
             out.attentions.append(att)
             out.tables += [getattr(att.owner, n) for n, _ in att.tables]
         else:
-            for m in att.layers:
-                if m not in out.keep:
-                    out.keep.append(m)
-                    out.why[m] = "removing one head of its attention breaks that attention's forward"
+            out.why.update({m: _WHY["head"] for m in att.layers if m not in out.keep})
+            out.keep += [m for m in att.layers if m not in out.keep]
             out.tables += [getattr(att.owner, n) for n, _ in att.tables]
     return out
 
