@@ -316,7 +316,7 @@ def _resolve(named: Mapping[str, Any], model: nn.Module) -> Analysis:
     )
 
 
-def analyse(model: nn.Module, example_inputs: Any) -> Analysis:
+def analyse(model: nn.Module, example_inputs: Any, forward_fn: Any = None) -> Analysis:
     """Trace ``model`` once and find its prunable attentions, the layers to leave whole and the tables to hide.
 
     The result is remembered by the model's structure (names, types and shapes) and inputs' shapes, so
@@ -325,6 +325,7 @@ def analyse(model: nn.Module, example_inputs: Any) -> Analysis:
     Args:
         model: The model (not modified).
         example_inputs: Its example inputs.
+        forward_fn: ``forward_fn(model, inputs)`` runs the model, if given (the prune config's hook).
 
     Returns:
         The :class:`Analysis`.
@@ -333,7 +334,7 @@ def analyse(model: nn.Module, example_inputs: Any) -> Analysis:
     if key not in _CACHE:
         if len(_CACHE) >= 4:
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = _named(_analyse(model, example_inputs), model)
+        _CACHE[key] = _named(_analyse(model, example_inputs, forward_fn), model)
     return _resolve(_CACHE[key], model)
 
 
@@ -342,8 +343,8 @@ _WHY = {"lost": "its channels are merged into the batch dimension (fold/unfold):
         "head": "removing one head of its attention breaks that attention's forward"}
 
 
-def _analyse(model: nn.Module, example_inputs: Any) -> Analysis:
-    tr = trace(model, example_inputs)
+def _analyse(model: nn.Module, example_inputs: Any, forward_fn: Any = None) -> Analysis:
+    tr = trace(model, example_inputs, forward_fn=forward_fn)
     found, other = _candidates(tr)
     out = Analysis(reads=tr.reads, transformer=any(s.owner in tr.attention_owners for s in tr.splits))
     out.entries = list(dict.fromkeys(tr.calls[o][0][0] for o in tr.attention_owners if tr.calls.get(o)))

@@ -210,7 +210,8 @@ _OWNED = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.PReLU, nn.Multihe
 
 
 def transformer_spec(
-    model: nn.Module, config: TransformerConfig, keep: Iterable[nn.Module] = (), *, example_inputs: Any = None
+    model: nn.Module, config: TransformerConfig, keep: Iterable[nn.Module] = (), *, example_inputs: Any = None,
+    forward_fn: Any = None,
 ) -> TransformerSpec | None:
     """Prepare ``model`` (converting its ``nn.MultiheadAttention``) and describe its attentions and blocks.
 
@@ -220,6 +221,7 @@ def transformer_spec(
         keep: Layers the caller ignores (never converted).
         example_inputs: Inputs for the one traced forward that finds attentions and size attributes
             (``None``: nothing is traced and only the adapters apply).
+        forward_fn: ``forward_fn(model, inputs)`` runs the model for that trace, if given.
 
     Returns:
         ``None`` without ``example_inputs`` when ``model`` has no :class:`HeadAttention` (plain pruner); with
@@ -227,7 +229,7 @@ def transformer_spec(
     """
     keep = list(keep)
     convert_attention(model, keep)
-    found = analyse(model, example_inputs) if example_inputs is not None else Analysis()
+    found = analyse(model, example_inputs, forward_fn) if example_inputs is not None else Analysis()
     spec = TransformerSpec(config, keep=list(found.keep), tables=list(found.tables), reads=found.reads,
                            entries=[] if config.embed_dim else list(found.entries), why=dict(found.why))
     for att in found.attentions:
