@@ -34,7 +34,7 @@ the unread ``num_heads`` / ``embed_dim`` of torchvision ``EncoderBlock`` / :clas
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -313,19 +313,27 @@ class TransformerPruner(tp.pruner.BasePruner):
         self.ignored_layers.extend(self.unfollowed + stream_producers(self, spec.entries))
 
     def step(self, interactive: bool = False) -> Any:
-        """One pruning step; then head tables lose the removed heads and every read size attribute follows."""
+        """One pruning step; then head tables lose the removed heads and every read size attribute follows.
+
+        With ``interactive=True`` the groups are yielded for the caller to prune (``group.prune()``), as in
+        torch-pruning; the fix-ups run when the caller has taken the last group.
+        """
         if interactive:
-            raise ValueError("interactive pruning of transformer blocks is not supported (the size attributes "
-                             "are fixed after each step); call step()")
+            return self._groups()
+        for group in self._groups():
+            group.prune()
+        return None
+
+    def _groups(self) -> Iterator[Any]:
         before = size_snapshot(self.spec.reads)
         by_layer = {m: att for att in self.spec.attentions for m in att.layers}
         removed: dict[int, set[int]] = {}
-        for group in super().step(interactive=True):
+        for group in super().step(interactive=True) or ():
             for dep, idxs in group:
                 att = by_layer.get(dep.target.module)
                 if att is not None and self.DG.is_out_channel_pruning_fn(dep.handler):
                     removed.setdefault(id(att), set()).update(att.head_of(int(i)) for i in idxs)
-            group.prune()
+            yield group
         for att in self.spec.attentions:
             if att.direct:
                 self._remove_direct(att)
@@ -333,7 +341,6 @@ class TransformerPruner(tp.pruner.BasePruner):
                 _slice_tables(att, sorted(removed.get(id(att), set())))
         self.spec.fix(self.num_heads)
         follow_sizes(before, self.spec.reads, skip={a.owner for a in self.spec.attentions})
-        return None
 
     def _remove_direct(self, att: Attention) -> None:
         """Remove the least important heads of an attention torch-pruning cannot cut (all in the first step)."""
