@@ -25,10 +25,13 @@ import torch_pruning as tp
 from torch import nn
 
 from edgeslim.errors import EdgeslimError
+from edgeslim.models import clone
 from edgeslim.plugin.pruning.config import PruneConfig
+from edgeslim.plugin.pruning.heads import Attention, remove_heads
 from edgeslim.plugin.pruning.importance.base import needs_data
 from edgeslim.plugin.pruning.metrics import Called, ForwardFn, Inputs, ModelStats, call, measure
 from edgeslim.plugin.pruning.structured import Plan, make_pruner
+from edgeslim.plugin.pruning.transformers import TransformerPruner
 
 _Key = tuple[int, Any]  # (id of the pruned layer or parameter, torch-pruning handler)
 
@@ -40,6 +43,7 @@ class PlanGroups:
     roots: dict[str, int]
     removed: dict[_Key, tuple[Any, Any, set[int]]]
     owners: dict[_Key, str] = field(default_factory=dict)  # the root of the (first) group removing each entry
+    direct: list[tuple[Attention, list[int]]] = field(default_factory=list)  # heads edgeslim removes itself
 
 
 @contextlib.contextmanager
@@ -157,6 +161,7 @@ class PlanEvaluator:
         self._flops = {id(m): float(f or 0) for m, f in flops.items()}
         self._names = {id(m): n for n, m in model.named_modules()}
         self.trials = 0
+        self._direct: dict[tuple[int, tuple[int, ...]], tuple[int, int, float]] = {}
         #: Layers the pruner leaves whole by edgeslim's analysis (``{"module", "reason"}``), once a plan was evaluated.
         self.left_whole: list[dict[str, str]] = []
 
@@ -221,7 +226,8 @@ class PlanEvaluator:
                     entry = removed.setdefault(key, (dep.target.module, dep.handler, set()))
                     owners.setdefault(key, name)
                     entry[2].update(int(i) for i in idxs)
-        return PlanGroups(roots, removed, owners)
+        direct = pruner.direct_heads() if isinstance(pruner, TransformerPruner) else []
+        return PlanGroups(roots, removed, owners, direct)
 
     def root_names(self) -> list[str]:
         """The root layer name of every prunable group (in torch-pruning's order)."""
@@ -241,6 +247,19 @@ class PlanEvaluator:
             seen.add(mid)
             mid = self._source[mid]
         return width.get(mid, 1.0)
+
+    def _direct_cut(self, att: Attention, drop: list[int]) -> tuple[int, int, float]:
+        """Params, bytes and MACs that removing ``drop`` heads from ``att`` takes (on a copy of its module)."""
+        key = (id(att.owner), tuple(drop))
+        if key not in self._direct:
+            work = clone(att.owner)
+            remove_heads(att, work, drop)
+            share = len(drop) / att.heads
+            layers = [*att.layers, *att.followers, *([att.consumer] if att.consumer is not None else [])]
+            self._direct[key] = (_numel(att.owner.parameters()) - _numel(work.parameters()),
+                                 _state_bytes(att.owner) - _state_bytes(work),
+                                 sum(self._flops.get(id(m), 0.0) for m in layers) * share)
+        return self._direct[key]
 
     def count(self, found: PlanGroups) -> ModelStats:
         """Params, MACs and bytes after removing ``found``'s indices (each layer pruned on its own copy)."""
@@ -273,6 +292,9 @@ class PlanEvaluator:
         for mid, flops in self._flops.items():  # activations, pools ...: as wide as the layer feeding them
             if flops and mid not in copies:
                 macs -= flops * (1 - self._fraction(mid, width))
+        for att, drop in found.direct:
+            p_cut, b_cut, m_cut = self._direct_cut(att, drop)
+            d_params, d_bytes, macs = d_params + p_cut, d_bytes + b_cut, macs - m_cut
         b = self.before
         return ModelStats(params=b.params - d_params, macs=round(macs), bytes=b.bytes - d_bytes,
                           nonzero_params=max(b.nonzero_params - d_params, 0))

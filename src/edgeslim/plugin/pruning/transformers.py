@@ -334,23 +334,25 @@ class TransformerPruner(tp.pruner.BasePruner):
                 if att is not None and self.DG.is_out_channel_pruning_fn(dep.handler):
                     removed.setdefault(id(att), set()).update(att.head_of(int(i)) for i in idxs)
             yield group
+        direct = {id(a): d for a, d in self.direct_heads()} if self.current_step == 1 else {}  # scored first
         for att in self.spec.attentions:
-            if att.direct:
-                self._remove_direct(att)
-            else:
+            if att.direct and direct.get(id(att)):
+                remove_heads(att, att.owner, direct[id(att)])
+                self.num_heads.update(dict.fromkeys(att.layers, att.heads - len(direct[id(att)])))
+            elif not att.direct:
                 _slice_tables(att, sorted(removed.get(id(att), set())))
         self.spec.fix(self.num_heads)
         follow_sizes(before, self.spec.reads, skip={a.owner for a in self.spec.attentions})
 
-    def _remove_direct(self, att: Attention) -> None:
-        """Remove the least important heads of an attention torch-pruning cannot cut (all in the first step)."""
-        ratio = self.direct_ratios.get(att.layers[0], 0.0)
-        if self.current_step != 1 or ratio <= 0:
-            return
-        k = min(math.ceil(ratio * att.heads), att.heads - 1)
-        drop = sorted(int(i) for i in torch.topk(_head_scores(att), k, largest=False).indices)
-        remove_heads(att, att.owner, drop)
-        self.num_heads.update(dict.fromkeys(att.layers, att.heads - k))
+    def direct_heads(self) -> list[tuple[Attention, list[int]]]:
+        """The heads edgeslim removes itself from each attention torch-pruning cannot cut (least important first)."""
+        out = []
+        for att in self.spec.attentions:
+            ratio = self.direct_ratios.get(att.layers[0], 0.0)
+            if att.direct and ratio > 0:
+                k = min(math.ceil(ratio * att.heads), att.heads - 1)
+                out.append((att, sorted(int(i) for i in torch.topk(_head_scores(att), k, largest=False).indices)))
+        return out
 
 
 def _numel(m: Any) -> int:
