@@ -6,7 +6,8 @@ default input size, in its own subprocess with a time limit:
 1. ``edgeslim.prune(model, x, PruneConfig(criterion="l2", target="params=0.5"))`` (uniform allocation);
    the pruned model must run on a batch of 2 and give the original output shape. Recorded: the params
    fraction reached, the heads of every attention before → after (attentions found from the traced
-   forward, :mod:`edgeslim.plugin.pruning.heads`), and the attention projections left whole;
+   forward, :mod:`edgeslim.plugin.pruning.heads`), and every layer left whole with why
+   (``summary()['left_whole']``: the heads analysis, groups torch-pruning cannot map, degrade);
 2. ``edgeslim.quantize(pruned, x, "int8", calibration=...)`` on 4 random batches (op coverage: the weights
    are random);
 3. ``edgeslim.export(int8, "onnx", ...)``, verified in ONNX Runtime by the exporter.
@@ -53,10 +54,12 @@ def run_one(name: str, quant: bool) -> dict[str, Any]:
     names = {m: n for n, m in model.named_modules()}
     found = analyse(model, x)
     row["attentions"] = len(found.attentions)
-    row["left_whole"] = sorted({names[m] for m in found.keep if m in names})
     t = time.perf_counter()
     res = edgeslim.prune(model, x, PruneConfig(criterion="l2", target=Target.parse("params=0.5")))
     row["prune_s"] = round(time.perf_counter() - t, 1)
+    summary = res.summary()
+    row["target_met"] = summary.get("target_met")
+    row["left_whole"] = summary["left_whole"]  # analysis (heads, unmappable groups) and degrade, with reasons
     pruned = res.model
     with torch.no_grad():
         x2 = torch.randn(2, 3, size, size)
@@ -99,10 +102,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         hs = sorted({f"{b}→{a}" for _, b, a in r.get("heads", [])})
         heads = f"{len(r['heads'])} attn: {', '.join(hs)}" if r.get("heads") else "no prunable heads"
         whole = f"{len(r['left_whole'])} layers" if r.get("left_whole") else "none"
+        met = "" if r.get("target_met", True) else " (target missed)"
         quant = "ok" if "quantize_s" in r else r.get("error", "not run")
         onnx = "verified" if r.get("onnx_verified") else ("-" if "quantize_s" not in r else "NOT verified")
-        lines.append(f"| {r['model']} | {r['input']} | ok ({r['prune_s']} s) | {r['params_fraction']:.3f} | "
+        lines.append(f"| {r['model']} | {r['input']} | ok ({r['prune_s']} s) | {r['params_fraction']:.3f}{met} | "
                      f"{'kept' if r['output_shape_kept'] else 'CHANGED'} | {heads} | {whole} | {quant} | {onnx} |")
+    whole = [r for r in rows if r.get("left_whole") and isinstance(r["left_whole"][0], dict)]  # older rows: names only
+    if whole:
+        lines += ["", "Left whole (layer: why):", ""]
+        for r in whole:
+            lines += [f"- {r['model']}: " + "; ".join(f"`{d['module']}`: {d['reason']}" for d in r["left_whole"])]
     lines += runs_lines(rows)
     return "\n".join(lines) + "\n"
 

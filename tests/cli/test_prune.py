@@ -125,3 +125,26 @@ def test_prune_unreachable_target_offers_and_accepts_the_nearest(tmp_path: Path)
     assert s["params_fraction"] == s["nearest"]["value"] == s["params_after"] / s["params_before"]
     saved = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert saved["nearest"] == s["nearest"] and saved["config"]["accept_nearest"] is True
+
+
+MULT_PY = """
+from torch import nn
+
+
+def build():  # the second conv has two outputs per input channel: torch-pruning cannot cut the first conv's channels
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1, groups=16),
+                         nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, 10))
+"""
+
+
+def test_prune_json_and_summary_list_the_layers_left_whole(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text(MULT_PY)
+    proc = run_cli("prune", "--model", f"{tmp_path / 'net.py'}:build", "--criterion", "l2", "--allocation", "uniform",
+                   "--target", "ratio=0.5", "--input-size", "16", "--out", str(tmp_path / "o"), "--json")
+    s = last_json(proc)
+    whole = [{"module": "0", "reason": "torch-pruning cannot remove input channels of the grouped conv 2 "
+                                      "(groups=16, 2 outputs per input channel)"}]
+    assert s["left_whole"] == whole
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["left_whole"] == whole
+    assert "left whole: 1 layers (0); reasons in summary.json" in " ".join(proc.stderr.split())

@@ -138,6 +138,10 @@ def prune_cmd(
     result = prune(net, x, config, data=stats_data)
     summary["prune_seconds"] = time.perf_counter() - t0
     summary.update(result.summary())
+    if summary["left_whole"]:
+        names = [d["module"] for d in summary["left_whole"]]
+        console.print(f"left whole: {len(names)} layers ({', '.join(names[:6])}{' ...' if len(names) > 6 else ''}); "
+                      "reasons in summary.json", highlight=False)
     nearest = summary.get("nearest")
     if nearest is not None:
         kept = (f"{nearest['value'] / 1e6:.2f} MB" if nearest["kind"] == "bytes"

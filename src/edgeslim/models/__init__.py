@@ -10,6 +10,7 @@ only, never for accuracy. ``load("path/to/file.py:build", weights="w.pt")`` (or
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import weakref
 from collections.abc import Callable
@@ -112,6 +113,29 @@ def copy_arch(src: nn.Module, dst: nn.Module) -> nn.Module:
     if info is not None:
         _ARCHS[dst] = info
     return dst
+
+
+def clone(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` (with its architecture entry), even when a forward run with autograd on left
+    non-leaf tensors in module attributes (caches such as timm LeViT's attention-bias table, which
+    ``copy.deepcopy`` refuses): those are copied detached. ``model`` itself is not modified."""
+    memo: dict[int, Any] = {}
+    for mod in model.modules():
+        _detached_into(memo, [v for k, v in vars(mod).items() if k not in ("_parameters", "_modules")], 0)
+    return copy_arch(model, copy.deepcopy(model, memo))
+
+
+def _detached_into(memo: dict[int, Any], value: Any, depth: int) -> None:
+    """Map every non-leaf tensor in ``value`` (dicts, lists and tuples, a few levels deep) to a detached copy."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_leaf and id(value) not in memo:
+            memo[id(value)] = value.detach().clone()
+    elif depth < 4 and isinstance(value, dict):
+        for v in value.values():
+            _detached_into(memo, v, depth + 1)
+    elif depth < 4 and isinstance(value, list | tuple | set):
+        for v in value:
+            _detached_into(memo, v, depth + 1)
 
 
 def _sha256(path: Path) -> str:

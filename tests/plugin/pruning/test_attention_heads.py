@@ -246,3 +246,29 @@ def test_an_attention_whose_forward_cannot_follow_keeps_its_heads() -> None:
     res = edgeslim.prune(net, x, PruneConfig(target="ratio=0.5"))
     assert res.model.attn.qkv.out_features == 144 and res.model.up.out_features < 96
     assert res.model(x).shape == (1, 5)
+    assert res.summary()["left_whole"] == [
+        {"module": "attn.qkv", "reason": "removing one head of its attention breaks that attention's forward"}]
+
+
+class Fold(nn.Module):
+    """Merges a conv's channels into the batch dimension (like mobilevit's unfold): that conv is left whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.mix = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(1, 1, 3, padding=1)
+        self.out, self.fc = nn.Conv2d(8, 16, 1), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        b, c, h, w = y.shape
+        return self.fc(self.out(self.mix(y.reshape(b * c, 1, h, w)).reshape(b, c, h, w)).mean((2, 3)))
+
+
+def test_a_layer_merged_into_the_batch_dimension_is_listed_as_left_whole() -> None:
+    torch.manual_seed(0)
+    net, x = Fold().eval(), torch.randn(1, 3, 8, 8)
+    res = edgeslim.prune(net, x, PruneConfig(target="ratio=0.5"))
+    assert res.summary()["left_whole"] == [{"module": "conv", "reason": "its channels are merged into the batch "
+                                                                         "dimension (fold/unfold): the graph cannot follow them"}]
+    assert (res.model.conv.out_channels, res.model.out.out_channels) == (8, 8)
+    assert res.model(torch.randn(2, 3, 8, 8)).shape == (2, 4)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from edgeslim.errors import ConfigError
-from edgeslim.models import copy_arch
+from edgeslim.models import clone, copy_arch
 from edgeslim.plugin.pruning.attention import convert_attention
 from edgeslim.plugin.pruning.config import Allocation, Method, PruneConfig, TargetKind
 from edgeslim.plugin.pruning.degrade import prune_checked
@@ -164,14 +163,14 @@ def prune(
     _validate(config, data)
     loss_fn = loss_fn or nn.functional.cross_entropy
     batches = [b for _, b in zip(range(config.data_batches), data, strict=False)] if data is not None else []
-    work = copy_arch(model, copy.deepcopy(model))  # the copy rebuilds on load like the original
+    work = clone(model)  # the copy rebuilds on load like the original (clone: cached graph tensors detached)
     work.eval()
     if config.method is not Method.UNSTRUCTURED:  # heads become prunable (same outputs); see transformers.py
         convert_attention(work, keep=ignored_modules(work, config))
     before = measure(work, example_inputs, config.forward_fn)
     given, plan = plan, Plan(ratio=0.0)
     table = sensitivity_table
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"left_whole": []}  # every layer left whole and why (``{"module", "reason"}``)
     measured: ModelStats | None = None
     if config.method is not Method.UNSTRUCTURED:
         imp = make(config.criterion)

@@ -10,7 +10,6 @@ groups are re-planned to still meet the target. The model passed in is never mod
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,16 +18,19 @@ import torch_pruning as tp
 from torch import nn
 
 from edgeslim.errors import EdgeslimError, UntraceableModelError
+from edgeslim.models import clone
 from edgeslim.plugin.pruning.config import PruneConfig, TargetKind
 from edgeslim.plugin.pruning.graph import forward_failure, output_shapes
 from edgeslim.plugin.pruning.importance.base import Batch, LossFn, needs_data
 from edgeslim.plugin.pruning.metrics import Inputs, ModelStats, call, measure
-from edgeslim.plugin.pruning.plan_stats import PlanEvaluator
+from edgeslim.plugin.pruning.plan_stats import GroupFailure, PlanEvaluator
 from edgeslim.plugin.pruning.structured import Plan, prune_structured
 from edgeslim.plugin.pruning.targets import Allocator, goal_value, metric, search_plan
 
 #: Re-planning rounds after leaving groups whole (each round re-checks the new plan for real).
 MAX_ROUNDS = 4
+#: Groups left whole because torch-pruning raised on them while planning (each costs one new graph).
+MAX_GROUP_FAILURES = 16
 #: Real trials spent correcting a plan whose real size misses the tolerance.
 MAX_CORRECTIONS = 3
 
@@ -58,7 +60,7 @@ class _Job:
     def attempt(self, plan: Plan, extra: Sequence[str]) -> tuple[nn.Module, str | None]:
         """Prune a copy following ``plan`` with ``extra`` left whole; the copy and why it fails (or None)."""
         self.real_trials += 1
-        work = copy.deepcopy(self.model)
+        work = clone(self.model)
         try:
             prune_structured(work, self.example_inputs, self.config, self.importance, plan, self.batches,
                              self.loss_fn, extra_ignored=extra)
@@ -118,21 +120,34 @@ def prune_checked(
     """
     with torch.no_grad():
         expected = output_shapes(call(model.eval(), example_inputs, config.forward_fn))
-    job = _Job(copy.deepcopy(model), example_inputs, config, importance, batches, loss_fn, expected)
+    job = _Job(clone(model), example_inputs, config, importance, batches, loss_fn, expected)
     left: list[dict[str, str]] = []
     # one step with a criterion that needs no data: the real prune reuses the search's graph (on ``model``,
     # which is consumed; ``job.model`` stays whole for re-planning and bisection)
     fast = config.iterative_steps == 1 and not needs_data(importance)
-    for _ in range(MAX_ROUNDS + 1):
+    rounds = failures = 0
+    while rounds <= MAX_ROUNDS:
         extra = [d["module"] for d in left]
         evaluator = PlanEvaluator(model, example_inputs, config, importance, extra, before)
-        chosen = plan
-        if chosen is None:
-            chosen, _ = search_plan(model, example_inputs, config, importance, before, allocator=allocator,
-                                    on_trial=on_trial, extra_ignored=extra, evaluator=evaluator)
-        if not (chosen.ratio > 0 or chosen.group_ratios):
-            return Checked(job.model, chosen, left, job.real_trials)
-        roots = evaluator.groups(chosen).roots  # before the evaluator's model is pruned
+        try:
+            chosen = plan
+            if chosen is None:
+                chosen, _ = search_plan(model, example_inputs, config, importance, before, allocator=allocator,
+                                        on_trial=on_trial, extra_ignored=extra, evaluator=evaluator)
+            if not (chosen.ratio > 0 or chosen.group_ratios):
+                return Checked(job.model, chosen, [*evaluator.left_whole, *left], job.real_trials)
+            roots = evaluator.groups(chosen).roots  # before the evaluator's model is pruned
+        except GroupFailure as exc:  # torch-pruning fails on one group while planning: leave it whole, plan again
+            failures += 1
+            if exc.module in extra or exc.module == "?" or failures > MAX_GROUP_FAILURES:
+                raise UntraceableModelError(
+                    f"torch-pruning fails on {type(model).__name__} ({exc}) and leaving its groups whole did not "
+                    f"help; left whole so far: {extra or 'none'}. List the layers around {exc.module} in "
+                    "ignored_layers. Your model was not modified") from exc
+            left.append({"module": exc.module, "reason": exc.reason})
+            continue
+        rounds += 1
+        kept = evaluator.left_whole
         if fast:
             work, why = job.attempt_with(evaluator, chosen)
         else:
@@ -141,8 +156,8 @@ def prune_checked(
             after = None
             if plan is None:
                 work, chosen, after = _correct(job, work, chosen, extra, before)
-            return Checked(work, chosen, left, job.real_trials, after)
-        model = copy.deepcopy(job.model) if fast else model  # the next round plans on a whole copy
+            return Checked(work, chosen, [*kept, *left], job.real_trials, after)
+        model = clone(job.model) if fast else model  # the next round plans on a whole copy
         groups = [name for name, n in roots.items() if n > 0 and name not in extra and name != "?"]
         found = job.culprits(chosen, extra, groups, why) if groups else []
         if not found:

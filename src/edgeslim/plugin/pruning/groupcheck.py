@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch_pruning as tp
 from torch import nn
 
@@ -24,13 +25,21 @@ def stream_producers(pruner: tp.pruner.BasePruner, entries: list[nn.Module]) -> 
 
 
 def unmappable_roots(pruner: tp.pruner.BasePruner) -> list[nn.Module]:
-    """Roots of the groups where torch-pruning maps a channel index past a layer's size (a concat or
-    split it did not follow): pruning them would fail or cut the wrong channels, so they stay whole."""
-    dg, bad = pruner.DG, []
+    """Roots of the groups where torch-pruning maps a channel index past the size of a layer or of a
+    parameter member (a concat, split or broadcast it did not follow): pruning them would fail or cut the
+    wrong channels, so they stay whole. See :func:`unmappable_reasons` for why each one is kept."""
+    return list(unmappable_reasons(pruner))
+
+
+def unmappable_reasons(pruner: tp.pruner.BasePruner) -> dict[nn.Module, str]:
+    """:func:`unmappable_roots` with, for each root, the member that cannot take the indices (as a reason)."""
+    dg, bad = pruner.DG, dict[nn.Module, str]()
+    names = {id(m): n for n, m in pruner.model.named_modules()}
+    names.update({id(p): n for n, p in pruner.model.named_parameters()})
     for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types):
         for dep, idxs in group:
             m = dep.target.module
-            if not isinstance(m, nn.Module) or not idxs or dg.get_pruner_of_module(m) is None:
+            if not isinstance(m, nn.Module | torch.Tensor) or not idxs or dg.get_pruner_of_module(m) is None:
                 continue
             if dg.is_out_channel_pruning_fn(dep.handler):
                 n = dg.get_out_channels(dep.target)
@@ -38,7 +47,16 @@ def unmappable_roots(pruner: tp.pruner.BasePruner) -> list[nn.Module]:
                 n = dg.get_in_channels(dep.target)
             else:
                 continue
+            why = None
             if n is not None and max(int(i) for i in idxs) >= n:
-                bad.append(group[0].dep.target.module)
+                what = "parameter" if isinstance(m, torch.Tensor) else "layer"
+                why = (f"torch-pruning maps its channels past the size of {what} {names.get(id(m), '?')} ({n}): "
+                       "a concat, split or broadcast it does not follow")
+            elif (isinstance(m, nn.modules.conv._ConvNd) and dg.is_in_channel_pruning_fn(dep.handler)
+                  and 1 < m.groups == m.in_channels != m.out_channels):
+                why = (f"torch-pruning cannot remove input channels of the grouped conv {names.get(id(m), '?')} "
+                       f"(groups={m.groups}, {m.out_channels // m.groups} outputs per input channel)")
+            if why is not None:
+                bad[group[0].dep.target.module] = why
                 break
     return bad

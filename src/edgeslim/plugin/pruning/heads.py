@@ -23,7 +23,6 @@ module's own parameters or direct layers that changed one way only follows it (`
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeslim.models import clone
 from edgeslim.plugin.pruning.headtrace import LAYERS, Trace, trace
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -160,6 +160,7 @@ class Analysis:
     reads: dict[nn.Module, dict[str, Any]] = field(default_factory=dict)
     transformer: bool = False  # some module splits channels into heads and multiplies them (attention)
     entries: list[nn.Module] = field(default_factory=list)  # the first layer each attention runs (its input width)
+    why: dict[nn.Module, str] = field(default_factory=dict)  # why each layer of ``keep`` is left whole
 
 
 def _width(layer: Any, out: bool) -> int:
@@ -241,7 +242,7 @@ def removable(att: Attention, tr: Trace) -> bool:
         return False
     with torch.no_grad():
         ref = att.owner(*args, **kwargs)
-        work = copy.deepcopy(att.owner)
+        work = clone(att.owner)
         remove_heads(att, work, [0])
         set_sizes(work, tr.reads.get(att.owner, {}), att.sizes(att.heads - 1))
         try:
@@ -296,6 +297,7 @@ def _named(found: Analysis, model: nn.Module) -> dict[str, Any]:
         "reads": {names[m]: dict(r) for m, r in found.reads.items() if m in names},
         "transformer": found.transformer,
         "entries": [names[m] for m in found.entries],
+        "why": {names[m]: r for m, r in found.why.items() if m in names},
     }
 
 
@@ -310,10 +312,11 @@ def _resolve(named: Mapping[str, Any], model: nn.Module) -> Analysis:
         reads={mods[n]: dict(r) for n, r in named["reads"].items()},
         transformer=bool(named["transformer"]),
         entries=[mods[n] for n in named["entries"]],
+        why={mods[n]: r for n, r in named["why"].items()},
     )
 
 
-def analyse(model: nn.Module, example_inputs: Any) -> Analysis:
+def analyse(model: nn.Module, example_inputs: Any, forward_fn: Any = None) -> Analysis:
     """Trace ``model`` once and find its prunable attentions, the layers to leave whole and the tables to hide.
 
     The result is remembered by the model's structure (names, types and shapes) and inputs' shapes, so
@@ -322,6 +325,7 @@ def analyse(model: nn.Module, example_inputs: Any) -> Analysis:
     Args:
         model: The model (not modified).
         example_inputs: Its example inputs.
+        forward_fn: ``forward_fn(model, inputs)`` runs the model, if given (the prune config's hook).
 
     Returns:
         The :class:`Analysis`.
@@ -330,26 +334,34 @@ def analyse(model: nn.Module, example_inputs: Any) -> Analysis:
     if key not in _CACHE:
         if len(_CACHE) >= 4:
             _CACHE.pop(next(iter(_CACHE)))
-        _CACHE[key] = _named(_analyse(model, example_inputs), model)
+        _CACHE[key] = _named(_analyse(model, example_inputs, forward_fn), model)
     return _resolve(_CACHE[key], model)
 
 
-def _analyse(model: nn.Module, example_inputs: Any) -> Analysis:
-    tr = trace(model, example_inputs)
+_WHY = {"lost": "its channels are merged into the batch dimension (fold/unfold): the graph cannot follow them",
+        "layout": "its output is split into heads by an attention whose heads cannot be removed whole",
+        "head": "removing one head of its attention breaks that attention's forward"}
+
+
+def _analyse(model: nn.Module, example_inputs: Any, forward_fn: Any = None) -> Analysis:
+    tr = trace(model, example_inputs, forward_fn=forward_fn)
     found, other = _candidates(tr)
     out = Analysis(reads=tr.reads, transformer=any(s.owner in tr.attention_owners for s in tr.splits))
     out.entries = list(dict.fromkeys(tr.calls[o][0][0] for o in tr.attention_owners if tr.calls.get(o)))
+    lost = set(tr.lost)
     for m in [*tr.lost, *other]:
         if isinstance(m, nn.Parameter):
             if all(m is not t for t in out.tables):
                 out.tables.append(m)
         elif m not in out.keep:
             out.keep.append(m)
+            out.why[m] = _WHY["lost" if m in lost else "layout"]
     for att in found:
         if removable(att, tr):
             out.attentions.append(att)
             out.tables += [getattr(att.owner, n) for n, _ in att.tables]
         else:
+            out.why.update({m: _WHY["head"] for m in att.layers if m not in out.keep})
             out.keep += [m for m in att.layers if m not in out.keep]
             out.tables += [getattr(att.owner, n) for n, _ in att.tables]
     return out

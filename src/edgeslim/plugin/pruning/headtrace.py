@@ -221,13 +221,14 @@ def _doubled(example_inputs: Any) -> Any:
     return example_inputs
 
 
-def trace(model: nn.Module, example_inputs: Any, owners_to_capture: bool = True) -> Trace:
+def trace(model: nn.Module, example_inputs: Any, owners_to_capture: bool = True, forward_fn: Any = None) -> Trace:
     """Run ``model`` once on ``example_inputs`` (batch doubled) and record what its forward does.
 
     Args:
         model: The model (not modified; run in eval mode, no gradients).
         example_inputs: A tensor, a tuple/list of tensors, or a dict of keyword inputs.
         owners_to_capture: Keep each attention owner's inputs (for local checks of head removal).
+        forward_fn: ``forward_fn(model, inputs)`` runs the model (the prune config's hook), if given.
 
     Returns:
         The :class:`Trace`.
@@ -253,7 +254,9 @@ def trace(model: nn.Module, example_inputs: Any, owners_to_capture: bool = True)
     try:
         norm_of: dict[int, nn.Module] = {id(p): m for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
         with torch.no_grad(), _reading(model, out.reads), _Recorder(out, layer_of, stack, norm_of):
-            if isinstance(x, dict):
+            if forward_fn is not None:
+                forward_fn(model, x)
+            elif isinstance(x, dict):
                 model(**x)
             elif isinstance(x, tuple | list):
                 model(*x)

@@ -60,7 +60,8 @@ def measure(model: nn.Module, example_inputs: Inputs, forward_fn: ForwardFn | No
     model.eval()
     try:
         counted: nn.Module = model if forward_fn is None else Called(model, forward_fn)
-        macs, params = tp.utils.count_ops_and_params(counted, (example_inputs,) if forward_fn else example_inputs)
+        with torch.no_grad():  # no autograd graph left behind in modules that cache tensors
+            macs, params = tp.utils.count_ops_and_params(counted, (example_inputs,) if forward_fn else example_inputs)
     finally:
         model.train(was_training)
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())

@@ -17,17 +17,21 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from edgeslim.errors import EdgeslimError
+from edgeslim.models import clone
 from edgeslim.plugin.pruning.config import PruneConfig
+from edgeslim.plugin.pruning.heads import Attention, remove_heads
 from edgeslim.plugin.pruning.importance.base import needs_data
 from edgeslim.plugin.pruning.metrics import Called, ForwardFn, Inputs, ModelStats, call, measure
 from edgeslim.plugin.pruning.structured import Plan, make_pruner
+from edgeslim.plugin.pruning.transformers import TransformerPruner
 
 _Key = tuple[int, Any]  # (id of the pruned layer or parameter, torch-pruning handler)
 
@@ -38,6 +42,8 @@ class PlanGroups:
 
     roots: dict[str, int]
     removed: dict[_Key, tuple[Any, Any, set[int]]]
+    owners: dict[_Key, str] = field(default_factory=dict)  # the root of the (first) group removing each entry
+    direct: list[tuple[Attention, list[int]]] = field(default_factory=list)  # heads edgeslim removes itself
 
 
 @contextlib.contextmanager
@@ -104,6 +110,20 @@ class _CachedGraph:
         return group
 
 
+class GroupFailure(RuntimeError):
+    """torch-pruning raised while handling one group (its root layer is known): leave that group whole.
+
+    Attributes:
+        module: The group's root layer name.
+        reason: What failed, for ``left_whole``.
+    """
+
+    def __init__(self, module: str, exc: BaseException) -> None:
+        self.module = module
+        self.reason = f"torch-pruning fails on this group ({type(exc).__name__}: {str(exc)[:200]})"
+        super().__init__(f"{module}: {self.reason}")
+
+
 class PlanEvaluator:
     """Params, MACs and bytes of channel plans on ``model`` without pruning it.
 
@@ -141,12 +161,18 @@ class PlanEvaluator:
         self._flops = {id(m): float(f or 0) for m, f in flops.items()}
         self._names = {id(m): n for n, m in model.named_modules()}
         self.trials = 0
+        self._direct: dict[tuple[int, tuple[int, ...]], tuple[int, int, float]] = {}
+        #: Layers the pruner leaves whole by edgeslim's analysis (``{"module", "reason"}``), once a plan was evaluated.
+        self.left_whole: list[dict[str, str]] = []
 
     def _pruner(self, plan: Plan) -> tp.pruner.BasePruner:
         built: list[tp.DependencyGraph] = []
         with _reuse_graph(self._graph, built):
             pruner = make_pruner(self.model, self.example_inputs, self.config, self.importance, plan,
                                  extra_ignored=self.extra_ignored)
+        names = self._names
+        self.left_whole = [{"module": names.get(id(m), "?"), "reason": r}
+                           for m, r in getattr(pruner, "left_whole", {}).items()]
         if self._graph is None:
             self._graph = built[0] if built else pruner.DG
             self._cache = _CachedGraph(self._graph)
@@ -157,7 +183,12 @@ class PlanEvaluator:
             root = group[0].dep
             key = (id(root.target.module), root.handler, len(group[0].idxs))
             if key not in scores:
-                scores[key] = estimate(group)
+                try:
+                    scores[key] = estimate(group)
+                except EdgeslimError:
+                    raise
+                except Exception as exc:  # torch-pruning cannot score this group: it is left whole (degrade.py)
+                    raise GroupFailure(names.get(id(root.target.module), "?"), exc) from exc
             return scores[key]
 
         pruner.estimate_importance = cached
@@ -182,6 +213,7 @@ class PlanEvaluator:
         pruner = self._pruner(plan)
         removed: dict[_Key, tuple[Any, Any, set[int]]] = {}
         roots: dict[str, int] = {}
+        owners: dict[_Key, str] = {}
         with torch.no_grad():
             for group in tp.pruner.BasePruner.step(pruner, interactive=True) or ():
                 root = _owner(pruner.DG, group, self._names)
@@ -192,8 +224,10 @@ class PlanEvaluator:
                         continue
                     key = (id(dep.target.module), dep.handler)
                     entry = removed.setdefault(key, (dep.target.module, dep.handler, set()))
+                    owners.setdefault(key, name)
                     entry[2].update(int(i) for i in idxs)
-        return PlanGroups(roots, removed)
+        direct = pruner.direct_heads() if isinstance(pruner, TransformerPruner) else []
+        return PlanGroups(roots, removed, owners, direct)
 
     def root_names(self) -> list[str]:
         """The root layer name of every prunable group (in torch-pruning's order)."""
@@ -214,6 +248,19 @@ class PlanEvaluator:
             mid = self._source[mid]
         return width.get(mid, 1.0)
 
+    def _direct_cut(self, att: Attention, drop: list[int]) -> tuple[int, int, float]:
+        """Params, bytes and MACs that removing ``drop`` heads from ``att`` takes (on a copy of its module)."""
+        key = (id(att.owner), tuple(drop))
+        if key not in self._direct:
+            work = clone(att.owner)
+            remove_heads(att, work, drop)
+            share = len(drop) / att.heads
+            layers = [*att.layers, *att.followers, *([att.consumer] if att.consumer is not None else [])]
+            self._direct[key] = (_numel(att.owner.parameters()) - _numel(work.parameters()),
+                                 _state_bytes(att.owner) - _state_bytes(work),
+                                 sum(self._flops.get(id(m), 0.0) for m in layers) * share)
+        return self._direct[key]
+
     def count(self, found: PlanGroups) -> ModelStats:
         """Params, MACs and bytes after removing ``found``'s indices (each layer pruned on its own copy)."""
         copies: dict[int, Any] = {}
@@ -221,17 +268,12 @@ class PlanEvaluator:
         for key, (target, handler, idxs) in sorted(found.removed.items(), key=lambda kv: _order(kv[1][1])):
             tid = key[0]
             originals[tid] = target
-            if isinstance(target, nn.Parameter):
-                base = copies.get(tid, target)
-                copies[tid] = handler(base, sorted(idxs))
-            else:
-                if tid not in copies:
-                    copies[tid] = _shape_copy(target)
-                try:
-                    handler(copies[tid], sorted(idxs))
-                except (NotImplementedError, RuntimeError):  # a custom pruner that needs real data
-                    copies[tid] = copy.deepcopy(target)
-                    handler(copies[tid], sorted(idxs))
+            try:
+                _remove(copies, target, handler, sorted(idxs))
+            except EdgeslimError:
+                raise
+            except Exception as exc:  # torch-pruning cannot prune this member: its group is left whole
+                raise GroupFailure(found.owners.get(key, "?"), exc) from exc
         d_params = d_bytes = 0
         macs = float(self.before.macs)
         width: dict[int, float] = {}  # kept fraction of each touched layer's output channels
@@ -250,9 +292,28 @@ class PlanEvaluator:
         for mid, flops in self._flops.items():  # activations, pools ...: as wide as the layer feeding them
             if flops and mid not in copies:
                 macs -= flops * (1 - self._fraction(mid, width))
+        for att, drop in found.direct:
+            p_cut, b_cut, m_cut = self._direct_cut(att, drop)
+            d_params, d_bytes, macs = d_params + p_cut, d_bytes + b_cut, macs - m_cut
         b = self.before
         return ModelStats(params=b.params - d_params, macs=round(macs), bytes=b.bytes - d_bytes,
                           nonzero_params=max(b.nonzero_params - d_params, 0))
+
+
+def _remove(copies: dict[int, Any], target: Any, handler: Any, idxs: list[int]) -> None:
+    """Apply ``handler`` to ``target``'s copy in ``copies`` (made on first use: meta shapes, or real weights
+    for a custom pruner that needs them)."""
+    tid = id(target)
+    if isinstance(target, nn.Parameter):
+        copies[tid] = handler(copies.get(tid, target), idxs)
+        return
+    if tid not in copies:
+        copies[tid] = _shape_copy(target)
+    try:
+        handler(copies[tid], idxs)
+    except (NotImplementedError, RuntimeError):  # a custom pruner that needs real data
+        copies[tid] = copy.deepcopy(target)
+        handler(copies[tid], idxs)
 
 
 def _shape_copy(module: nn.Module) -> nn.Module:

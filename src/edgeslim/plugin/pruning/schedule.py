@@ -15,7 +15,6 @@ any ``torch.optim`` optimizer keeps working.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch_pruning as tp
 from torch import nn
 
 from edgeslim.errors import ConfigError
+from edgeslim.models import clone
 from edgeslim.plugin.pruning.config import Allocation, Method, PruneConfig, TargetKind
 from edgeslim.plugin.pruning.importance import make, needs_data
 from edgeslim.plugin.pruning.importance.base import Batch, LossFn
@@ -166,7 +166,7 @@ class PruningSchedule:
             self.plan = self._final_plan()
 
     def _final_plan(self) -> Plan:
-        work = copy.deepcopy(self.model).eval()
+        work = clone(self.model).eval()
         allocator = None
         if self.config.allocation is Allocation.SENSITIVITY and self.config.target.kind is not TargetKind.RATIO:
             if not self.batches:

@@ -5,7 +5,6 @@ the least predicted damage."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -18,6 +17,7 @@ import torch_pruning as tp
 from torch import nn
 
 from edgeslim.errors import ConfigError
+from edgeslim.models import clone
 from edgeslim.plugin.pruning.config import PruneConfig
 from edgeslim.plugin.pruning.graph import PRUNABLE, build_graph, check_inputs
 from edgeslim.plugin.pruning.importance import make, needs_data
@@ -224,7 +224,7 @@ def sensitivity(
     batches = [b for _, b in zip(range(config.data_batches), data, strict=False)]
     if not batches:
         raise ConfigError("sensitivity analysis needs held-out data: pass a non-empty DataLoader of (x, y)")
-    base = copy.deepcopy(model).eval()
+    base = clone(model).eval()
     before = measure(base, example_inputs)
     acc0, loss0 = score(base, batches, loss_fn, device)
     imp = make(config.criterion)
@@ -243,7 +243,7 @@ def sensitivity(
         scores = imp(group)
         order = torch.argsort(scores) if scores is not None else torch.arange(channels)
         # parameters / MACs per removed channel, from one real pruning of this group alone
-        work = copy.deepcopy(base)
+        work = clone(base)
         if needs_data(imp):
             imp.bind(work)
         make_pruner(work, example_inputs, config, imp, Plan(ratio=0.0, group_ratios={name: top})).step()

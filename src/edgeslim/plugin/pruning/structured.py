@@ -95,11 +95,15 @@ def make_pruner(
     kwargs: dict[str, object] = {} if scheduler is None else {"iterative_pruning_ratio_scheduler": scheduler}
     ignored: list[nn.Module] = ignored_modules(model, config)
     ignored += [m for m in map(model.get_submodule, extra_ignored) if m not in ignored]
-    spec = transformer_spec(model, config.transformer, keep=ignored, example_inputs=example_inputs)  # see transformers.py
+    spec = transformer_spec(model, config.transformer, keep=ignored, example_inputs=example_inputs,
+                            forward_fn=config.forward_fn)  # see transformers.py
     cls: type[tp.pruner.BasePruner] = tp.pruner.BasePruner
     unwrapped = resolve_params(model, config.unwrapped_parameters, "unwrapped_parameters")
     if spec is not None:
         cls, kwargs = TransformerPruner, {**kwargs, "spec": spec, "head_ratio": plan.ratio}
+        custom = tuple(t for t, _ in config.customized_pruners)  # their pruner handles their parameters
+        owned = {id(p) for m in model.modules() if custom and isinstance(m, custom) for p in m.parameters()}
+        spec.unwrapped[:] = [(p, d) for p, d in spec.unwrapped if id(p) not in owned]
         known = {id(p) for p, _ in spec.unwrapped}
         spec.unwrapped.extend((p, d) for p, d in unwrapped if id(p) not in known)
     elif unwrapped:

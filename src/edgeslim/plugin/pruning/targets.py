@@ -7,7 +7,6 @@ graph per model, no pruning); :func:`trial` prunes a copy for real (used to chec
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch_pruning as tp
 from torch import nn
 
 from edgeslim.errors import TargetUnreachableError
+from edgeslim.models import clone
 from edgeslim.plugin.pruning.config import Allocation, PruneConfig, TargetKind
 from edgeslim.plugin.pruning.importance.base import needs_data
 from edgeslim.plugin.pruning.metrics import Inputs, ModelStats, measure
@@ -56,7 +56,7 @@ def trial(
     extra_ignored: Sequence[str] = (),
 ) -> ModelStats:
     """Prune a deep copy of ``model`` in one step following ``plan`` and measure it (a real prune)."""
-    work = copy.deepcopy(model)
+    work = clone(model)
     if needs_data(importance):
         importance.bind(work)
     make_pruner(work, example_inputs, config, importance, plan, extra_ignored=extra_ignored).step()

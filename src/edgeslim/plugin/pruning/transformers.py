@@ -34,7 +34,7 @@ the unread ``num_heads`` / ``embed_dim`` of torchvision ``EncoderBlock`` / :clas
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,7 +44,7 @@ from torch import nn
 
 from edgeslim.plugin.pruning.attention import HeadAttention, convert_attention
 from edgeslim.plugin.pruning.config import TransformerConfig
-from edgeslim.plugin.pruning.groupcheck import stream_producers, unmappable_roots
+from edgeslim.plugin.pruning.groupcheck import stream_producers, unmappable_reasons
 from edgeslim.plugin.pruning.heads import (
     Analysis,
     Attention,
@@ -166,6 +166,7 @@ class TransformerSpec:
     tables: list[nn.Parameter] = field(default_factory=list)
     reads: dict[nn.Module, dict[str, Any]] = field(default_factory=dict)
     entries: list[nn.Module] = field(default_factory=list)
+    why: dict[nn.Module, str] = field(default_factory=dict)  # layers of ``keep`` the trace decided to leave whole
 
     def ratios(
         self, ratio: float, given: Mapping[nn.Module, float] | None = None
@@ -209,7 +210,8 @@ _OWNED = (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding, nn.PReLU, nn.Multihe
 
 
 def transformer_spec(
-    model: nn.Module, config: TransformerConfig, keep: Iterable[nn.Module] = (), *, example_inputs: Any = None
+    model: nn.Module, config: TransformerConfig, keep: Iterable[nn.Module] = (), *, example_inputs: Any = None,
+    forward_fn: Any = None,
 ) -> TransformerSpec | None:
     """Prepare ``model`` (converting its ``nn.MultiheadAttention``) and describe its attentions and blocks.
 
@@ -219,6 +221,7 @@ def transformer_spec(
         keep: Layers the caller ignores (never converted).
         example_inputs: Inputs for the one traced forward that finds attentions and size attributes
             (``None``: nothing is traced and only the adapters apply).
+        forward_fn: ``forward_fn(model, inputs)`` runs the model for that trace, if given.
 
     Returns:
         ``None`` without ``example_inputs`` when ``model`` has no :class:`HeadAttention` (plain pruner); with
@@ -226,9 +229,9 @@ def transformer_spec(
     """
     keep = list(keep)
     convert_attention(model, keep)
-    found = analyse(model, example_inputs) if example_inputs is not None else Analysis()
+    found = analyse(model, example_inputs, forward_fn) if example_inputs is not None else Analysis()
     spec = TransformerSpec(config, keep=list(found.keep), tables=list(found.tables), reads=found.reads,
-                           entries=[] if config.embed_dim else list(found.entries))
+                           entries=[] if config.embed_dim else list(found.entries), why=dict(found.why))
     for att in found.attentions:
         if any(m in keep for m in att.layers):
             continue
@@ -287,7 +290,8 @@ class TransformerPruner(tp.pruner.BasePruner):
     def __init__(
         self, model: nn.Module, example_inputs: Any, *, spec: TransformerSpec, head_ratio: float, **kwargs: Any
     ) -> None:
-        ignored = list(kwargs.pop("ignored_layers", None) or []) + spec.keep
+        caller = list(kwargs.pop("ignored_layers", None) or [])
+        ignored = caller + spec.keep
         given = kwargs.pop("pruning_ratio_dict", None) or {}
         head_ratios, mlp_ratios = spec.ratios(head_ratio, given)
         direct = {m for a in spec.attentions if a.direct for m in a.layers}
@@ -301,55 +305,54 @@ class TransformerPruner(tp.pruner.BasePruner):
             head_pruning_ratio_dict=head_ratios, pruning_ratio_dict=ratio_dict or None, **kwargs,
         )
         self.spec = spec
+        unmappable = unmappable_reasons(self)
         #: Root layers of the groups whose channel indices torch-pruning cannot map (left whole).
-        self.unfollowed = unmappable_roots(self)
+        self.unfollowed = list(unmappable)
+        #: Layers left whole by edgeslim's own analysis (not by the caller), with why.
+        self.left_whole = {**{m: r for m, r in spec.why.items() if m in spec.keep and m not in caller}, **unmappable}
         self.ignored_layers.extend(self.unfollowed + stream_producers(self, spec.entries))
 
     def step(self, interactive: bool = False) -> Any:
         """One pruning step; then head tables lose the removed heads and every read size attribute follows.
 
-        With ``interactive=True`` the groups are yielded for the caller to prune (``group.prune()``, as in
-        torch-pruning); the tables and size attributes follow once the caller has taken the last group.
+        With ``interactive=True`` the groups are yielded for the caller to prune (``group.prune()``), as in
+        torch-pruning; the fix-ups run when the caller has taken the last group.
         """
-        steps = self._step_groups(self_prune=not interactive)
         if interactive:
-            return steps
-        for _ in steps:
-            pass
+            return self._groups()
+        for group in self._groups():
+            group.prune()
         return None
 
-    def _step_groups(self, *, self_prune: bool) -> Any:
+    def _groups(self) -> Iterator[Any]:
         before = size_snapshot(self.spec.reads)
         by_layer = {m: att for att in self.spec.attentions for m in att.layers}
         removed: dict[int, set[int]] = {}
-        for group in super().step(interactive=True):
+        for group in super().step(interactive=True) or ():
             for dep, idxs in group:
                 att = by_layer.get(dep.target.module)
                 if att is not None and self.DG.is_out_channel_pruning_fn(dep.handler):
                     removed.setdefault(id(att), set()).update(att.head_of(int(i)) for i in idxs)
-            if self_prune:
-                group.prune()
-            else:
-                yield group
+            yield group
+        direct = {id(a): d for a, d in self.direct_heads()} if self.current_step == 1 else {}  # scored first
         for att in self.spec.attentions:
-            if att.direct:
-                self._remove_direct(att)
-            else:
+            if att.direct and direct.get(id(att)):
+                remove_heads(att, att.owner, direct[id(att)])
+                self.num_heads.update(dict.fromkeys(att.layers, att.heads - len(direct[id(att)])))
+            elif not att.direct:
                 _slice_tables(att, sorted(removed.get(id(att), set())))
         self.spec.fix(self.num_heads)
         follow_sizes(before, self.spec.reads, skip={a.owner for a in self.spec.attentions})
-        if self_prune:
-            yield from ()
 
-    def _remove_direct(self, att: Attention) -> None:
-        """Remove the least important heads of an attention torch-pruning cannot cut (all in the first step)."""
-        ratio = self.direct_ratios.get(att.layers[0], 0.0)
-        if self.current_step != 1 or ratio <= 0:
-            return
-        k = min(math.ceil(ratio * att.heads), att.heads - 1)
-        drop = sorted(int(i) for i in torch.topk(_head_scores(att), k, largest=False).indices)
-        remove_heads(att, att.owner, drop)
-        self.num_heads.update(dict.fromkeys(att.layers, att.heads - k))
+    def direct_heads(self) -> list[tuple[Attention, list[int]]]:
+        """The heads edgeslim removes itself from each attention torch-pruning cannot cut (least important first)."""
+        out = []
+        for att in self.spec.attentions:
+            ratio = self.direct_ratios.get(att.layers[0], 0.0)
+            if att.direct and ratio > 0:
+                k = min(math.ceil(ratio * att.heads), att.heads - 1)
+                out.append((att, sorted(int(i) for i in torch.topk(_head_scores(att), k, largest=False).indices)))
+        return out
 
 
 def _numel(m: Any) -> int:
