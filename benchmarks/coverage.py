@@ -336,15 +336,21 @@ def run_one(name: str, params: int, args: argparse.Namespace) -> dict[str, Any]:
         cmd = [sys.executable, __file__, "--worker", name, "--row", str(row_path), "--threads", str(args.threads)]
         result, killed, peak, wall = supervise(cmd, row_path, limit, args.memory_gb)
         result["peak_rss_gb"], result["wall_s"] = peak, wall
-        if killed or "running" in result:
-            step = result.pop("running", "prune")
-            result.setdefault("seconds", {})[step] = wall
-            for s in STEPS:
-                if s == step:
-                    result[s] = killed or "crashed"
-                elif STEPS.index(s) > STEPS.index(step) or s not in result:
-                    result[s] = f"not run: {step} failed"
+        mark_stopped(result, killed, wall, STEPS)
     return result
+
+
+def mark_stopped(result: dict[str, Any], killed: str, wall: float, steps: tuple[str, ...]) -> None:
+    """A worker stopped by a limit or a crash: its running step gets why, the later steps ``not run``."""
+    if not killed and "running" not in result:
+        return
+    step = result.pop("running", steps[0])
+    result.setdefault("seconds", {})[step] = wall
+    for s in steps:
+        if s == step:
+            result[s] = killed or "crashed"
+        elif steps.index(s) > steps.index(step) or s not in result:
+            result[s] = f"not run: {step} failed"
 
 
 def load_rows(path: Path) -> list[dict[str, Any]]:

@@ -222,14 +222,7 @@ def run_one(entry: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                "--threads", str(args.threads)]
         result, killed, peak, wall = TV.supervise(cmd, row_path, args.timeout, args.memory_gb)
         result["peak_rss_gb"], result["wall_s"] = peak, wall
-        if killed or "running" in result:
-            step = result.pop("running", "prune")
-            result.setdefault("seconds", {})[step] = wall
-            for s in STEPS:
-                if s == step:
-                    result[s] = killed or "crashed"
-                elif STEPS.index(s) > STEPS.index(step) or s not in result:
-                    result[s] = f"not run: {step} failed"
+        TV.mark_stopped(result, killed, wall, STEPS)
     result.setdefault("ratio", None)
     result.setdefault("left_whole", None)
     result.setdefault("input_size", None)
