@@ -11,6 +11,7 @@ with the caller (rank 0).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -32,8 +33,14 @@ _START = time.perf_counter()
 
 def rank_log(message: str) -> None:
     """A log line on stderr, prefixed with this process's rank (``[rank 1/2]``), ending with the seconds since start."""
-    print(f"[rank {distributed.rank()}/{distributed.world_size()}] {message} "
-          f"(at {time.perf_counter() - _START:.1f} s)", file=sys.stderr, flush=True)
+    line = f"[rank {distributed.rank()}/{distributed.world_size()}] {message} (at {time.perf_counter() - _START:.1f} s)\n"
+    sys.stderr.flush()  # whatever this process printed before goes first
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stream (tests, notebooks): no descriptor
+        sys.stderr.write(line)
+        return
+    os.write(fd, line.encode())  # one write: the ranks' lines do not interleave
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -91,7 +92,9 @@ def run_command(cmd: list[str], nproc: int) -> dict[str, Any]:
     if summary.get("world_size") != nproc or summary.get("ranks_agree") is not True:
         raise CompressError(f"the fine-tune under torchrun ran on {summary.get('world_size')} of {nproc} processes "
                             f"(ranks_agree: {summary.get('ranks_agree')}); command: {shown}")
-    summary["rank_log"] = [ln.strip() for ln in proc.stderr.splitlines() if ln.startswith("[rank ")]
+    # a rank's line may follow another process's unfinished line (a C++ warning): cut at each "[rank i/n]"
+    summary["rank_log"] = [m.group(0).strip() for m in re.finditer(r"\[rank \d+/\d+\] [^\n]*?(?=\[rank \d+/\d+\] |\n|$)",
+                                                                   proc.stderr)]
     return summary
 
 
