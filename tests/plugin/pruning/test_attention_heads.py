@@ -50,8 +50,9 @@ def test_deit_reloads_identically_and_exports_verified(deit_half: tuple[nn.Modul
     with torch.no_grad():
         assert torch.equal(back(x), model(x))
     assert [b.attn.attn_dim for b in back.blocks] == [128, 128]
-    out = edgeslim.export(model, "onnx", tmp_path / "deit.onnx", x[:1], verify_inputs=[x])
-    assert out.verification is not None and out.verification.passed
+    for fmt in ("onnx", "tflite"):  # both verified in their runtime (ONNX Runtime, LiteRT) against PyTorch
+        out = edgeslim.export(model, fmt, tmp_path / f"deit.{fmt}", x[:1], verify_inputs=[x])
+        assert out.verification is not None and out.verification.passed, fmt
 
 
 class OddAttention(nn.Module):
