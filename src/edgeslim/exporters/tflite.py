@@ -43,6 +43,7 @@ from edgeslim.exporters.base import (
 )
 from edgeslim.exporters.config import IODType, Layout, Precision, Tolerance
 from edgeslim.exporters.errors import ExportConfigError, ExportError, MissingBackendError, UnsupportedOpError
+from edgeslim.exporters.tflite_decomp import same_size_resize_is_identity
 from edgeslim.exporters.tflite_io import float_io
 from edgeslim.registry import Registry
 
@@ -111,7 +112,8 @@ def torch_to_tflite(model: torch.nn.Module, example: torch.Tensor, layout: Layou
         module = litert_torch.to_channel_last_io(model, args=[0]).eval()
         x = torch.from_numpy(to_layout(example.numpy(), Layout.NHWC))
     try:
-        with quiet_stdout(), litert_progress(verbose), tempfile.TemporaryDirectory() as tmp:
+        with quiet_stdout(), litert_progress(verbose), same_size_resize_is_identity(), \
+                tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.tflite"
             kwargs = {"quant_config": quant_config} if quant_config is not None else {}
             litert_torch.convert(module, (x,), **kwargs).export(str(path))
@@ -140,8 +142,9 @@ def _unlowerable_op(model: torch.nn.Module, example: torch.Tensor) -> tuple[str,
         from litert_torch.backend import lowerings
 
         ep = torch.export.export(model, (example,))
-        ep = fx_infra.safe_run_decompositions(ep, fx_infra.decomp.pre_convert_decomp())
-        ep = fx_infra.safe_run_decompositions(ep, fx_infra.decomp.pre_lower_decomp(), can_skip=False)
+        with same_size_resize_is_identity():
+            ep = fx_infra.safe_run_decompositions(ep, fx_infra.decomp.pre_convert_decomp())
+            ep = fx_infra.safe_run_decompositions(ep, fx_infra.decomp.pre_lower_decomp(), can_skip=False)
     except Exception:
         return None
     for node in ep.graph.nodes:
