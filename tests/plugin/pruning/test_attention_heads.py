@@ -168,6 +168,51 @@ def test_head_tables_lose_the_rows_of_the_removed_heads(tmp_path: Path) -> None:
         assert torch.equal(back(x), res.model(x))
 
 
+class BiasMlp(nn.Module):
+    """timm RelPosMlp-like: a small MLP computes one bias per head from relative coordinates."""
+
+    def __init__(self, heads: int, points: int) -> None:
+        super().__init__()
+        self.num_heads, self.bias_shape = heads, (points, points, heads)
+        self.mlp = nn.Sequential(nn.Linear(1, 16), nn.ReLU(), nn.Linear(16, heads))
+        idx = torch.arange(points, dtype=torch.float32)
+        self.register_buffer("coords", (idx[:, None] - idx[None, :]).reshape(-1, 1) / points, persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        return self.mlp(self.coords).view(-1, self.num_heads).view(self.bias_shape).permute(2, 0, 1)
+
+
+class MlpBiasAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, points: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.qkv, self.proj, self.rel_pos = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), BiasMlp(heads, points)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        a = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5 + self.rel_pos()
+        return self.proj((a.softmax(-1) @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+def test_a_per_head_bias_mlp_loses_the_outputs_of_the_removed_heads(tmp_path: Path) -> None:
+    def make() -> Net:
+        torch.manual_seed(4)
+        return Net(MlpBiasAttention(48, 4, 10)).eval()
+
+    net, x = make(), torch.randn(1, 10, 8)
+    res = edgeslim.prune(net, x, PruneConfig(target="ratio=0.5"))
+    old, new = net.attn, res.model.attn
+    assert new.num_heads == 2 and new.qkv.out_features == 3 * 24
+    assert new.rel_pos.mlp[2].out_features == 2 and (new.rel_pos.num_heads, new.rel_pos.bias_shape) == (2, (10, 10, 2))
+    d = old.head_dim
+    kept = [h for h in range(4) if any(torch.equal(old.qkv.weight[h * d], r) for r in new.qkv.weight[: 2 * d])]
+    assert len(kept) == 2
+    torch.testing.assert_close(new.rel_pos.mlp[2].bias, old.rel_pos.mlp[2].bias[kept], rtol=0, atol=0)  # its heads
+    assert old.num_heads == 4 and old.rel_pos.mlp[2].out_features == 4  # the user's model untouched
+    assert res.model(torch.randn(2, 10, 8)).shape == (2, 5)
+
+
 class Scale(nn.Module):
     """A channel scale viewed to a shape kept in an attribute (poolformer's ``Scale``)."""
 

@@ -53,6 +53,9 @@ class Attention:
             else (one fused ``(3, heads, head_dim)`` qkv) by torch-pruning.
         followers: Norm layers over a projection's output channels (sliced with it when ``direct``).
         widths: Per-head widths an attribute may multiply by the head count (``key_dim``, ``val_dim`` ...).
+        head_layers: Layers inside ``owner`` (names relative to it) with one output per head, e.g. the MLP
+            that computes a per-head position bias (timm RelPosMlp, Swin v2's cpb_mlp): they lose the removed
+            heads' outputs, and the size attributes of the modules between them and ``owner`` follow.
     """
 
     owner: nn.Module
@@ -65,6 +68,7 @@ class Attention:
     direct: bool = False
     followers: list[nn.Module] = field(default_factory=list)
     widths: list[int] = field(default_factory=list)
+    head_layers: list[str] = field(default_factory=list)
 
     @property
     def fused(self) -> bool:
@@ -142,6 +146,8 @@ def remove_heads(att: Attention, owner: nn.Module, heads: list[int]) -> None:
             t = getattr(owner, name)
             idx = torch.tensor(kept_heads, device=t.device)
             setattr(owner, name, nn.Parameter(t.index_select(dim, idx).detach(), requires_grad=t.requires_grad))
+        for name in att.head_layers:
+            _slice_out(owner.get_submodule(name), kept_heads)
     owner.train(owner.training)  # modules that cache per-head tables (LeViT) clear them here
 
 
@@ -220,7 +226,8 @@ def _attention(owner: nn.Module, splits: list[Any], tr: Trace) -> Attention | No
     (h,) = heads
     calls = tr.calls.get(owner, [])
     last = max((i for i, (m, _) in enumerate(calls) if m in layers), default=-1)
-    consumer = next((m for m, w in calls[last + 1:] if w % h == 0 and m not in layers), None)
+    producers = _head_producers(owner, h, layers)  # a per-head bias MLP is not where the heads merge
+    consumer = next((m for m, w in calls[last + 1:] if w % h == 0 and m not in layers and m not in producers), None)
     if consumer is None:
         return None
     d = _width(consumer, out=False) // h
@@ -229,10 +236,23 @@ def _attention(owner: nn.Module, splits: list[Any], tr: Trace) -> Attention | No
     widths = sorted(v for v in ints if v != h and v * h in ints)  # key_dim where key_dim * heads is read too
     att = Attention(owner, layers, h, d, consumer, _head_tables(owner, h), layout,
                     direct=not tp_fused, widths=widths)
+    att.head_layers = [n for n, m in owner.named_modules() if n and isinstance(m, LAYERS) and m not in layers
+                       and m is not consumer and _width(m, out=True) == h]
+    att.direct = att.direct or bool(att.head_layers)  # torch-pruning would couple the heads with that layer's rows
     att.followers = [n for m in layers for n in tr.followers.get(m, [])]
     if att.direct and any(not isinstance(n, _NORMS) or isinstance(n, nn.GroupNorm) for n in att.followers):
         return None
     return att
+
+
+def _head_producers(owner: nn.Module, h: int, layers: list[nn.Module]) -> set[nn.Module]:
+    """Layers of ``owner``'s children that hold a layer with one output per head (a per-head bias MLP)."""
+    out: set[nn.Module] = set()
+    for child in owner.children():
+        inner = [m for m in child.modules() if isinstance(m, LAYERS) and m not in layers]
+        if any(_width(m, out=True) == h for m in inner):
+            out.update(inner)
+    return out
 
 
 def removable(att: Attention, tr: Trace) -> bool:
@@ -245,6 +265,7 @@ def removable(att: Attention, tr: Trace) -> bool:
         work = clone(att.owner)
         remove_heads(att, work, [0])
         set_sizes(work, tr.reads.get(att.owner, {}), att.sizes(att.heads - 1))
+        follow_head_layers(att, work, tr.reads, att.heads - 1)
         try:
             got = work(*args, **kwargs)
         except (RuntimeError, ValueError, IndexError):
@@ -291,7 +312,7 @@ def _named(found: Analysis, model: nn.Module) -> dict[str, Any]:
         "attentions": [(names[a.owner], [names[m] for m in a.layers], a.heads, a.head_dim,
                         None if a.consumer is None else names[a.consumer], list(a.tables),
                         {names[m]: v for m, v in a.layout.items()}, a.direct, [names[m] for m in a.followers],
-                        list(a.widths)) for a in found.attentions],
+                        list(a.widths), list(a.head_layers)) for a in found.attentions],
         "keep": [names[m] for m in found.keep if m in names],
         "tables": [pnames[id(p)] for p in found.tables if id(p) in pnames],
         "reads": {names[m]: dict(r) for m, r in found.reads.items() if m in names},
@@ -305,8 +326,8 @@ def _resolve(named: Mapping[str, Any], model: nn.Module) -> Analysis:
     mods = dict(model.named_modules())
     return Analysis(
         attentions=[Attention(mods[o], [mods[n] for n in ls], h, d, None if c is None else mods[c], list(t),
-                              {mods[n]: v for n, v in lay.items()}, direct, [mods[n] for n in fol], list(w))
-                    for o, ls, h, d, c, t, lay, direct, fol, w in named["attentions"]],
+                              {mods[n]: v for n, v in lay.items()}, direct, [mods[n] for n in fol], list(w), list(hl))
+                    for o, ls, h, d, c, t, lay, direct, fol, w, hl in named["attentions"]],
         keep=[mods[n] for n in named["keep"]],
         tables=[model.get_parameter(n) for n in named["tables"]],
         reads={mods[n]: dict(r) for n, r in named["reads"].items()},
@@ -360,11 +381,22 @@ def _analyse(model: nn.Module, example_inputs: Any, forward_fn: Any = None) -> A
         if removable(att, tr):
             out.attentions.append(att)
             out.tables += [getattr(att.owner, n) for n, _ in att.tables]
+            out.keep += [m for m in map(att.owner.get_submodule, att.head_layers) if m not in out.keep]  # cut here
         else:
             out.why.update({m: _WHY["head"] for m in att.layers if m not in out.keep})
             out.keep += [m for m in att.layers if m not in out.keep]
             out.tables += [getattr(att.owner, n) for n, _ in att.tables]
     return out
+
+
+def follow_head_layers(att: Attention, owner: nn.Module, reads: Mapping[nn.Module, Mapping[str, Any]],
+                       heads_left: int) -> None:
+    """The modules between ``owner`` (``att.owner`` or a copy) and each head layer: read head counts follow."""
+    prefixes = {".".join(n.split(".")[:i]) for n in att.head_layers for i in range(1, n.count(".") + 1)}
+    for prefix in sorted(prefixes):
+        read = reads.get(att.owner.get_submodule(prefix), {})
+        if read:
+            set_sizes(owner.get_submodule(prefix), read, {att.heads: heads_left})
 
 
 def size_snapshot(modules: Any) -> dict[nn.Module, list[int]]:

@@ -48,7 +48,9 @@ from edgeslim.plugin.pruning.groupcheck import stream_producers, unmappable_reas
 from edgeslim.plugin.pruning.heads import (
     Analysis,
     Attention,
+    _slice_out,
     analyse,
+    follow_head_layers,
     follow_sizes,
     remove_heads,
     set_sizes,
@@ -201,6 +203,7 @@ class TransformerSpec:
             left = int(num_heads.get(att.layers[0], att.heads))
             if left != att.heads:
                 set_sizes(att.owner, self.reads.get(att.owner, {}), att.sizes(left))
+                follow_head_layers(att, att.owner, self.reads, left)
                 att.heads = left
         for module, adapter in reversed(self.blocks):  # inner modules first (a block reads its attention's)
             adapter.fix(module, num_heads)
@@ -380,6 +383,9 @@ def _slice_tables(att: Attention, heads: list[int]) -> None:
         idx = torch.tensor([i for i in range(t.shape[dim]) if i not in heads], device=t.device)
         with torch.no_grad():
             setattr(att.owner, name, nn.Parameter(t.index_select(dim, idx), requires_grad=t.requires_grad))
+    with torch.no_grad():
+        for name in att.head_layers:
+            _slice_out(att.owner.get_submodule(name), [i for i in range(att.heads) if i not in heads])
 
 
 def heads_left(ratio: float, heads: int) -> int:
