@@ -42,6 +42,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from edgeslim.plugin.pruning import extraparams
 from edgeslim.plugin.pruning.attention import HeadAttention, convert_attention
 from edgeslim.plugin.pruning.config import TransformerConfig
 from edgeslim.plugin.pruning.groupcheck import stream_producers, unmappable_reasons
@@ -336,7 +337,9 @@ class TransformerPruner(tp.pruner.BasePruner):
                 att = by_layer.get(dep.target.module)
                 if att is not None and self.DG.is_out_channel_pruning_fn(dep.handler):
                     removed.setdefault(id(att), set()).update(att.head_of(int(i)) for i in idxs)
+            todo = extraparams.pending(group, self.DG.is_out_channel_pruning_fn)
             yield group
+            extraparams.cut(todo)  # a layer's own per-channel parameters beside weight/bias (NFNet gain)
         direct = {id(a): d for a, d in self.direct_heads()} if self.current_step == 1 else {}  # scored first
         for att in self.spec.attentions:
             if att.direct and direct.get(id(att)):
