@@ -61,8 +61,9 @@ class Codec:
 def codec(write: Callable[[Any], Any], read: Callable[[Any], Any] = lambda data: data) -> dict[str, Codec]:
     """Field metadata: write the field's value with ``write(value)``, read it back with ``read(data)``.
 
-    Use as ``field(default=None, metadata=codec(to_path, from_path))``; the value ``read`` returns
-    goes to the class as it is (its ``__post_init__`` may coerce it further).
+    Use as ``field(default=None, metadata=codec(to_path, from_path))``; None is written and read
+    as None without calling them; the value ``read`` returns goes to the class as it is (its
+    ``__post_init__`` may coerce it further).
     """
     return {CODEC_KEY: Codec(write, read)}
 
@@ -174,7 +175,7 @@ def to_data(obj: Any, *, tagged: bool = True) -> Any:
             if f.name in entry.omit:
                 continue
             value = getattr(obj, f.name)
-            if CODEC_KEY in f.metadata:
+            if CODEC_KEY in f.metadata and value is not None:
                 value = f.metadata[CODEC_KEY].write(value)
             out[entry.rename.get(f.name, f.name)] = to_data(value, tagged=tagged)
         for prop in entry.derived:
@@ -288,7 +289,7 @@ def _build(entry: _Entry, data: Mapping[str, Any], where: str) -> Any:
     if unknown and entry.strict:
         at = f" at {where}" if where else ""
         raise SerializationError(f"unknown {entry.what}(s) {', '.join(unknown)}{at}; known: {', '.join(sorted(key_of.values()))}")
-    kwargs = {f: fields[f].metadata[CODEC_KEY].read(data[k]) if CODEC_KEY in fields[f].metadata
+    kwargs = {f: fields[f].metadata[CODEC_KEY].read(data[k]) if CODEC_KEY in fields[f].metadata and data[k] is not None
               else _decode(data[k], hints[f], f"{where}.{k}" if where else k) for f, k in key_of.items() if k in data}
     try:
         return cls(**kwargs)
