@@ -141,8 +141,13 @@ def test_a_graph_that_makes_tensors_on_a_fixed_device_is_found() -> None:
     assert pinned_node(prepare(_net(), x, QuantConfig.from_spec("int8"))) is None
 
 
-def test_sample_calibrators_keep_their_sample_on_the_cpu() -> None:
+def test_sample_calibrators_keep_a_copy_of_their_sample_on_the_cpu() -> None:
     obs = _observer("mse")
     for b in _data():
         obs(b)
     assert {s.device.type for s in obs._samples} == {"cpu"}
+    x = torch.linspace(-1.0, 3.0, 1000)
+    obs = _observer("percentile")
+    obs(x)
+    x.relu_()  # the next layer's in-place ReLU must not change what was observed
+    assert float(torch.cat(obs._samples).min()) == -1.0

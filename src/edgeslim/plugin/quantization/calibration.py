@@ -96,7 +96,7 @@ class SampleObserver(MinMaxObserver):
         flat = x_orig.detach().reshape(-1).to(torch.float32)
         if flat.numel() > _PER_BATCH:
             flat = flat[torch.randint(flat.numel(), (_PER_BATCH,), generator=self._gen)]
-        self._samples.append(flat.cpu())  # on the CPU: the range is the same wherever calibration ran
+        self._samples.append(flat.to("cpu", copy=True))  # a copy (an in-place ReLU may change x), on the CPU
         self._n += flat.numel()
         if self._n > 2 * MAX_SAMPLES:
             allv = torch.cat(self._samples)
