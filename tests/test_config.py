@@ -10,6 +10,7 @@ import pytest
 
 from edgeslim.config import (
     SerializationError,
+    codec,
     from_data,
     from_json,
     from_yaml,
@@ -158,3 +159,50 @@ def test_quant_config_is_tagged_and_reads_the_untagged_shape_of_older_files() ->
         QuantConfig.from_dict({"default": {"weight": {"bits": "8"}}})
     with pytest.raises(QuantConfigError, match="unknown calibrator 'magic'"):
         QuantConfig.from_dict({"default": {"activation": ActivationSpec().__dict__ | {"calibrator": "magic"}}})
+
+
+@serializable("test.Span", text=True)
+@dataclass(frozen=True)
+class Span:
+    lo: int = 0
+    hi: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Span:
+        lo, _, hi = text.partition("..")
+        return cls(int(lo), int(hi))
+
+    def __str__(self) -> str:
+        return f"{self.lo}..{self.hi}"
+
+
+@serializable("test.Shaped", omit=("handle",), extras={"note": lambda s: "empty" if not s.items else None})
+@dataclass
+class Shaped:
+    span: Span
+    hook: str | None = field(default=None, metadata=codec(str.upper, str.lower))
+    items: tuple[str, ...] = ()
+    handle: object = None
+
+
+def test_text_form_codecs_omitted_fields_and_extra_keys() -> None:
+    obj = Shaped(Span(2, 5), "pkg:fn", ("a",), handle=object())
+    data = to_data(obj, tagged=False)
+    assert data == {"span": "2..5", "hook": "PKG:FN", "items": ["a"]}  # no handle, no note (items not empty)
+    assert from_data(json.loads(json.dumps(data)), Shaped) == Shaped(Span(2, 5), "pkg:fn", ("a",))
+    assert to_data(Shaped(Span()), tagged=False)["note"] == "empty"
+    assert from_data({"span": "0..1", "note": "empty"}, Shaped) == Shaped(Span())  # an extra key is ignored on load
+    assert from_data({"span": {"lo": 3, "hi": 4}}, Shaped).span == Span(3, 4)  # the mapping form is read too
+    assert from_json(to_json(obj)) == Shaped(Span(2, 5), "pkg:fn", ("a",))
+    with pytest.raises(SerializationError, match=r"unknown test\.Shaped key\(s\) handle; known: hook, items, span"):
+        from_data({"span": "0..1", "handle": 1}, Shaped)
+    with pytest.raises(SerializationError, match="NotRegistered is registered with text=True but has no parse"):
+        serializable("test.NoParse", text=True)(NotRegistered)
+
+
+def test_arrays_are_written_as_lists() -> None:
+    import numpy as np
+    import torch
+
+    data = to_data(Outer(table={"a": np.arange(3), "b": torch.ones(2, 1)}), tagged=False)  # type: ignore[dict-item]
+    assert data["table"] == {"a": [0, 1, 2], "b": [[1.0], [1.0]]}

@@ -31,6 +31,7 @@ def test_quiet_stderr_drops_known_cxx_lines_and_writes_back_the_rest(capfd: pyte
     with quiet_stderr():
         os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
         os.write(2, b"I0000 00:00:1796673610.938981    8451 port.cc:153] oneDNN custom operations are on. You may\n")
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
         os.write(2, b"a real warning from C++\n")
         print("a Python line on stderr", file=sys.stderr)
     err = capfd.readouterr().err

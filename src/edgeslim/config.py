@@ -15,6 +15,11 @@ types are built from it::
     to_data(MyConfig())            # {"_type": "MyConfig", "_version": 1, "bits": 8, "mode": "ptq"}
     from_data({"bits": 4}, MyConfig)   # untagged data is read as the class the caller names
 
+A field that needs its own form declares a :func:`codec` in its metadata (an import path for a
+callable, a count for a list); a class written as one string (``params=0.5``, ``log2:4``) is
+registered with ``text=True``; ``omit`` leaves out fields that are not data (a model) and
+``extras`` adds computed keys for readers of the file.
+
 Untagged ("plain") data is what results files and recipes hold; tagged data names its type,
 so it loads without the caller naming it. A file written by a newer edgeslim (a higher
 ``_version``) is refused with a message; an older one goes through the class's ``upgrade`` hook.
@@ -37,11 +42,30 @@ from edgeslim.errors import ConfigError
 
 TYPE_KEY = "_type"
 VERSION_KEY = "_version"
+CODEC_KEY = "edgeslim.codec"
 T = TypeVar("T")
 
 
 class SerializationError(ConfigError):
     """Config data cannot be written or read (unregistered type, bad value, unknown key, newer version)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Codec:
+    """How one field is written and read when its type alone does not say (see :func:`codec`)."""
+
+    write: Callable[[Any], Any]
+    read: Callable[[Any], Any]
+
+
+def codec(write: Callable[[Any], Any], read: Callable[[Any], Any] = lambda data: data) -> dict[str, Codec]:
+    """Field metadata: write the field's value with ``write(value)``, read it back with ``read(data)``.
+
+    Use as ``field(default=None, metadata=codec(to_path, from_path))``; None is written and read
+    as None without calling them; the value ``read`` returns goes to the class as it is (its
+    ``__post_init__`` may coerce it further).
+    """
+    return {CODEC_KEY: Codec(write, read)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +77,9 @@ class _Entry:
     strict: bool
     what: str
     upgrade: Callable[[dict[str, Any], int], dict[str, Any]] | None
+    text: bool = False
+    omit: tuple[str, ...] = ()
+    extras: Mapping[str, Callable[[Any], Any]] = dataclasses.field(default_factory=dict)
 
 
 #: The allow-list: registered name -> entry.
@@ -69,6 +96,9 @@ def serializable(
     strict: bool = True,
     what: str | None = None,
     upgrade: Callable[[dict[str, Any], int], dict[str, Any]] | None = None,
+    text: bool = False,
+    omit: Sequence[str] = (),
+    extras: Mapping[str, Callable[[Any], Any]] | None = None,
 ) -> Callable[[type[T]], type[T]]:
     """Class decorator: put a dataclass (or enum) on the serializer's allow-list.
 
@@ -80,6 +110,12 @@ def serializable(
         strict: Refuse unknown keys on load (default); False ignores them (data from newer writers).
         what: What a key is called in error messages (default ``"<name> key"``).
         upgrade: ``(data, its version) -> data of this version``, for data an older edgeslim wrote.
+        text: Write the object as ``str(obj)`` and read a string with ``cls.parse(text)`` (a mapping
+            of its fields is read too), e.g. a target ``params=0.5``.
+        omit: Fields never written (not data: a model, an analysis object); reading such data
+            needs them to have defaults.
+        extras: Key -> function of the object, written after the fields and derived properties
+            unless it returns None, ignored on load (notes and summaries for readers of the file).
 
     Raises:
         SerializationError: The class is neither a dataclass nor an enum, or ``name`` is taken.
@@ -92,7 +128,10 @@ def serializable(
         if key in _TYPES and _TYPES[key].cls is not cls:
             raise SerializationError(f"edgeslim.config: config type {key!r} is already registered by "
                                      f"{_TYPES[key].cls.__module__}.{_TYPES[key].cls.__qualname__}; pass name=... to serializable")
-        _TYPES[key] = _Entry(cls, version, dict(rename or {}), tuple(derived), strict, what or f"{key} key", upgrade)
+        if text and not callable(getattr(cls, "parse", None)):
+            raise SerializationError(f"edgeslim.config: {cls.__name__} is registered with text=True but has no parse(text)")
+        _TYPES[key] = _Entry(cls, version, dict(rename or {}), tuple(derived), strict, what or f"{key} key", upgrade,
+                             text, tuple(omit), dict(extras or {}))
         _NAMES[cls] = key
         return cls
 
@@ -129,11 +168,21 @@ def to_data(obj: Any, *, tagged: bool = True) -> Any:
         return obj
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         entry = _entry_of(type(obj))
+        if entry.text:
+            return str(obj)
         out: dict[str, Any] = {TYPE_KEY: _NAMES[entry.cls], VERSION_KEY: entry.version} if tagged else {}
         for f in dataclasses.fields(obj):
-            out[entry.rename.get(f.name, f.name)] = to_data(getattr(obj, f.name), tagged=tagged)
+            if f.name in entry.omit:
+                continue
+            value = getattr(obj, f.name)
+            if CODEC_KEY in f.metadata and value is not None:
+                value = f.metadata[CODEC_KEY].write(value)
+            out[entry.rename.get(f.name, f.name)] = to_data(value, tagged=tagged)
         for prop in entry.derived:
             out[prop] = to_data(getattr(obj, prop), tagged=tagged)
+        for key, fn in entry.extras.items():
+            if (extra := fn(obj)) is not None:
+                out[key] = to_data(extra, tagged=tagged)
         return out
     if isinstance(obj, Mapping):
         return {str(k): to_data(v, tagged=tagged) for k, v in obj.items()}
@@ -143,6 +192,8 @@ def to_data(obj: Any, *, tagged: bool = True) -> Any:
         return str(obj)
     if getattr(obj, "shape", None) == () and callable(getattr(obj, "item", None)):  # a numpy/torch scalar
         return to_data(obj.item(), tagged=tagged)
+    if getattr(obj, "shape", None) is not None and callable(getattr(obj, "tolist", None)):  # a numpy/torch array
+        return to_data(obj.tolist(), tagged=tagged)
     raise SerializationError(f"edgeslim.config: cannot serialize a {type(obj).__name__} ({obj!r}); configs hold "
                              "registered dataclasses, enums, lists, dicts, str, int, float, bool and None")
 
@@ -189,6 +240,8 @@ def from_data(data: Any, cls: type[T] | None = None, *, where: str = "") -> T:
         entry = _entry_of(cls)
     if issubclass(entry.cls, enum.Enum):
         return _decode(data, entry.cls, where)
+    if entry.text and isinstance(data, str):
+        return entry.cls.parse(data)  # type: ignore[attr-defined]
     if not isinstance(data, Mapping):
         raise SerializationError(f"edgeslim.config: {_NAMES[entry.cls]}{at} must be a mapping, got {type(data).__name__}")
     return _build(entry, data, where)
@@ -229,13 +282,15 @@ def _upgraded(data: dict[str, Any], entry: _Entry, at: str) -> dict[str, Any]:
 def _build(entry: _Entry, data: Mapping[str, Any], where: str) -> Any:
     cls, name = entry.cls, _NAMES[entry.cls]
     hints = get_type_hints(cls)
-    key_of = {f.name: entry.rename.get(f.name, f.name) for f in dataclasses.fields(cls) if f.init}
-    keys = set(data) - {TYPE_KEY, VERSION_KEY} - set(entry.derived)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in entry.omit}
+    key_of = {name: entry.rename.get(name, name) for name in fields}
+    keys = set(data) - {TYPE_KEY, VERSION_KEY} - set(entry.derived) - set(entry.extras)
     unknown = sorted(keys - set(key_of.values()))
     if unknown and entry.strict:
         at = f" at {where}" if where else ""
         raise SerializationError(f"unknown {entry.what}(s) {', '.join(unknown)}{at}; known: {', '.join(sorted(key_of.values()))}")
-    kwargs = {f: _decode(data[k], hints[f], f"{where}.{k}" if where else k) for f, k in key_of.items() if k in data}
+    kwargs = {f: fields[f].metadata[CODEC_KEY].read(data[k]) if CODEC_KEY in fields[f].metadata and data[k] is not None
+              else _decode(data[k], hints[f], f"{where}.{k}" if where else k) for f, k in key_of.items() if k in data}
     try:
         return cls(**kwargs)
     except TypeError as exc:
@@ -320,9 +375,12 @@ def _scalar(value: Any, hint: type, where: str) -> Any:
 
 
 __all__ = [
+    "CODEC_KEY",
     "TYPE_KEY",
     "VERSION_KEY",
+    "Codec",
     "SerializationError",
+    "codec",
     "from_data",
     "from_json",
     "from_yaml",

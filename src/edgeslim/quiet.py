@@ -5,7 +5,8 @@
   developer something, not a user of edgeslim.
 - Importing litert-torch prints absl's ``WARNING: All log messages before absl::InitializeLog()``
   and TensorFlow's ``oneDNN custom operations are on`` from C++, straight to file descriptor 2;
-  its converter prints ``Estimated count of arithmetic ops`` the same way.
+  its converter prints ``Estimated count of arithmetic ops`` the same way, and the LiteRT
+  interpreter ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.``
 
 :func:`quiet_logs` drops the known log records while it is active (a :class:`logging.Filter`
 added to the one logger, removed on exit); :func:`quiet_imports` also captures file
@@ -34,6 +35,7 @@ KNOWN_STDERR_NOISE: tuple[re.Pattern[str], ...] = (
     re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"),
     re.compile(r"^I\d{4} .*\] oneDNN custom operations are on\."),
     re.compile(r"^I\d{4} .*flatbuffer_export\.cc:\d+\] Estimated count of arithmetic ops"),
+    re.compile(r"^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"),
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,15 @@ def test_trained_centroids_move_and_weights_stay_codebook_values(loader: DataLoa
     flat[positions] = trained["3.weight"].values()
     assert torch.equal(net[3].weight.detach().reshape(-1), flat)
     assert isinstance(net[3].weight, nn.Parameter) and not hasattr(net[3], "parametrizations")
+
+
+def test_result_summary_has_the_documented_keys_and_no_model(packed: tuple[nn.Module, edgeslim.PackResult]) -> None:
+    _, result = packed
+    d = json.loads(json.dumps(result.to_dict()))
+    assert set(d) == {"path", "bytes", "fp32_bytes", "ratio", "stages", "layers", "init", "config"}
+    assert d["path"] == str(result.path) and d["bytes"] == result.path.stat().st_size
+    assert d["ratio"] == pytest.approx(result.fp32_bytes / result.bytes)
+    assert PackConfig.from_dict(d["config"]) == result.config and d["layers"] == result.layers
 
 
 def test_config_round_trips_and_refuses_bad_values() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,10 @@ from edgeslim.exporters import (
     UnsupportedOpError,
     export,
 )
-from edgeslim.exporters.verify import compare
+from edgeslim.exporters.accuracy import AccuracyCheck
+from edgeslim.exporters.api import ExportResult
+from edgeslim.exporters.config import ExportOptions
+from edgeslim.exporters.verify import VerificationReport, compare
 
 
 def test_existing_output_is_not_overwritten(tiny_model, example, tmp_path: Path) -> None:
@@ -74,3 +78,24 @@ def test_compare_numbers() -> None:
     assert rep.top1_agreement == 1.0 and rep.passed
     flipped = compare(ref[:, ::-1].copy(), ref, Tolerance(0.5, 0.9))
     assert flipped.top1_agreement == 0.0 and not flipped.passed
+
+
+def test_result_round_trips_through_its_json_summary(tmp_path: Path) -> None:
+    tol = Tolerance(0.98, 0.9)
+    result = ExportResult(
+        tmp_path / "m.onnx", "onnx", "int8", 1234, "nchw", {"name": "x", "dtype": "float32", "shape": [1, 3, 8, 8]},
+        {"compute": {"Conv": "int8"}, "float_compute_ops": 0},
+        VerificationReport(8, 0.1, 0.01, 0.02, 0.999, 1.0, tol, True, 7, 1.0),
+        AccuracyCheck(16, "fashion-mnist[:16]@8x8", 0.9375, 0.875, "measured", 6.25, None, True),
+        {"route": "ort"}, ExportOptions(quant="int8").to_dict(),
+    )
+    d = json.loads(json.dumps(result.to_dict()))
+    assert set(d) == {"path", "format", "quant", "bytes", "layout", "input", "dtypes", "verification", "accuracy",
+                      "top1_float", "top1_artefact", "metadata", "options"}
+    assert d["path"] == str(tmp_path / "m.onnx") and (d["top1_float"], d["top1_artefact"]) == (0.9375, 0.875)
+    assert d["verification"]["tolerance"] == {"min_cosine": 0.98, "min_top1_agreement": 0.9, "max_abs_error": None}
+    assert ExportResult.from_dict(d) == result
+    unverified = ExportResult(tmp_path / "m.onnx", "onnx", "fp32", 1, "nchw", {}, {}, None)
+    d = unverified.to_dict()
+    assert d["verification"] is d["accuracy"] is d["top1_float"] is d["top1_artefact"] is None
+    assert ExportResult.from_dict(d) == unverified

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import fields
+
 import pytest
 
+from edgeslim.config import from_json, to_json
 from edgeslim.errors import SpecError
 from edgeslim.exporters import ExportConfigError, ExportOptions, Layout, Precision, QuantSpec
+from edgeslim.exporters.config import Tolerance
 
 
 @pytest.mark.parametrize(
@@ -45,3 +50,15 @@ def test_options_coerce_strings_and_reject_bad_values() -> None:
         ExportOptions(layout="chw")  # type: ignore[arg-type]
     with pytest.raises(ExportConfigError):
         ExportOptions(calibration_size=0)
+
+
+def test_options_round_trip_with_quant_as_its_label() -> None:
+    opts = ExportOptions(quant="codebook:4/a16", layout="nhwc", max_drop=None, tolerance=Tolerance(0.9, 0.8), opset=21)
+    d = json.loads(json.dumps(opts.to_dict()))
+    assert d["quant"] == "codebook:4/a16" and d["layout"] == "nhwc" and d["activations"] == "auto"
+    assert d["tolerance"] == {"min_cosine": 0.9, "min_top1_agreement": 0.8, "max_abs_error": None}
+    assert set(d) == {f.name for f in fields(ExportOptions)}
+    assert ExportOptions.from_dict(d) == opts
+    assert from_json(to_json(opts)) == opts  # tagged
+    with pytest.raises(ExportConfigError, match="bad quantization spec 'int4': unknown weight part 'int4'"):
+        ExportOptions.from_dict({**d, "quant": "int4"})

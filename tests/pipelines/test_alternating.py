@@ -16,7 +16,7 @@ import edgeslim
 from edgeslim.data import evaluate, fashion_mnist_loader
 from edgeslim.errors import ConfigError, EdgeslimError
 from edgeslim.models import copy_arch
-from edgeslim.pipelines.alternating import AlternatingConfig, AlternatingError, AlternatingSchedule
+from edgeslim.pipelines.alternating import AlternatingConfig, AlternatingError, AlternatingSchedule, alternating
 from edgeslim.plugin.pruning import Method, PruneConfig, Target
 from edgeslim.plugin.pruning.finetune import distillation_loss
 
@@ -246,3 +246,24 @@ def test_qat_from_start_every_event_reprepares_and_adam_state_follows() -> None:
     result = sched.finish()
     assert result.prune.sparsity == pytest.approx(0.5, abs=0.01)
     assert [r.events for r in result.history][:4] == [("prune",), (), ("prune", "freeze_bn"), ("freeze_observers",)]
+
+
+def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(n)]
+
+
+def test_alternating_runs_on_the_device_asked_for_and_returns_cpu_models() -> None:
+    config = PruneConfig(target=Target.parse("ratio=0.25"), criterion="taylor")  # data-driven: batches follow the device
+    x = torch.randn(1, 3, 8, 8)
+    torch.manual_seed(0)
+    explicit = alternating(_tiny(), x, _batches(4), config, "int8", steps=4, device="cpu")
+    torch.manual_seed(0)
+    auto = alternating(_tiny(), x, _batches(4), config, "int8", steps=4, device="auto")  # the CPU here
+    for result in (explicit, auto):
+        assert {p.device.type for p in result.float_model.parameters()} == {"cpu"}
+        assert {t.device.type for t in result.quant.model.state_dict().values()} == {"cpu"}
+    assert torch.equal(explicit.quant.model(x), auto.quant.model(x))
+    with pytest.raises(ConfigError, match=r"alternating\(device=\.\.\.\) cuda: no CUDA GPU is available on this "
+                                          r"machine \(torch\.cuda\.is_available\(\) is False\)"):
+        alternating(_tiny(), x, _batches(4), config, "int8", steps=4, device="cuda")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from edgeslim.config import from_json, to_json
 from edgeslim.data import fashion_mnist_loader
 from edgeslim.errors import ConfigError
 from edgeslim.exporters.accuracy import labelled_batches, torch_top1
@@ -26,7 +27,8 @@ from edgeslim.pipelines.joint import (
     joint_search,
 )
 from edgeslim.pipelines.joint_descent import Candidate
-from edgeslim.pipelines.joint_space import ladder
+from edgeslim.pipelines.joint_space import analyse, ladder
+from edgeslim.pipelines.latency import LatencyKey
 from edgeslim.plugin.pruning.api import prune
 from edgeslim.plugin.pruning.config import PruneConfig
 from edgeslim.plugin.pruning.sensitivity import SensitivityResult, sensitivity
@@ -253,3 +255,22 @@ def test_real_top1_rejects_collapsing_steps_and_ranks_the_front(judged: SearchRe
         if 100 * (here - taken["top1"]) > DROP:  # only when every try collapsed: the one keeping the most top-1
             assert all(r["rejected"] or r["top1"] is None for r in rows if r is not taken)
             assert taken["top1"] == max(r["top1"] for r in rows if r["top1"] is not None)
+
+
+def test_result_summary_keys_without_running_a_search() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    space = analyse(net.eval(), torch.randn(1, 3, 8, 8), (8, 8), (0.5, 1.0), (8,))
+    (group,) = space.groups
+    full = Candidate({group.name: 16}, {group.name: 8}, 500, 2000, 9000, 0.0, 1.0, measured_ms=1.0, speedup=1.0)
+    half = Candidate({group.name: 8}, {group.name: 8}, 250, 1000, 4500, 0.2, 0.5, measured_ms=0.6, speedup=1.6, step=1)
+    key = LatencyKey("local", "onnxruntime", 1, (8, 8), "fp32")
+    result = SearchResult([full, half], [half], half, [{"step": 1, "accepted": True}], 3, key, Budget(speedup=1.5),
+                          {"speedup": 1.5}, space, (1.0, 0.0), {"fp32": 1.0}, 2.5)
+    d = json.loads(json.dumps(result.to_dict()))
+    assert set(d) == {"front", "trace", "measurements", "budget", "limits", "chosen", "layers", "table_key", "fit",
+                      "reference_ms", "candidates", "seconds"}
+    assert d["candidates"] == 2 and d["fit"] == [1.0, 0.0] and d["table_key"] == key.to_dict()
+    assert d["budget"] == {"latency_ms": None, "speedup": 1.5, "bytes": None, "macs": None, "speedup_reference": "fp32"}
+    assert d["chosen"] == half.to_dict() and d["front"] == [half.to_dict()]
+    assert d["layers"][0] == {"name": "0", "channels_before": 16, "channels_after": 8, "keep_ratio": 0.5, "bits": 8}
+    assert from_json(to_json(Budget(speedup=1.5, speedup_reference="int8"))) == Budget(speedup=1.5, speedup_reference="int8")

@@ -83,7 +83,7 @@ def quantize_cmd(
     from edgeslim.plugin.quantization.qat import train_qat
     from edgeslim.train import resolve_torch_device
 
-    dev = resolve_torch_device(device)  # QAT and evaluation run there (PTQ calibration: the CPU)
+    dev = resolve_torch_device(device)  # PTQ calibration, QAT and evaluation run there
     torch.manual_seed(seed)
     dest = out / "model.pt"
     refuse_existing_outputs(out, OUTPUTS, force)
@@ -129,7 +129,7 @@ def quantize_cmd(
         summary.update(mode="qat", qat_steps=steps, qat_epochs=qat_epochs, qat_lr=lr, qat_kd=kd)
     else:
         console.print(f"PTQ of {source}: {config.name}, {calib} calibration images ({calibrator})")
-        result = quantize(net, x, config, calibration=cal)
+        result = quantize(net, x, config, calibration=cal, device=dev)
         summary["mode"] = "ptq"
     summary["quantize_seconds"] = round(time.perf_counter() - t0, 2)
     summary["weight_bytes"] = result.weight_bytes

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeslim.config import serializable, to_data
 from edgeslim.deep_compression import archive, esz
 from edgeslim.deep_compression.codebook import Codebook, fit_layers, relative_error
 from edgeslim.deep_compression.config import Init, PackConfig
@@ -35,6 +36,7 @@ from edgeslim.train import resolve_torch_device
 Progress = Callable[[str, int, int], None]
 
 
+@serializable(omit=("model",), derived=("ratio",))
 @dataclass
 class PackResult:
     """What :func:`pack` wrote and measured.
@@ -67,17 +69,9 @@ class PackResult:
         return self.fp32_bytes / max(self.bytes, 1)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able summary (without the model)."""
-        return {
-            "path": str(self.path),
-            "bytes": self.bytes,
-            "fp32_bytes": self.fp32_bytes,
-            "ratio": self.ratio,
-            "stages": self.stages,
-            "layers": self.layers,
-            "init": self.init,
-            "config": self.config.to_dict(),
-        }
+        """A JSON-able summary without the model (:func:`edgeslim.config.to_data`, untagged; ``ratio`` included)."""
+        data: dict[str, Any] = to_data(self, tagged=False)
+        return data
 
 
 def saved_bytes(model: nn.Module) -> int:

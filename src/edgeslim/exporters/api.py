@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeslim.config import from_data, serializable, to_data
 from edgeslim.exporters.accuracy import AccuracyCheck, check_accuracy, eval_key, labelled_batches
 from edgeslim.exporters.base import ExportJob, batches_from, fashion_inputs, get_exporter, is_prequantized
 from edgeslim.exporters.config import ExportOptions, Format, Method, Precision, QuantSpec
@@ -20,6 +21,7 @@ from edgeslim.exporters.verify import verify as verify_runner
 from edgeslim.spec import WEIGHT_SCHEMES, Lowering, ParsedSpec, SchemeKind
 
 
+@serializable(derived=("top1_float", "top1_artefact"))
 @dataclass
 class ExportResult:
     """What :func:`export` wrote.
@@ -51,23 +53,26 @@ class ExportResult:
     metadata: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def top1_float(self) -> float | None:
+        """The float ancestor's top-1 (None when not measured)."""
+        return self.accuracy.top1_float if self.accuracy else None
+
+    @property
+    def top1_artefact(self) -> float | None:
+        """The artefact's top-1 in its runtime (None when not measured)."""
+        return self.accuracy.top1_artefact if self.accuracy else None
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able summary."""
-        return {
-            "path": str(self.path),
-            "format": self.format,
-            "quant": self.quant,
-            "bytes": self.bytes,
-            "layout": self.layout,
-            "input": self.input,
-            "dtypes": self.dtypes,
-            "verification": self.verification.to_dict() if self.verification else None,
-            "accuracy": self.accuracy.to_dict() if self.accuracy else None,
-            "top1_float": self.accuracy.top1_float if self.accuracy else None,
-            "top1_artefact": self.accuracy.top1_artefact if self.accuracy else None,
-            "metadata": self.metadata,
-            "options": self.options,
-        }
+        """A JSON-able summary (:func:`edgeslim.config.to_data`, untagged; ``top1_float``/``top1_artefact`` repeat
+        ``accuracy``'s for readers)."""
+        data: dict[str, Any] = to_data(self, tagged=False)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExportResult:
+        """Inverse of :meth:`to_dict` (a summary read back from JSON)."""
+        return from_data(data, cls)
 
 
 def own_label(config: Any) -> str:

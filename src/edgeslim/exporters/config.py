@@ -19,11 +19,11 @@ offered ones; unparsable text raises :class:`ExportSpecError`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from edgeslim.config import serializable
+from edgeslim.config import from_data, serializable, to_data
 from edgeslim.errors import SpecError
 from edgeslim.exporters.errors import ExportConfigError, ExportSpecError
 from edgeslim.spec import WEIGHT_SCHEMES, ParsedSpec, SchemeKind, parse_spec, schemes_of
@@ -112,6 +112,7 @@ def offered() -> str:
     )
 
 
+@serializable(text=True)
 @dataclass(frozen=True)
 class QuantSpec:
     """A precision and, for coded weights, the scheme and bits.
@@ -230,6 +231,7 @@ TOLERANCES: dict[Precision, Tolerance] = {
 }
 
 
+@serializable(what="export option")
 @dataclass(frozen=True)
 class ExportOptions:
     """Everything an exporter needs besides the model, the inputs and the path.
@@ -285,10 +287,14 @@ class ExportOptions:
         return self.tolerance or TOLERANCES[self.quant.precision]
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (enums as values)."""
-        d = asdict(self)
-        d["quant"] = self.quant.label
-        return {k: (v.value if isinstance(v, Enum) else v) for k, v in d.items()}
+        """A JSON-able dict (enums as values, ``quant`` as its label; :func:`edgeslim.config.to_data`, untagged)."""
+        data: dict[str, Any] = to_data(self, tagged=False)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExportOptions:
+        """Inverse of :meth:`to_dict`; unknown keys and values of the wrong type are refused (a ConfigError)."""
+        return from_data(data, cls)
 
 
 __all__ = [

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -176,11 +177,23 @@ def _quantize(buf: bytes, recipe: Any, job: ExportJob) -> bytes:
         for b in job.calibration:
             arr = to_layout(b.numpy(), job.options.layout)
             samples += [{name: arr[i : i + shape[0]]} for i in range(0, len(arr) - shape[0] + 1, shape[0])]
-        with quiet_stdout():
+        with quiet_stdout(), _quiet_quantizer(job.options.verbose):
             calib = q.calibrate({key: samples}, num_threads=max(1, os.cpu_count() or 1))
-    with quiet_stdout():
-        result = q.quantize(calib, enable_progress_report=False)
+    with quiet_stdout(), _quiet_quantizer(job.options.verbose):
+        result = q.quantize(calib, enable_progress_report=job.options.verbose)
     return bytes(result.quantized_model)
+
+
+@contextlib.contextmanager
+def _quiet_quantizer(verbose: bool) -> Iterator[None]:
+    """ai-edge-quantizer without its noise: the ``experimental_preserve_all_tensors`` warning of its calibration
+    interpreter (always; edgeslim asked for nothing), and its C++ lines (:data:`edgeslim.quiet.KNOWN_STDERR_NOISE`:
+    the XNNPACK delegate) unless ``verbose``."""
+    from edgeslim.quiet import quiet_stderr
+
+    with warnings.catch_warnings(), (contextlib.nullcontext() if verbose else quiet_stderr()):
+        warnings.filterwarnings("ignore", message=r".*experimental_preserve_all_tensors", category=UserWarning)
+        yield
 
 
 @TFLITE_RECIPES.register("fp16")
@@ -236,9 +249,14 @@ class LiteRTRunner(LiteRtRunner):
         xnnpack: bool = True,
         preserve_all_tensors: bool = False,
     ) -> None:
+        from edgeslim.quiet import quiet_stderr
+
         _require(self.module + ".interpreter")
-        super().__init__(path, content=content, layout=layout.value if layout else None, threads=threads,
-                         xnnpack=xnnpack, preserve_all_tensors=preserve_all_tensors)
+        with quiet_stderr(), warnings.catch_warnings():  # "Created TensorFlow Lite XNNPACK delegate", the
+            # debugging-only warning of preserve_all_tensors (asked for on purpose by per-layer reports)
+            warnings.filterwarnings("ignore", message=r".*experimental_preserve_all_tensors", category=UserWarning)
+            super().__init__(path, content=content, layout=layout.value if layout else None, threads=threads,
+                             xnnpack=xnnpack, preserve_all_tensors=preserve_all_tensors)
         self.layout: Layout = Layout(self.layout)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -63,7 +63,16 @@ from edgeslim.plugin.pruning.schedule import PruningSchedule
 from edgeslim.plugin.quantization.api import convert, prepare_qat
 from edgeslim.plugin.quantization.config import QuantConfig
 from edgeslim.plugin.quantization.qat import QATSchedule, bn_frozen, freeze_bn
-from edgeslim.train import Callback, LoopState, Objective, train_loop
+from edgeslim.train import (
+    Callback,
+    LoopState,
+    Objective,
+    OnDevice,
+    device_of,
+    resolve_torch_device,
+    to_device,
+    train_loop,
+)
 
 
 class AlternatingSchedule:
@@ -178,7 +187,7 @@ class AlternatingSchedule:
 
     def _switch(self) -> None:
         with self._unguarded():
-            gm = prepare_qat(self._eager, self._x, self.quant_config)
+            gm = prepare_qat(self._eager, self._x, self.quant_config).to(device_of(self._eager))  # its fake-quants too
         rebind_optimizer(self.optimizer, self._eager, gm)
         self.model, self.phase = gm, "qat"
         self._guard = self._eager.register_forward_pre_hook(self._stale)
@@ -204,7 +213,7 @@ class AlternatingSchedule:
                 copy_weights(self._eager, gm)
                 rebind_optimizer(self.optimizer, self._eager, gm)
                 return
-            new = prepare_qat(self._eager, self._x, self.quant_config)
+            new = prepare_qat(self._eager, self._x, self.quant_config).to(device_of(self._eager))
         carry_fake_quant(gm, new)
         if bn_frozen(gm):
             freeze_bn(new)  # stays frozen through new.train() (see enable_train_eval)
@@ -281,7 +290,8 @@ class AlternatingSchedule:
         summary = PruneSummary(self._before, after, layers, 0.0 if masks is None else masks.sparsity(),
                                tuple(self._prune.history))
         assert isinstance(self.model, GraphModule)
-        quant = convert(self.model)
+        quant = convert(self.model.cpu())  # the converted model (and the eager one) on the CPU, ready to export
+        self._eager.cpu()
         return AlternatingResult(quant, summary, tuple(self.history), self.config, self._eager.eval(), {})
 
 
@@ -303,6 +313,7 @@ def alternating(
     kd_temperature: float = 4.0,
     eval_fn: Callable[[nn.Module], float] | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> AlternatingResult:
     """Prune and quantization-aware-train ``model`` in one run (SGD Nesterov, one-cycle LR).
 
@@ -320,6 +331,8 @@ def alternating(
         eval_fn: Called with the model just before QAT starts and with the converted model;
             the values land in ``result.evals``.
         on_step: Called with each :class:`StepRecord`.
+        device: Where training, pruning and QAT run (``auto``, ``cpu``, ``cuda``, ``cuda:N``; None: where
+            ``model`` is); the result's models are on the CPU, ``teacher`` is moved back.
 
     Returns:
         An :class:`AlternatingResult`.
@@ -327,18 +340,22 @@ def alternating(
     layout = schedule or AlternatingConfig.spread(steps)
     if layout.total_steps != steps:
         raise ConfigError(f"alternating: schedule.total_steps={layout.total_steps} but steps={steps}; make them equal")
-    work = copy_arch(model, copy.deepcopy(model)).train()
+    dev = resolve_torch_device(device, option="alternating(device=...)") if device is not None else device_of(model)
+    work = copy_arch(model, copy.deepcopy(model)).train().to(dev)
+    x, data = to_device(example_inputs, dev), OnDevice(train_loader, dev)  # for tracing and data-driven criteria
+    teacher_home = device_of(teacher) if teacher is not None else None
     opt = torch.optim.SGD(work.parameters(), lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
     lrs = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     evals: dict[str, float] = {}
     if layout.qat_from == 0 and eval_fn is not None:
         evals["before_qat"] = eval_fn(work)
-    sched = AlternatingSchedule(work, example_inputs, prune_config, quant_config, optimizer=opt,
-                                data=train_loader, **layout.to_dict())
+    sched = AlternatingSchedule(work, x, prune_config, quant_config, optimizer=opt, data=data, **layout.to_dict())
     events = _Events(sched, layout.qat_from, evals, eval_fn, on_step)
-    train_loop(work, train_loader, steps=steps, optimizer=opt, scheduler=lrs,
+    train_loop(work, train_loader, steps=steps, optimizer=opt, scheduler=lrs, device=dev if device is not None else None,
                objective=Objective(label_smoothing, kd_alpha, kd_temperature), teacher=teacher, callbacks=[events],
                what="the model to prune and quantize", final_what="the pruned QAT weights")
+    if teacher is not None and teacher_home is not None:
+        teacher.to(teacher_home)
     result = sched.finish()
     if eval_fn is not None:
         evals["converted"] = eval_fn(result.quant.model)

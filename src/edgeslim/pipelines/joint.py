@@ -25,11 +25,12 @@ import math
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
 
+from edgeslim.config import codec, serializable, to_data
 from edgeslim.errors import ConfigError, TargetUnreachableError
 from edgeslim.pipelines.joint_descent import (
     Candidate,
@@ -113,6 +114,7 @@ class SearchSpace:
                          else replace(g, ladder=g.ladder[:1], searched=False) for g in mspace.groups]
 
 
+@serializable()
 @dataclass(frozen=True)
 class Budget:
     """What the chosen model must meet (at least one field).
@@ -148,6 +150,7 @@ class Budget:
         return self.latency_ms is not None or self.speedup is not None
 
 
+@serializable(omit=("space",), extras={"layers": lambda r: r.layers()})
 @dataclass
 class SearchResult:
     """Everything the search evaluated and chose.
@@ -173,7 +176,7 @@ class SearchResult:
         seconds: Wall time of the search.
     """
 
-    candidates: list[Candidate]
+    candidates: list[Candidate] = field(metadata=codec(len))  # written as their number
     front: list[Candidate]
     chosen: Candidate
     trace: list[dict[str, Any]]
@@ -198,11 +201,10 @@ class SearchResult:
         return rows
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form: ``front``, ``trace``, ``measurements``, ``budget``, ``chosen``, ``layers`` ..."""
-        return {"front": [c.to_dict() for c in self.front], "trace": self.trace, "measurements": self.measurements,
-                "budget": asdict(self.budget), "limits": self.limits, "chosen": self.chosen.to_dict(),
-                "layers": self.layers(), "table_key": self.table_key.to_dict(), "fit": list(self.fit),
-                "reference_ms": self.reference_ms, "candidates": len(self.candidates), "seconds": self.seconds}
+        """JSON-able form (:func:`edgeslim.config.to_data`, untagged): ``front``, ``trace``, ``measurements``, ``budget``,
+        ``chosen``, ``layers`` (of the chosen plan), ``candidates`` (their number) ...; not ``space``."""
+        data: dict[str, Any] = to_data(self, tagged=False)
+        return data
 
     def apply(self, model: nn.Module, example_inputs: Inputs, candidate: Candidate | None = None) -> PruneResult:
         """Prune ``model`` (a copy) to ``candidate`` (default: the chosen one)."""

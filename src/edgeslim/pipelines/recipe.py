@@ -115,10 +115,7 @@ class Recipe:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, PruneConfig):
-                out[f.name] = value.to_dict()
-            else:
-                out[f.name] = value.to_plain() if isinstance(value, DataSection) else to_data(value, tagged=False)
+            out[f.name] = value.to_plain() if isinstance(value, DataSection) else to_data(value, tagged=False)
         return out
 
     def to_yaml(self) -> str:

@@ -91,7 +91,7 @@ def run_alternating(ctx: Context) -> dict[str, Any]:
     config = rec.quantize.config()
     result = alternating(net, ctx.example(batch=2), train, rec.prune, config, steps=steps, schedule=layout,
                          teacher=net if rec.finetune.distill else None, lr=rec.finetune.lr,
-                         on_step=lambda r: ctx.progress("prune + QAT", r.step, steps))
+                         on_step=lambda r: ctx.progress("prune + QAT", r.step, steps), device=ctx.device)
     float_model = result.float_model.eval()
     top1 = ctx.top1(float_model)
     name = "pruned.pt"

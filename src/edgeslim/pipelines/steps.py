@@ -394,7 +394,7 @@ def _quantize_one(ctx: Context, variant: Variant) -> dict[str, Any]:
     else:
         ctx.emit({"event": "info", "message": f"PTQ of the {ctx.float_model_name(variant)} model: {config.name}, "
                                               f"{sec.calibration} calibration images"})
-        result = quantize(net, x, config, calibration=ctx.calibration())
+        result = quantize(net, x, config, calibration=ctx.calibration(), device=ctx.device)
     top1 = ctx.top1(result.model)
     float_variant = Variant.ORIGINAL if variant is Variant.QUANTIZED else Variant.PRUNED
     lineage = ctx.lineage(float_variant)

@@ -7,7 +7,7 @@ is :func:`count_top1` (and :func:`evaluate` / :func:`sharded_top1` on top of it)
 ``--device`` is resolved by :func:`resolve_torch_device`.
 """
 
-from edgeslim.train.device import DEVICE_CHOICES, device_of, resolve_torch_device
+from edgeslim.train.device import DEVICE_CHOICES, OnDevice, device_of, resolve_torch_device, to_device
 from edgeslim.train.evaluate import Top1, count_top1, evaluate, sharded_top1, top1_on
 from edgeslim.train.loop import (
     Callback,
@@ -31,6 +31,7 @@ __all__ = [
     "LoopResult",
     "LoopState",
     "Objective",
+    "OnDevice",
     "OnStep",
     "Top1",
     "count_top1",
@@ -41,6 +42,7 @@ __all__ = [
     "one_cycle",
     "resolve_torch_device",
     "sharded_top1",
+    "to_device",
     "top1_on",
     "train_loop",
     "train_mode",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from typing import Any
+
 import torch
 
 from edgeslim import distributed
@@ -48,9 +51,6 @@ def resolve_torch_device(spec: str | torch.device | None = "auto", *, option: st
     return torch.device(text)
 
 
-
-
-
 def device_of(module: torch.nn.Module) -> torch.device:
     """Where ``module``'s first parameter (or buffer) lives; the CPU for a module without tensors."""
     for tensors in (module.parameters(), module.buffers()):
@@ -58,4 +58,29 @@ def device_of(module: torch.nn.Module) -> torch.device:
         if first is not None:
             return first.device
     return torch.device("cpu")
-__all__ = ["DEVICE_CHOICES", "device_of", "resolve_torch_device"]
+def to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with its tensors on ``device`` (a tensor, or tuples/lists/dicts of them; anything else as is)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
+class OnDevice:
+    """``loader``'s batches moved to ``device`` as they are read (for code that runs a model on its batches)."""
+
+    def __init__(self, loader: Iterable[Any], device: torch.device) -> None:
+        self.loader, self.device = loader, device
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            yield to_device(batch, self.device)
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+
+__all__ = ["DEVICE_CHOICES", "OnDevice", "device_of", "resolve_torch_device", "to_device"]

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,16 @@ def test_table_plot_roundtrip_and_allocation(small_net: nn.Module, x32: torch.Te
 def test_needs_data(small_net: nn.Module, x32: torch.Tensor) -> None:
     with pytest.raises(ConfigError, match="held-out data"):
         sensitivity(small_net, x32, [])
+
+
+def test_table_file_round_trips_and_refuses_unknown_keys(tmp_path: Path) -> None:
+    row = {"group": "a.0", "channels": 8, "ratio": 0.5, "accuracy": 0.25, "loss": 2.5, "acc_drop": 0.0625,
+           "loss_increase": 0.25, "params_removed": 100, "macs_removed": 6400}
+    table = SensitivityResult(0.3125, 2.25, 1000, 64000, [row])
+    path = table.save(tmp_path / "t.json")
+    assert json.loads(path.read_text()) == {"base_accuracy": 0.3125, "base_loss": 2.25, "params": 1000, "macs": 64000,
+                                            "rows": [row]}
+    assert SensitivityResult.load(path) == table
+    path.write_text(json.dumps({**table.to_dict(), "param": 1}))
+    with pytest.raises(ConfigError, match=r"unknown SensitivityResult key\(s\) param; known: base_accuracy, base_loss"):
+        SensitivityResult.load(path)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgeslim.plugin.quantization.calibration import CALIBRATORS, name_observer
+from edgeslim.errors import ConfigError
+from edgeslim.plugin.quantization.calibration import CALIBRATORS, calibration_device, name_observer, pinned_node
 from edgeslim.plugin.quantization.errors import CalibrationError
 
 
@@ -95,3 +96,58 @@ def test_sampled_ranges_are_asked_twice_and_answer_the_same(name: str) -> None:
     assert again == {(float(first[0]), int(first[1]))}
     obs(torch.randn(64, 4096, generator=g).relu() * 3)  # new data: the range is chosen again
     assert float(obs.calculate_qparams()[0]) > float(first[0])
+
+
+class _Pos(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.arange(x.shape[-1], dtype=x.dtype)  # a tensor made on a fixed device
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(8 * 8 * 8, 4)).eval()
+
+
+def _calib() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(8, 3, 8, 8, generator=g), torch.zeros(8, dtype=torch.long)) for _ in range(3)]
+
+
+def test_calibration_device_is_passed_through_and_the_result_is_on_the_cpu() -> None:
+    from edgeslim.plugin.quantization import quantize
+
+    x = torch.randn(2, 3, 8, 8)
+    default = quantize(_net(), x, "int8", calibration=_calib())
+    for device in ("cpu", "auto", torch.device("cpu")):  # auto: the CPU on a machine without a GPU
+        got = quantize(_net(), x, "int8", calibration=_calib(), device=device)
+        assert {t.device.type for t in got.model.state_dict().values()} == {"cpu"}
+        assert torch.equal(got.model(x), default.model(x))
+    with pytest.raises(ConfigError, match=r"calibrate\(device=\.\.\.\) cuda:0: no CUDA GPU is available on this machine"):
+        quantize(_net(), x, "int8", calibration=_calib(), device="cuda:0")
+    with pytest.raises(ConfigError, match=r"calibrate\(device=\.\.\.\): 'tpu' is not a device; use auto, cpu, cuda or cuda:N"):
+        quantize(_net(), x, "int8", calibration=_calib(), device="tpu")
+
+
+def test_a_graph_that_makes_tensors_on_a_fixed_device_is_found() -> None:
+    from edgeslim.plugin.quantization import QuantConfig, calibrate
+    from edgeslim.plugin.quantization.api import prepare
+
+    x = torch.randn(2, 3, 8, 8)
+    pinned = prepare(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), _Pos()), x, QuantConfig.from_spec("int8"))
+    assert pinned_node(pinned) == "arange"
+    assert calibration_device(pinned, None) == torch.device("cpu") == calibration_device(pinned, "auto")
+    assert calibrate(pinned, _calib(), device="cpu") == 24
+    assert pinned_node(prepare(_net(), x, QuantConfig.from_spec("int8"))) is None
+
+
+def test_sample_calibrators_keep_a_copy_of_their_sample_on_the_cpu() -> None:
+    obs = _observer("mse")
+    for b in _data():
+        obs(b)
+    assert {s.device.type for s in obs._samples} == {"cpu"}
+    x = torch.linspace(-1.0, 3.0, 1000)
+    obs = _observer("percentile")
+    obs(x)
+    x.relu_()  # the next layer's in-place ReLU must not change what was observed
+    assert float(torch.cat(obs._samples).min()) == -1.0

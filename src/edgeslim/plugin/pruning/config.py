@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
+from edgeslim.config import codec, from_data, serializable, to_data
 from edgeslim.errors import ConfigError
 from edgeslim.plugin.pruning import hooks
 
@@ -46,6 +47,7 @@ class Allocation(str, Enum):
 _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 
 
+@serializable(text=True)
 @dataclass(frozen=True)
 class Target:
     """A pruning target, e.g. ``Target.parse("params=0.5")`` or ``Target.parse("bytes=20MB")``."""
@@ -88,6 +90,7 @@ class Target:
         return f"{self.kind.value}={self.value:g}"
 
 
+@serializable(what="layer rule key")
 @dataclass(frozen=True)
 class LayerRule:
     """A per-layer override (hybrid / layer-wise configs).
@@ -119,6 +122,7 @@ class LayerRule:
         return name == self.pattern or re.fullmatch(self.pattern, name) is not None
 
 
+@serializable(what="transformer key")
 @dataclass(frozen=True)
 class TransformerConfig:
     """What structured pruning removes in transformer blocks (ViT, Swin, attention, MLPs).
@@ -145,6 +149,32 @@ class TransformerConfig:
         return cls(**{k: bool(v) for k, v in value.items()})
 
 
+def _path(obj: Any) -> str | None:
+    """An import path (kept as given when already one); None for an object without one (noted in ``_dropped``)."""
+    return obj if obj is None or isinstance(obj, str) else hooks.path_of(obj)
+
+
+def _dropped(cfg: PruneConfig) -> list[str] | None:
+    """What the file cannot hold (a lambda, a Parameter object), to pass again in Python; None when nothing."""
+    out = [f"{name}: {fn!r} has no import path (lambda or local); pass it again in Python"
+           for name, fn in (("forward_fn", cfg.forward_fn), ("output_transform", cfg.output_transform))
+           if fn is not None and _path(fn) is None]
+    out += [f"customized_pruners[{k.__name__}]: {v!r} has no import path (lambda or local); pass it again in Python"
+            for k, v in cfg.customized_pruners if _path(v) is None]
+    out += [f"parameter of shape {tuple(p.shape)} given as an object; give its name to keep it"
+            for p in [p for p, _ in cfg.unwrapped_parameters] + list(cfg.ignored_params) if not isinstance(p, str)]
+    return out or None
+
+
+#: Files hold hooks as import paths, pruners as ``{layer path: pruner path}`` and parameters by name only.
+_HOOK = codec(_path)
+_PRUNERS = codec(lambda pairs: {hooks.path_of(k) or k.__name__: _path(v) for k, v in pairs},
+                 lambda data: tuple(data.items()) if isinstance(data, dict) else data)
+_NAMED_PAIRS = codec(lambda pairs: [[p, dim] for p, dim in pairs if isinstance(p, str)], tuple)
+_NAMED = codec(lambda params: [p for p in params if isinstance(p, str)], tuple)
+
+
+@serializable(what="prune config key", extras={"_dropped": _dropped})
 @dataclass(frozen=True)
 class PruneConfig:
     """Everything :func:`edgeslim.prune` needs.
@@ -198,11 +228,11 @@ class PruneConfig:
     sensitivity_ratios: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
     inplace: bool = False
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
-    forward_fn: Callable[..., Any] | None = None
-    output_transform: Callable[..., Any] | None = None
-    customized_pruners: tuple[tuple[type, Any], ...] = ()
-    unwrapped_parameters: tuple[tuple[Any, int], ...] = ()
-    ignored_params: tuple[Any, ...] = ()
+    forward_fn: Callable[..., Any] | None = field(default=None, metadata=_HOOK)
+    output_transform: Callable[..., Any] | None = field(default=None, metadata=_HOOK)
+    customized_pruners: tuple[tuple[type, Any], ...] = field(default=(), metadata=_PRUNERS)
+    unwrapped_parameters: tuple[tuple[Any, int], ...] = field(default=(), metadata=_NAMED_PAIRS)
+    ignored_params: tuple[Any, ...] = field(default=(), metadata=_NAMED)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "transformer", TransformerConfig.coerce(self.transformer))
@@ -264,51 +294,13 @@ class PruneConfig:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON/YAML-able dict (enums as their values)."""
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["transformer"] = asdict(self.transformer)
-        d["target"] = str(self.target)
-        d["method"] = self.method.value
-        d["allocation"] = self.allocation.value
-        d["target"] = str(self.target)
-        d["ignored_layers"] = None if self.ignored_layers is None else list(self.ignored_layers)
-        d["layer_rules"] = [asdict(r) for r in self.layer_rules]
-        d["sensitivity_ratios"] = list(self.sensitivity_ratios)
-        dropped: list[str] = []
-
-        def name(obj: Any, field_name: str) -> str | None:
-            path = hooks.path_of(obj) if obj is not None and not isinstance(obj, str) else obj
-            if obj is not None and path is None:
-                dropped.append(f"{field_name}: {obj!r} has no import path (lambda or local); pass it again in Python")
-            return path
-
-        d["forward_fn"] = name(self.forward_fn, "forward_fn")
-        d["output_transform"] = name(self.output_transform, "output_transform")
-        d["customized_pruners"] = {hooks.path_of(k) or k.__name__: name(v, f"customized_pruners[{k.__name__}]")
-                                   for k, v in self.customized_pruners}
-        for p in [p for p, _ in self.unwrapped_parameters] + list(self.ignored_params):
-            if not isinstance(p, str):  # a Parameter object has no name outside its model
-                dropped.append(f"parameter of shape {tuple(p.shape)} given as an object; give its name to keep it")
-        d["unwrapped_parameters"] = [[p, dim] for p, dim in self.unwrapped_parameters if isinstance(p, str)]
-        d["ignored_params"] = [p for p in self.ignored_params if isinstance(p, str)]
-        if dropped:
-            d["_dropped"] = dropped
-        return d
+        """A JSON/YAML-able dict (:func:`edgeslim.config.to_data`, untagged): enums as their values, the target as
+        ``KIND=VALUE``, hooks as import paths; what has none is listed under ``_dropped``."""
+        data: dict[str, Any] = to_data(self, tagged=False)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"_dropped"}
-        if unknown:
-            raise ConfigError(f"unknown prune config keys {sorted(unknown)}; known: {sorted(known)}")
-        d = dict(data)
-        d.pop("_dropped", None)
-        d["customized_pruners"] = tuple((d.get("customized_pruners") or {}).items())
-        if isinstance(d.get("target"), str):
-            d["target"] = Target.parse(d["target"])
-        for key in ("ignored_layers", "layer_rules", "sensitivity_ratios", "unwrapped_parameters", "ignored_params"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
-        return cls(**d)
+        """Inverse of :meth:`to_dict`; unknown keys and values of the wrong type are refused (a ConfigError)."""
+        return from_data(data, cls)
 

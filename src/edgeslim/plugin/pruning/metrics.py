@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from edgeslim.config import serializable, to_data
+
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 
 
+@serializable()
 @dataclass(frozen=True)
 class ModelStats:
     """Parameters, multiply-accumulates (one forward of the example inputs) and fp32 bytes."""
@@ -23,8 +26,9 @@ class ModelStats:
     nonzero_params: int
 
     def to_dict(self) -> dict[str, int]:
-        """As a plain dict."""
-        return asdict(self)
+        """As a plain dict (:func:`edgeslim.config.to_data`, untagged)."""
+        data: dict[str, int] = to_data(self, tagged=False)
+        return data
 
 
 def state_bytes(model: nn.Module) -> int:

@@ -16,6 +16,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from edgeslim.config import from_data, serializable, to_data
 from edgeslim.errors import ConfigError
 from edgeslim.models import clone
 from edgeslim.plugin.pruning.config import PruneConfig
@@ -42,6 +43,7 @@ def score(model: nn.Module, batches: Sequence[Batch], loss_fn: LossFn,
     return counts.correct / max(counts.total, 1), counts.loss_sum / max(counts.total, 1)
 
 
+@serializable()
 @dataclass
 class SensitivityResult:
     """The sensitivity table and what it implies.
@@ -96,9 +98,9 @@ class SensitivityResult:
         return allocate
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {"base_accuracy": self.base_accuracy, "base_loss": self.base_loss, "params": self.params,
-                "macs": self.macs, "rows": self.rows}
+        """JSON-able form (:func:`edgeslim.config.to_data`, untagged)."""
+        data: dict[str, Any] = to_data(self, tagged=False)
+        return data
 
     def save(self, path: str | Path) -> Path:
         """Write the table as JSON."""
@@ -109,8 +111,7 @@ class SensitivityResult:
     @classmethod
     def load(cls, path: str | Path) -> SensitivityResult:
         """Read a table written by :meth:`save`."""
-        d = json.loads(Path(path).read_text())
-        return cls(d["base_accuracy"], d["base_loss"], d["params"], d["macs"], d["rows"])
+        return from_data(json.loads(Path(path).read_text()), cls)
 
     def markdown(self) -> str:
         """The table as Markdown: accuracy drop (pt) per group and ratio."""

@@ -29,7 +29,7 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, 
 
 from edgeslim.models import copy_arch
 from edgeslim.plugin.quantization.bias_correction import InputMeans, correct_bias, output_shift
-from edgeslim.plugin.quantization.calibration import CALIBRATORS, name_observer
+from edgeslim.plugin.quantization.calibration import CALIBRATORS, calibration_device, name_observer
 from edgeslim.plugin.quantization.coded import CodedWeight
 from edgeslim.plugin.quantization.config import Mode, QuantConfig
 from edgeslim.plugin.quantization.errors import CalibrationError, ConversionError, QuantizationError
@@ -39,6 +39,7 @@ from edgeslim.plugin.quantization.log_act import insert_log2_snaps
 from edgeslim.plugin.quantization.quantizer import WEIGHTED, EdgeslimQuantizer, module_name
 from edgeslim.plugin.quantization.report import LayerReport, QuantReport, sqnr_db
 from edgeslim.plugin.quantization.schemes.base import nearest_level
+from edgeslim.train import device_of
 
 Batch = torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor]
 
@@ -142,21 +143,36 @@ def _inputs_of(batch: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def calibrate(prepared: GraphModule, loader: Iterable[Any], *, max_batches: int | None = None) -> int:
+def calibrate(prepared: GraphModule, loader: Iterable[Any], *, max_batches: int | None = None,
+              device: str | torch.device | None = None) -> int:
     """Run calibration batches through a prepared model; returns the number of images seen.
+
+    Args:
+        prepared: From :func:`prepare`.
+        loader: Calibration batches.
+        max_batches: Stop after this many batches.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device`` (None: where ``prepared`` is).
+            The graph runs there and is moved back afterwards; one that creates tensors on a fixed
+            device stays where it is (a warning names the node; :func:`~.calibration.calibration_device`).
 
     Raises:
         CalibrationError: The loader yields nothing, or an activation is NaN/inf (the layer is named).
+        ConfigError: An unknown device, or a CUDA device this machine does not have.
     """
+    home, dev = device_of(prepared), calibration_device(prepared, device)
     seen = 0
-    for i, batch in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        x = _inputs_of(batch)
-        if not bool(torch.isfinite(x).all()):
-            raise CalibrationError(f"calibration batch {i} contains NaN/inf in the model input: clean the calibration data")
-        prepared(x)
-        seen += int(x.shape[0])
+    prepared.to(dev)
+    try:
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            x = _inputs_of(batch)
+            if not bool(torch.isfinite(x).all()):
+                raise CalibrationError(f"calibration batch {i} contains NaN/inf in the model input: clean the calibration data")
+            prepared(x.to(dev))
+            seen += int(x.shape[0])
+    finally:
+        prepared.to(home)
     if seen == 0:
         raise CalibrationError("the calibration set is empty: pass a loader that yields at least one batch")
     return seen
@@ -169,6 +185,7 @@ def quantize(
     calibration: Iterable[Any] | None = None,
     *,
     max_batches: int | None = None,
+    device: str | torch.device | None = None,
 ) -> QuantResult:
     """Post-training quantization in one call.
 
@@ -179,6 +196,8 @@ def quantize(
         calibration: A loader of ``(images, labels)`` (or images) batches, e.g.
             :func:`edgeslim.data.calibration_subset`.
         max_batches: Stop calibrating after this many batches.
+        device: Where calibration runs (``auto``, ``cpu``, ``cuda``, ``cuda:N``; None: the CPU, where
+            the exported graph is); the converted model is on the CPU either way, ready to export.
 
     Returns:
         A :class:`QuantResult` whose ``.model`` is the converted GraphModule.
@@ -187,6 +206,7 @@ def quantize(
         CalibrationError: No calibration data, or NaN/inf met at a named layer.
         UnsupportedOpError: Unknown ops and ``config.strict``.
         ConversionError: A converted weight differs from its fake-quant value.
+        ConfigError: An unknown device, or a CUDA device this machine does not have.
     """
     cfg = QuantConfig.from_spec(config) if isinstance(config, str) else config
     if calibration is None:
@@ -194,7 +214,7 @@ def quantize(
     prepared = prepare(model, example_inputs, cfg, mode=Mode.PTQ)
     means = InputMeans(prepared) if cfg.bias_correction else None
     try:
-        calibrate(prepared, calibration, max_batches=max_batches)
+        calibrate(prepared, calibration, max_batches=max_batches, device=device)
     finally:
         input_means = means.finish() if means is not None else None
     return convert(prepared, input_means=input_means)

@@ -75,7 +75,7 @@ class InputMeans:
         out: dict[str, torch.Tensor] = {}
         for key, layers in self.layer_of.items():
             if key in self.sums:
-                mean = (self.sums[key] / max(self.counts[key], 1)).to(torch.float32)
+                mean = (self.sums[key] / max(self.counts[key], 1)).to(torch.float32).cpu()  # convert runs on the CPU
                 for layer in layers:
                     out[layer] = mean
         return out

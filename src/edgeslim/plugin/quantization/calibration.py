@@ -10,6 +10,7 @@ Every calibrator refuses NaN/inf, naming the layer that produced them.
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from torchao.quantization.pt2e.observer import MinMaxObserver, MovingAverageMinM
 
 from edgeslim.plugin.quantization.errors import CalibrationError
 from edgeslim.registry import Registry
+from edgeslim.train import device_of, resolve_torch_device
 
 #: Observer classes by calibrator name.
 CALIBRATORS: Registry[type] = Registry("calibrator")
@@ -94,7 +96,7 @@ class SampleObserver(MinMaxObserver):
         flat = x_orig.detach().reshape(-1).to(torch.float32)
         if flat.numel() > _PER_BATCH:
             flat = flat[torch.randint(flat.numel(), (_PER_BATCH,), generator=self._gen)]
-        self._samples.append(flat.clone())
+        self._samples.append(flat.to("cpu", copy=True))  # a copy (an in-place ReLU may change x), on the CPU
         self._n += flat.numel()
         if self._n > 2 * MAX_SAMPLES:
             allv = torch.cat(self._samples)
@@ -227,3 +229,35 @@ __all__ = [
     "observer_class",
     "observer_layer",
 ]
+
+
+def pinned_node(graph: torch.fx.GraphModule) -> str | None:
+    """The first node of ``graph`` that creates a tensor on a fixed device (``device=`` in its call), else None."""
+    for node in graph.graph.nodes:
+        if isinstance(node.kwargs.get("device"), torch.device):
+            return str(node.name)
+    return None
+
+
+def calibration_device(prepared: torch.fx.GraphModule, device: str | torch.device | None) -> torch.device:
+    """Where :func:`~edgeslim.plugin.quantization.api.calibrate` runs ``prepared``.
+
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``; None: where ``prepared`` is) when the graph can
+    move there; a graph that creates tensors on a fixed device (``torch.export`` recorded ``device=`` in
+    a node: ``torch.arange``/``zeros`` in the model's forward) stays where it is, with a warning naming
+    the node.
+
+    Raises:
+        ConfigError: An unknown device, or a CUDA device this machine does not have.
+    """
+    home = device_of(prepared)
+    if device is None:
+        return home
+    dev = resolve_torch_device(device, option="calibrate(device=...)")
+    node = pinned_node(prepared) if dev != home else None
+    if node is not None:
+        warnings.warn(f"edgeslim.quantize: the exported graph creates tensors on a fixed device (node {node}); "
+                      f"calibrating on {home}, not {dev} (move the tensor creation onto the input's device to "
+                      "calibrate elsewhere)", stacklevel=3)
+        return home
+    return dev
