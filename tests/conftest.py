@@ -1,12 +1,60 @@
-"""Shared fixtures. Sub-folders add their own conftest.py for part-specific fixtures."""
+"""Shared fixtures and the parallel (pytest-xdist) setup. Sub-folders add their own conftest.py for part-specific fixtures.
+
+The README's test command runs the suite on two xdist workers with ``--dist loadgroup``. Every test is put in
+the group of its file (module-scoped fixtures such as exported models and searches are built once, on one
+worker) and the tests using the emulated board (one per machine: a shared rootfs, its mounts and network
+namespace) all in group ``board``. Each worker gets its own ``$EDGESLIM_CACHE`` (host-side device locks, latency
+tables), one torch thread per core it owns, and files that hold ``slow`` tests are handed out first.
+"""
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 from edgeslim.data import fashion_mnist_loader
 from edgeslim.models import load
+
+#: Tests using one of these fixtures share one machine-wide resource: they run on one xdist worker.
+SINGLE_WORKER_FIXTURES = {"board": "board"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """On an xdist worker: split the cores among the workers and give the worker its own ``$EDGESLIM_CACHE``."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        if getattr(config.option, "dist", "no") == "loadgroup":
+            config.option.loadscopereorder = False  # keep the slow-first order of pytest_collection_modifyitems
+        return
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # the CLI and example subprocesses
+    shared = os.environ.get("EDGESLIM_CACHE") or str(Path.home() / ".cache" / "edgeslim")
+    os.environ.setdefault("EDGESLIM_ROOTFS_CACHE", shared)  # the emulated board's rootfs is built once per machine
+    cache = tempfile.mkdtemp(prefix=f"edgeslim-cache-{worker}-")
+    os.environ["EDGESLIM_CACHE"] = cache
+    config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook appends the group to the test ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup``: group each test with its file (or a single-worker group) and order slow files first."""
+    if getattr(config.option, "dist", "no") != "loadgroup":
+        return
+    groups: dict[int, str] = {}
+    for item in items:
+        shared = [SINGLE_WORKER_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in SINGLE_WORKER_FIXTURES]
+        group = shared[0] if shared else item.nodeid.split("::", 1)[0]
+        groups[id(item)] = group
+        item.add_marker(pytest.mark.xdist_group(group))
+    slow = {groups[id(item)] for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: groups[id(item)] not in slow)  # stable: the order inside a file is kept
 
 
 @pytest.fixture(autouse=True)
