@@ -8,7 +8,7 @@ commit, the wall time, the passed / failed / error counts, the coverage TOTAL an
 
     .venv/bin/python benchmarks/test_suite.py --label after
     .venv/bin/python benchmarks/test_suite.py --label before --from-log run.log --wall-s 2400 \\
-        --pytest-args='-q -m "not gpu" -n 2 --dist loadgroup --cov=edgeslim --cov-report=term' --note "..."
+        --pytest-args='-q -m "not gpu" -n 2 --dist loadfile --cov=edgeslim --cov-report=term' --note "..."
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from provenance import record, runs_lines
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 #: The README's test command (what .ci/run runs), plus coverage.
-README_ARGS = '-q -m "not gpu" -n 2 --dist loadgroup --durations=40 --cov=edgeslim --cov-report=term'
+README_ARGS = '-q -m "not gpu" -n 2 --dist loadfile --durations=40 --cov=edgeslim --cov-report=term'
 
 
 def parse(log: str) -> dict[str, Any]:

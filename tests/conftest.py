@@ -1,10 +1,12 @@
 """Shared fixtures and the parallel (pytest-xdist) setup. Sub-folders add their own conftest.py for part-specific fixtures.
 
-The README's test command runs the suite on two xdist workers with ``--dist loadgroup``. Every test is put in
-the group of its file (module-scoped fixtures such as exported models and searches are built once, on one
-worker) and the tests using the emulated board (one per machine: a shared rootfs, its mounts and network
-namespace) all in group ``board``. Each worker gets its own ``$EDGESLIM_CACHE`` (host-side device locks, latency
-tables), one torch thread per core it owns, and files that hold ``slow`` tests are handed out first.
+The README's test command runs the suite on two xdist workers with ``--dist loadfile``: a file's tests run on one
+worker, so its module-scoped fixtures (exported models, searches, trained nets) are built once. Not
+``loadgroup``: with pytest 9.2 and xdist 3.8 its groups do nothing (xdist writes ``item._nodeid``, which pytest
+9 no longer reads), so tests were spread one by one and module fixtures built on both workers. Each worker gets
+its own ``$EDGESLIM_CACHE`` (host-side device locks, latency tables), its share of the cores as torch threads,
+and files holding ``slow`` tests are handed out first. The emulated board (tests/device_bench) may run on both
+workers at once: each board has its own keys, sshd config, subnet and namespace.
 """
 
 from __future__ import annotations
@@ -20,15 +22,12 @@ import torch
 from edgeslim.data import fashion_mnist_loader
 from edgeslim.models import load
 
-#: Tests using one of these fixtures share one machine-wide resource: they run on one xdist worker.
-SINGLE_WORKER_FIXTURES = {"board": "board"}
-
 
 def pytest_configure(config: pytest.Config) -> None:
     """On an xdist worker: split the cores among the workers and give the worker its own ``$EDGESLIM_CACHE``."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker is None:
-        if getattr(config.option, "dist", "no") == "loadgroup":
+        if getattr(config.option, "dist", "no") == "loadfile":
             config.option.loadscopereorder = False  # keep the slow-first order of pytest_collection_modifyitems
         return
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
@@ -42,19 +41,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook appends the group to the test ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``--dist loadgroup``: group each test with its file (or a single-worker group) and order slow files first."""
-    if getattr(config.option, "dist", "no") != "loadgroup":
+    """On an xdist worker: the files that hold ``slow`` tests first (each keeps its order), so none ends the run."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
         return
-    groups: dict[int, str] = {}
-    for item in items:
-        shared = [SINGLE_WORKER_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in SINGLE_WORKER_FIXTURES]
-        group = shared[0] if shared else item.nodeid.split("::", 1)[0]
-        groups[id(item)] = group
-        item.add_marker(pytest.mark.xdist_group(group))
-    slow = {groups[id(item)] for item in items if item.get_closest_marker("slow") is not None}
-    items.sort(key=lambda item: groups[id(item)] not in slow)  # stable: the order inside a file is kept
+    slow = {item.nodeid.split("::", 1)[0] for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.nodeid.split("::", 1)[0] not in slow)  # stable
 
 
 @pytest.fixture(autouse=True)
