@@ -4,7 +4,8 @@ Runs (or, with ``--from-log``, reads the output of) ``pytest -q -m "not gpu" ...
 --cov-report=term`` and records one row under a label (``before`` / ``after``): the pytest command, the
 commit, the wall time, the passed / failed / error counts, the coverage TOTAL and the machine's load
 (``/proc/loadavg`` at the start and at the end, and its core count). Rows go to
-``benchmarks/results/test_suite.{json,md}``; a label already there is replaced.
+``benchmarks/results/test_suite.{json,md}``; a label already there is replaced, and the Markdown's
+``## Notes`` section is kept.
 
     .venv/bin/python benchmarks/test_suite.py --label after
     .venv/bin/python benchmarks/test_suite.py --label before --from-log run.log --wall-s 2400 \\
@@ -30,6 +31,7 @@ from provenance import record, runs_lines
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 #: The README's test command (what .ci/run runs), plus coverage.
+NOTES = "## Notes"
 README_ARGS = '-q -m "not gpu" -n 2 --dist loadfile --durations=40 --cov=edgeslim --cov-report=term'
 
 
@@ -82,7 +84,10 @@ def write(rows: list[dict[str, Any]]) -> None:
         if r.get("failed_tests"):
             lines += ["", f"Failed in `{r['label']}`: " + ", ".join(f"`{t}`" for t in r["failed_tests"]) + "."]
     lines += runs_lines(rows)
-    (RESULTS / "test_suite.md").write_text("\n".join(lines) + "\n")
+    md = RESULTS / "test_suite.md"
+    old = md.read_text() if md.exists() else ""
+    notes = old[old.index(NOTES):] if NOTES in old else ""  # hand-written, kept across runs
+    md.write_text("\n".join(lines) + "\n" + ("\n" + notes if notes else ""))
 
 
 def main() -> None:
