@@ -96,13 +96,14 @@ def main() -> None:
     p.add_argument("--pytest-args", default=README_ARGS, help="pytest's arguments (default: the README's + coverage)")
     p.add_argument("--from-log", type=Path, help="Read this pytest output instead of running pytest")
     p.add_argument("--wall-s", type=float, help="With --from-log: the run's wall seconds (default: pytest's own)")
-    p.add_argument("--load", default="", help="With --from-log: the load averages at the start / end")
+    p.add_argument("--load", default="", help="With --from-log: the load at the start and end, as 'START / END'")
     p.add_argument("--note", default="")
     a = p.parse_args()
     if a.from_log:
         log = a.from_log.read_text()
         parsed = parse(log)
-        wall, start, end = a.wall_s or parsed.get("pytest_s") or 0.0, a.load or "?", a.load or "?"
+        start, _, end = (a.load or "? / ?").partition(" / ")
+        wall = a.wall_s or parsed.get("pytest_s") or 0.0
     else:
         log, wall, start, end = run(a.pytest_args)
         parsed = parse(log)
