@@ -2,7 +2,7 @@
 
 The rootfs is built once with ``mmdebstrap --variant=extract`` and aarch64 wheels of numpy,
 onnxruntime and ai-edge-litert installed from the host with ``pip install --target --platform``;
-it is cached under ``~/.cache/edgeslim/`` (``EDGESLIM_CACHE`` overrides). Its own sshd runs
+it is cached under ``~/.cache/edgeslim/`` (``EDGESLIM_ROOTFS_CACHE``, else ``EDGESLIM_CACHE``, overrides). Its own sshd runs
 through ``chroot`` inside a network namespace reached over a veth pair. Every process started
 here is stopped by PID; mounts and the namespace are removed on stop.
 
@@ -11,6 +11,7 @@ Run ``python tests/device_bench/emulated_device.py build`` to build the cache by
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -49,8 +50,10 @@ LogLevel ERROR
 
 
 def cache_dir() -> Path:
-    """Where the built rootfs is kept between runs."""
-    return Path(os.environ.get("EDGESLIM_CACHE", Path.home() / ".cache" / "edgeslim"))
+    """Where the built rootfs is kept between runs: ``$EDGESLIM_ROOTFS_CACHE`` (set per xdist worker by
+    tests/conftest.py, which gives each worker its own ``$EDGESLIM_CACHE``), else ``$EDGESLIM_CACHE``."""
+    env = os.environ.get("EDGESLIM_ROOTFS_CACHE") or os.environ.get("EDGESLIM_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "edgeslim"
 
 
 def missing_tools() -> list[str]:
@@ -140,14 +143,20 @@ class EmulatedDevice:
     _proc: subprocess.Popen[bytes] | None = None
     _mounts: list[Path] = field(default_factory=list)
     _veth: str = ""
+    _config: str = "/etc/ssh/sshd_config_edgeslim"
 
     def start(self, authorized_key: str) -> None:
         """Mount /proc and /dev, create the namespace and start sshd; wait until it answers."""
         ensure_binfmt()
         interpreter_into(self.root)
-        keys = self.root / "etc" / "ssh" / "authorized_keys"
+        # this board's own keys folder and sshd config: boards of other test processes share the rootfs
+        keys = self.root / "etc" / "ssh" / "authorized_keys" / f"board{self.tag}"
+        keys.mkdir(parents=True, exist_ok=True)
         (keys / self.user).write_text(authorized_key)
         (keys / "root").write_text(authorized_key)
+        self._config = f"/etc/ssh/sshd_config_edgeslim_{self.tag}"
+        (self.root / self._config.lstrip("/")).write_text(
+            SSHD_CONFIG.replace("/etc/ssh/authorized_keys/%u", f"/etc/ssh/authorized_keys/board{self.tag}/%u"))
         for src, dst, args in (("proc", "proc", ["-t", "proc"]), ("/dev", "dev", ["--bind"])):
             target = self.root / dst
             target.mkdir(exist_ok=True)
@@ -155,7 +164,7 @@ class EmulatedDevice:
             self._mounts.append(target)
         n = self.tag
         self.netns, self._veth = f"esdev{n}", f"esh{n}"
-        subnet = 200 + (int(n) % 50)
+        subnet = _free_subnet(int(n))
         self.host = f"10.213.{subnet}.2"
         for cmd in (["ip", "netns", "add", self.netns],
                     ["ip", "link", "add", self._veth, "type", "veth", "peer", "name", f"esd{n}"],
@@ -168,7 +177,7 @@ class EmulatedDevice:
             subprocess.run(cmd, check=True)
         self._proc = subprocess.Popen(
             ["ip", "netns", "exec", self.netns, "chroot", str(self.root),
-             "/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config_edgeslim"],
+             "/usr/sbin/sshd", "-D", "-e", "-f", self._config],
             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -198,8 +207,9 @@ class EmulatedDevice:
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait(timeout=10)
-        for pid in _pids_under(self.root):
-            os.kill(pid, signal.SIGKILL)
+        for pid in _pids_under(self.root, self.netns):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if self._veth:
             subprocess.run(["ip", "link", "del", self._veth], check=False, stderr=subprocess.DEVNULL)
         if self.netns:
@@ -207,15 +217,32 @@ class EmulatedDevice:
         for target in reversed(self._mounts):
             subprocess.run(["umount", "-l", str(target)], check=False)
         self._mounts.clear()
+        if self.tag:
+            shutil.rmtree(self.root / "etc" / "ssh" / "authorized_keys" / f"board{self.tag}", ignore_errors=True)
+            (self.root / self._config.lstrip("/")).unlink(missing_ok=True)
 
 
-def _pids_under(root: Path) -> list[int]:
-    """PIDs of processes whose root directory is ``root`` (leftover sessions)."""
+def _free_subnet(tag: int) -> int:
+    """A third octet in 10.213.200-249 that no host interface uses yet (from ``tag``'s own slot on)."""
+    used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True, check=True).stdout
+    for i in range(50):
+        subnet = 200 + (tag + i) % 50
+        if f" 10.213.{subnet}." not in used:
+            return subnet
+    raise RuntimeError("no free 10.213.200-249.0/30 subnet for the emulated device")
+
+
+def _pids_under(root: Path, netns: str) -> list[int]:
+    """PIDs of this board's leftover sessions: root directory ``root`` and network namespace ``netns``."""
+    try:
+        ns = os.stat(f"/run/netns/{netns}").st_ino
+    except OSError:
+        return []
     pids = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if os.readlink(d / "root") == str(root):
+                if os.readlink(d / "root") == str(root) and os.stat(d / "ns" / "net").st_ino == ns:
                     pids.append(int(d.name))
             except OSError:
                 continue

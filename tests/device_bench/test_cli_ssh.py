@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -12,8 +13,9 @@ from bench_fixtures import SshServer
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    # wide: rich breaks a long path inside a word at 80 columns (pytest-xdist's tmp paths are 10 characters longer)
     return subprocess.run([sys.executable, "-m", "edgeslim.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, check=False)
+                          timeout=300, check=False, env={**os.environ, "COLUMNS": "400"})
 
 
 def test_bench_ssh_json_contract(sshd: SshServer, models: dict[str, Path], tmp_path: Path) -> None:
