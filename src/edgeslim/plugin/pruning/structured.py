@@ -13,7 +13,7 @@ from edgeslim.plugin.pruning.config import LayerRule, PruneConfig
 from edgeslim.plugin.pruning.graph import PRUNABLE, classifier_head, resolve_layers, tracing_errors
 from edgeslim.plugin.pruning.importance.base import Batch, LossFn, needs_data
 from edgeslim.plugin.pruning.metrics import Inputs
-from edgeslim.plugin.pruning.transformers import TransformerPruner, transformer_spec
+from edgeslim.plugin.pruning.transformers import TransformerPruner, TransformerSpec, transformer_spec
 
 
 @dataclass(frozen=True)
@@ -79,13 +79,15 @@ def make_pruner(
     steps: int = 1,
     scheduler: Callable[[float, int], list[float]] | None = None,
     extra_ignored: Sequence[str] = (),
+    specs: dict[tuple[int, ...], TransformerSpec | None] | None = None,
 ) -> tp.pruner.BasePruner:
     """A torch-pruning pruner for ``model`` following ``plan`` (nothing is pruned yet).
 
     ``extra_ignored``: names of layers left whole on top of the config's ignored layers (groups that broke the
     forward, see :mod:`~edgeslim.plugin.pruning.degrade`). The config's torch-pruning hooks
     (``forward_fn``, ``output_transform``, ``customized_pruners``, ``unwrapped_parameters``,
-    ``ignored_params``) are passed on.
+    ``ignored_params``) are passed on. ``specs``: transformer specs already made for ``model`` (by ignored
+    layers), reused and filled (many plans on one unpruned model).
     """
     modules = dict(model.named_modules())
     ratio_dict: dict[nn.Module, float] = {}
@@ -95,8 +97,14 @@ def make_pruner(
     kwargs: dict[str, object] = {} if scheduler is None else {"iterative_pruning_ratio_scheduler": scheduler}
     ignored: list[nn.Module] = ignored_modules(model, config)
     ignored += [m for m in map(model.get_submodule, extra_ignored) if m not in ignored]
-    spec = transformer_spec(model, config.transformer, keep=ignored, example_inputs=example_inputs,
-                            forward_fn=config.forward_fn)  # see transformers.py
+    key = tuple(id(m) for m in ignored)
+    if specs is not None and key in specs:
+        spec = specs[key]
+    else:
+        spec = transformer_spec(model, config.transformer, keep=ignored, example_inputs=example_inputs,
+                                forward_fn=config.forward_fn)  # see transformers.py
+        if specs is not None:
+            specs[key] = spec
     cls: type[tp.pruner.BasePruner] = tp.pruner.BasePruner
     unwrapped = resolve_params(model, config.unwrapped_parameters, "unwrapped_parameters")
     if spec is not None:
