@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +29,8 @@ from edgeslim.models import clone
 from edgeslim.plugin.pruning.config import PruneConfig
 from edgeslim.plugin.pruning.heads import Attention, remove_heads
 from edgeslim.plugin.pruning.importance.base import needs_data
-from edgeslim.plugin.pruning.metrics import Called, ForwardFn, Inputs, ModelStats, call, count_ops, measure
-from edgeslim.plugin.pruning.structured import Plan, make_pruner
+from edgeslim.plugin.pruning.metrics import Called, Inputs, ModelStats, count_ops, measure
+from edgeslim.plugin.pruning.structured import Plan, make_pruner, plan_ratios, rule_ratios
 from edgeslim.plugin.pruning.transformers import TransformerPruner
 
 _Key = tuple[int, Any]  # (id of the pruned layer or parameter, torch-pruning handler)
@@ -146,6 +146,9 @@ class PlanEvaluator:
         self._cache: _CachedGraph | None = None
         self.spent = False
         self._scores: dict[tuple[int, Any, int], Any] = {}
+        self._template: TransformerPruner | None = None
+        self._modules: dict[str, nn.Module] = {}
+        self._rules: dict[str, float] = {}
         self._specs: dict[tuple[int, ...], Any] = {}  # transformer specs by ignored layers (make_pruner)
         self._found: dict[tuple[Any, ...], PlanGroups] = {}  # groups by plan
         self._cuts: dict[tuple[Any, ...], tuple[int, int, float, float | None]] = {}  # one layer's removals -> its cut
@@ -157,8 +160,12 @@ class PlanEvaluator:
         try:
             fn = config.forward_fn
             counted = model if fn is None else Called(model, fn)
-            _, _, flops = count_ops(counted, (example_inputs,) if fn else example_inputs)
-            self._source = _producers(model, example_inputs, fn)
+            flops: dict[nn.Module, Any] = {}
+
+            def run() -> None:  # one forward counts the MACs and finds the producers
+                flops.update(count_ops(counted, (example_inputs,) if fn else example_inputs)[2])
+
+            self._source = _producers(model, run)
         finally:
             model.train(was)
         self._flops = {id(m): float(f or 0) for m, f in flops.items()}
@@ -169,6 +176,9 @@ class PlanEvaluator:
         self.left_whole: list[dict[str, str]] = []
 
     def _pruner(self, plan: Plan) -> tp.pruner.BasePruner:
+        if self._template is not None:  # the first pruner, re-aimed: no pruner built per plan
+            ratios = plan_ratios(self._modules, self._rules, plan)
+            return self._template.retarget(plan.ratio, ratios, plan.global_ranking)
         built: list[tp.DependencyGraph] = []
         with _reuse_graph(self._graph, built):
             pruner = make_pruner(self.model, self.example_inputs, self.config, self.importance, plan,
@@ -195,6 +205,9 @@ class PlanEvaluator:
             return scores[key]
 
         pruner.estimate_importance = cached
+        if isinstance(pruner, TransformerPruner):
+            self._template = pruner
+            self._modules, self._rules = dict(self.model.named_modules()), rule_ratios(self.model, self.config.layer_rules)
         return pruner
 
     def prune(self, plan: Plan) -> nn.Module:
@@ -234,7 +247,7 @@ class PlanEvaluator:
                     key = (id(dep.target.module), dep.handler)
                     entry = removed.setdefault(key, (dep.target.module, dep.handler, set()))
                     owners.setdefault(key, name)
-                    entry[2].update(int(i) for i in idxs)
+                    entry[2].update(map(int, idxs))
         direct = pruner.direct_heads() if isinstance(pruner, TransformerPruner) else []
         return PlanGroups(roots, removed, owners, direct)
 
@@ -351,8 +364,9 @@ def _shape_copy(module: nn.Module) -> nn.Module:
     return new
 
 
-def _producers(model: nn.Module, example_inputs: Inputs, forward_fn: ForwardFn | None) -> dict[int, int]:
-    """For each leaf module, the leaf module whose output it consumes (id -> id), when that is a module's output."""
+def _producers(model: nn.Module, run: Callable[[], None]) -> dict[int, int]:
+    """For each leaf module, the leaf module whose output it consumes (id -> id), when that is a module's output,
+    seen while ``run()`` runs ``model``."""
     made: dict[int, tuple[int, torch.Tensor]] = {}  # id(tensor) -> (module id, the tensor kept alive)
     source: dict[int, int] = {}
 
@@ -367,7 +381,7 @@ def _producers(model: nn.Module, example_inputs: Inputs, forward_fn: ForwardFn |
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         with torch.no_grad():
-            call(model, example_inputs, forward_fn)
+            run()
     finally:
         for h in handles:
             h.remove()
