@@ -134,7 +134,10 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["# Prune time: edgeslim.prune(params=0.5) vs torch-pruning one-shot", "",
              "Random weights, seed 0, 1 torch thread, on a shared 2-core machine. CPU seconds (`time.process_time`, "
              "what the process itself used) are the comparable figure; wall seconds depend on the load of the moment. "
-             "`tp one-shot` prunes a fresh copy once at the channel ratio edgeslim's search found.", "",
+             "`tp one-shot` prunes a fresh copy once at the channel ratio edgeslim's search found, in a process of its own "
+             "with torch-pruning's own group walk (edgeslim bounds that walk, see "
+             "`src/edgeslim/plugin/pruning/grouping.py`); `fails: over 600 s wall` means torch-pruning alone did not "
+             "finish.", "",
              "| model | input | params | edgeslim CPU s | tp one-shot CPU s | ratio (CPU) | edgeslim wall s | "
              "tp wall s | channel ratio | params kept | target met | left whole |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
