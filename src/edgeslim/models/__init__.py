@@ -115,13 +115,24 @@ def copy_arch(src: nn.Module, dst: nn.Module) -> nn.Module:
     return dst
 
 
-def clone(model: nn.Module) -> nn.Module:
+def clone(model: nn.Module, *, share: bool = False) -> nn.Module:
     """A deep copy of ``model`` (with its architecture entry), even when a forward run with autograd on left
     non-leaf tensors in module attributes (caches such as timm LeViT's attention-bias table, which
-    ``copy.deepcopy`` refuses): those are copied detached. ``model`` itself is not modified."""
+    ``copy.deepcopy`` refuses): those are copied detached. ``model`` itself is not modified.
+
+    Args:
+        model: The model to copy.
+        share: Copy the modules only: the copy's parameters and buffers are new tensors on the same storage
+            (no weight copied). For a copy whose tensors are only read or replaced, never changed in place.
+    """
     memo: dict[int, Any] = {}
     for mod in model.modules():
         _detached_into(memo, [v for k, v in vars(mod).items() if k not in ("_parameters", "_modules")], 0)
+    if share:
+        for p in model.parameters():
+            memo.setdefault(id(p), nn.Parameter(p.detach(), requires_grad=p.requires_grad))
+        for b in model.buffers():
+            memo.setdefault(id(b), b.detach())
     return copy_arch(model, copy.deepcopy(model, memo))
 
 

@@ -120,7 +120,9 @@ def prune_checked(
     """
     with torch.no_grad():
         expected = output_shapes(call(model.eval(), example_inputs, config.forward_fn))
-    job = _Job(clone(model), example_inputs, config, importance, batches, loss_fn, expected)
+    # the whole copy for re-planning and bisection shares ``model``'s tensors: pruning replaces tensors, never
+    # changes them in place, and every real trial prunes a full clone of it
+    job = _Job(clone(model, share=True), example_inputs, config, importance, batches, loss_fn, expected)
     left: list[dict[str, str]] = []
     # one step with a criterion that needs no data: the real prune reuses the search's graph (on ``model``,
     # which is consumed; ``job.model`` stays whole for re-planning and bisection)

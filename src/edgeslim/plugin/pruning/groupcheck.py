@@ -32,8 +32,21 @@ def unmappable_roots(pruner: tp.pruner.BasePruner) -> list[nn.Module]:
 
 
 def unmappable_reasons(pruner: tp.pruner.BasePruner) -> dict[nn.Module, str]:
-    """:func:`unmappable_roots` with, for each root, the member that cannot take the indices (as a reason)."""
+    """:func:`unmappable_roots` with, for each root, the member that cannot take the indices (as a reason).
+
+    A graph that carries an ``unmappable_memo`` dict (one reused for many plans, see ``plan_stats``) keeps the
+    answer per ignored set."""
     dg, bad = pruner.DG, dict[nn.Module, str]()
+    memo = getattr(dg, "unmappable_memo", None)
+    key = (frozenset(id(m) for m in pruner.ignored_layers), tuple(pruner.root_module_types))
+    if isinstance(memo, dict):
+        if key not in memo:
+            memo[key] = _unmappable(pruner, dg, bad)
+        return dict(memo[key])
+    return _unmappable(pruner, dg, bad)
+
+
+def _unmappable(pruner: tp.pruner.BasePruner, dg: tp.DependencyGraph, bad: dict[nn.Module, str]) -> dict[nn.Module, str]:
     names = {id(m): n for n, m in pruner.model.named_modules()}
     names.update({id(p): n for n, p in pruner.model.named_parameters()})
     for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from edgeslim.config import serializable, to_data
@@ -58,6 +58,31 @@ def call(model: nn.Module, example_inputs: Inputs, forward_fn: ForwardFn | None 
     return model(*example_inputs) if isinstance(example_inputs, tuple) else model(example_inputs)
 
 
+def count_ops(model: nn.Module, example_inputs: Any) -> tuple[float, float, dict[nn.Module, Any]]:
+    """torch-pruning's ``count_ops_and_params(model, example_inputs, layer_wise=True)``: MACs, params and the MACs
+    of each module of ``model``. torch-pruning's own function deep-copies the model first (a copy cost more than
+    the forward it counts); this one hooks ``model`` itself and takes every hook and attribute off again."""
+    from torch_pruning.utils import op_counter
+
+    own = set(vars(model))  # the counter binds its methods and a batch counter to the top module
+    flops_model = op_counter.add_flops_counting_methods(model)
+    try:
+        flops_model.eval()
+        flops_model.start_flops_count(ost=sys.stdout, verbose=False, ignore_list=[])
+        with torch.no_grad():
+            if isinstance(example_inputs, tuple | list):
+                flops_model(*example_inputs)
+            else:
+                flops_model(example_inputs)
+        macs, params, per_layer, _ = flops_model.compute_average_flops_cost()
+    finally:
+        flops_model.stop_flops_count()
+        op_counter.CUSTOM_MODULES_MAPPING = {}
+        for key in set(vars(model)) - own:
+            delattr(model, key)
+    return macs, params, {m: per_layer.get(m) for m in model.modules()}
+
+
 def measure(model: nn.Module, example_inputs: Inputs, forward_fn: ForwardFn | None = None) -> ModelStats:
     """Count ``model``'s parameters, MACs (for ``example_inputs``, run through ``forward_fn`` if given) and bytes."""
     was_training = model.training
@@ -65,7 +90,7 @@ def measure(model: nn.Module, example_inputs: Inputs, forward_fn: ForwardFn | No
     try:
         counted: nn.Module = model if forward_fn is None else Called(model, forward_fn)
         with torch.no_grad():  # no autograd graph left behind in modules that cache tensors
-            macs, params = tp.utils.count_ops_and_params(counted, (example_inputs,) if forward_fn else example_inputs)
+            macs, params, _ = count_ops(counted, (example_inputs,) if forward_fn else example_inputs)
     finally:
         model.train(was_training)
     nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())

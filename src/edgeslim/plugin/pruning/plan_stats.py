@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +29,8 @@ from edgeslim.models import clone
 from edgeslim.plugin.pruning.config import PruneConfig
 from edgeslim.plugin.pruning.heads import Attention, remove_heads
 from edgeslim.plugin.pruning.importance.base import needs_data
-from edgeslim.plugin.pruning.metrics import Called, ForwardFn, Inputs, ModelStats, call, measure
-from edgeslim.plugin.pruning.structured import Plan, make_pruner
+from edgeslim.plugin.pruning.metrics import Called, Inputs, ModelStats, count_ops, measure
+from edgeslim.plugin.pruning.structured import Plan, make_pruner, plan_ratios, rule_ratios
 from edgeslim.plugin.pruning.transformers import TransformerPruner
 
 _Key = tuple[int, Any]  # (id of the pruned layer or parameter, torch-pruning handler)
@@ -79,6 +79,7 @@ class _CachedGraph:
         self.live = False  # pruning for real: groups traced on the current (partly pruned) model
         graph.get_pruning_group = self.pruning_group
         graph.get_all_groups = self.all_groups
+        graph.unmappable_memo = {}  # see groupcheck.unmappable_reasons
 
     def all_groups(self, ignored_layers: Sequence[Any] = (), root_module_types: Sequence[Any] = ()) -> Iterator[Any]:
         key = (frozenset(id(m) for m in ignored_layers), tuple(root_module_types))
@@ -145,6 +146,12 @@ class PlanEvaluator:
         self._cache: _CachedGraph | None = None
         self.spent = False
         self._scores: dict[tuple[int, Any, int], Any] = {}
+        self._template: TransformerPruner | None = None
+        self._modules: dict[str, nn.Module] = {}
+        self._rules: dict[str, float] = {}
+        self._specs: dict[tuple[int, ...], Any] = {}  # transformer specs by ignored layers (make_pruner)
+        self._found: dict[tuple[Any, ...], PlanGroups] = {}  # groups by plan
+        self._cuts: dict[tuple[Any, ...], tuple[int, int, float, float | None]] = {}  # one layer's removals -> its cut
         if needs_data(importance):
             importance.bind(model)
         self.before = before or measure(model, example_inputs, config.forward_fn)
@@ -153,9 +160,12 @@ class PlanEvaluator:
         try:
             fn = config.forward_fn
             counted = model if fn is None else Called(model, fn)
-            _, _, flops, _ = tp.utils.count_ops_and_params(counted, (example_inputs,) if fn else example_inputs,
-                                                           layer_wise=True)
-            self._source = _producers(model, example_inputs, fn)
+            flops: dict[nn.Module, Any] = {}
+
+            def run() -> None:  # one forward counts the MACs and finds the producers
+                flops.update(count_ops(counted, (example_inputs,) if fn else example_inputs)[2])
+
+            self._source = _producers(model, run)
         finally:
             model.train(was)
         self._flops = {id(m): float(f or 0) for m, f in flops.items()}
@@ -166,10 +176,13 @@ class PlanEvaluator:
         self.left_whole: list[dict[str, str]] = []
 
     def _pruner(self, plan: Plan) -> tp.pruner.BasePruner:
+        if self._template is not None:  # the first pruner, re-aimed: no pruner built per plan
+            ratios = plan_ratios(self._modules, self._rules, plan)
+            return self._template.retarget(plan.ratio, ratios, plan.global_ranking)
         built: list[tp.DependencyGraph] = []
         with _reuse_graph(self._graph, built):
             pruner = make_pruner(self.model, self.example_inputs, self.config, self.importance, plan,
-                                 extra_ignored=self.extra_ignored)
+                                 extra_ignored=self.extra_ignored, specs=self._specs)
         names = self._names
         self.left_whole = [{"module": names.get(id(m), "?"), "reason": r}
                            for m, r in getattr(pruner, "left_whole", {}).items()]
@@ -192,6 +205,9 @@ class PlanEvaluator:
             return scores[key]
 
         pruner.estimate_importance = cached
+        if isinstance(pruner, TransformerPruner):
+            self._template = pruner
+            self._modules, self._rules = dict(self.model.named_modules()), rule_ratios(self.model, self.config.layer_rules)
         return pruner
 
     def prune(self, plan: Plan) -> nn.Module:
@@ -210,6 +226,12 @@ class PlanEvaluator:
 
     def groups(self, plan: Plan) -> PlanGroups:
         """The groups ``plan`` prunes and, per layer (and pruning function), the original indices removed."""
+        key = (plan.ratio, tuple(sorted(plan.group_ratios.items())), plan.global_ranking)
+        if key not in self._found:
+            self._found[key] = self._groups(plan)
+        return self._found[key]
+
+    def _groups(self, plan: Plan) -> PlanGroups:
         pruner = self._pruner(plan)
         removed: dict[_Key, tuple[Any, Any, set[int]]] = {}
         roots: dict[str, int] = {}
@@ -225,7 +247,7 @@ class PlanEvaluator:
                     key = (id(dep.target.module), dep.handler)
                     entry = removed.setdefault(key, (dep.target.module, dep.handler, set()))
                     owners.setdefault(key, name)
-                    entry[2].update(int(i) for i in idxs)
+                    entry[2].update(map(int, idxs))
         direct = pruner.direct_heads() if isinstance(pruner, TransformerPruner) else []
         return PlanGroups(roots, removed, owners, direct)
 
@@ -262,35 +284,21 @@ class PlanEvaluator:
         return self._direct[key]
 
     def count(self, found: PlanGroups) -> ModelStats:
-        """Params, MACs and bytes after removing ``found``'s indices (each layer pruned on its own copy)."""
-        copies: dict[int, Any] = {}
-        originals: dict[int, Any] = {}
+        """Params, MACs and bytes after removing ``found``'s indices (each layer pruned on its own copy, once
+        per distinct set of removals: plans that share a layer's removals share its count)."""
+        per: dict[int, list[tuple[_Key, Any, Any, tuple[int, ...]]]] = {}  # in torch-pruning's order
         for key, (target, handler, idxs) in sorted(found.removed.items(), key=lambda kv: _order(kv[1][1])):
-            tid = key[0]
-            originals[tid] = target
-            try:
-                _remove(copies, target, handler, sorted(idxs))
-            except EdgeslimError:
-                raise
-            except Exception as exc:  # torch-pruning cannot prune this member: its group is left whole
-                raise GroupFailure(found.owners.get(key, "?"), exc) from exc
+            per.setdefault(key[0], []).append((key, target, handler, tuple(sorted(idxs))))
         d_params = d_bytes = 0
         macs = float(self.before.macs)
         width: dict[int, float] = {}  # kept fraction of each touched layer's output channels
-        for tid, new in copies.items():
-            old = originals[tid]
-            if isinstance(old, torch.Tensor):
-                d_params += old.numel() - new.numel()
-                d_bytes += (old.numel() - new.numel()) * old.element_size()
-                continue
-            d_params += _numel(old.parameters()) - _numel(new.parameters())
-            d_bytes += _state_bytes(old) - _state_bytes(new)
-            w_old, w_new = getattr(old, "weight", None), getattr(new, "weight", None)
-            if isinstance(w_old, torch.Tensor) and isinstance(w_new, torch.Tensor) and w_old.numel():
-                macs -= self._flops.get(tid, 0.0) * (1 - w_new.numel() / w_old.numel())
-            width[tid] = _out_width(new) / max(_out_width(old), 1)
+        for tid, ops in per.items():
+            p_cut, b_cut, m_cut, kept = self._cut(tid, ops, found.owners)
+            d_params, d_bytes, macs = d_params + p_cut, d_bytes + b_cut, macs - m_cut
+            if kept is not None:
+                width[tid] = kept
         for mid, flops in self._flops.items():  # activations, pools ...: as wide as the layer feeding them
-            if flops and mid not in copies:
+            if flops and mid not in per:
                 macs -= flops * (1 - self._fraction(mid, width))
         for att, drop in found.direct:
             p_cut, b_cut, m_cut = self._direct_cut(att, drop)
@@ -298,6 +306,35 @@ class PlanEvaluator:
         b = self.before
         return ModelStats(params=b.params - d_params, macs=round(macs), bytes=b.bytes - d_bytes,
                           nonzero_params=max(b.nonzero_params - d_params, 0))
+
+    def _cut(self, tid: int, ops: list[tuple[_Key, Any, Any, tuple[int, ...]]],
+             owners: dict[_Key, str]) -> tuple[int, int, float, float | None]:
+        """Params, bytes and MACs that ``ops`` (one layer's removals) take, and the layer's kept output width."""
+        memo = (tid, tuple((handler, idxs) for _, _, handler, idxs in ops))
+        if memo in self._cuts:
+            return self._cuts[memo]
+        copies: dict[int, Any] = {}
+        for key, target, handler, idxs in ops:
+            try:
+                _remove(copies, target, handler, list(idxs))
+            except EdgeslimError:
+                raise
+            except Exception as exc:  # torch-pruning cannot prune this member: its group is left whole
+                raise GroupFailure(owners.get(key, "?"), exc) from exc
+        old, new = ops[0][1], copies[tid]
+        cut: tuple[int, int, float, float | None]
+        if isinstance(old, torch.Tensor):
+            gone = old.numel() - new.numel()
+            cut = (gone, gone * old.element_size(), 0.0, None)
+        else:
+            m_cut = 0.0
+            w_old, w_new = getattr(old, "weight", None), getattr(new, "weight", None)
+            if isinstance(w_old, torch.Tensor) and isinstance(w_new, torch.Tensor) and w_old.numel():
+                m_cut = self._flops.get(tid, 0.0) * (1 - w_new.numel() / w_old.numel())
+            cut = (_numel(old.parameters()) - _numel(new.parameters()), _state_bytes(old) - _state_bytes(new), m_cut,
+                   _out_width(new) / max(_out_width(old), 1))
+        self._cuts[memo] = cut
+        return cut
 
 
 def _remove(copies: dict[int, Any], target: Any, handler: Any, idxs: list[int]) -> None:
@@ -327,8 +364,9 @@ def _shape_copy(module: nn.Module) -> nn.Module:
     return new
 
 
-def _producers(model: nn.Module, example_inputs: Inputs, forward_fn: ForwardFn | None) -> dict[int, int]:
-    """For each leaf module, the leaf module whose output it consumes (id -> id), when that is a module's output."""
+def _producers(model: nn.Module, run: Callable[[], None]) -> dict[int, int]:
+    """For each leaf module, the leaf module whose output it consumes (id -> id), when that is a module's output,
+    seen while ``run()`` runs ``model``."""
     made: dict[int, tuple[int, torch.Tensor]] = {}  # id(tensor) -> (module id, the tensor kept alive)
     source: dict[int, int] = {}
 
@@ -343,7 +381,7 @@ def _producers(model: nn.Module, example_inputs: Inputs, forward_fn: ForwardFn |
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         with torch.no_grad():
-            call(model, example_inputs, forward_fn)
+            run()
     finally:
         for h in handles:
             h.remove()

@@ -9,11 +9,14 @@ import torch_pruning as tp
 from torch import nn
 
 from edgeslim.errors import ConfigError
+from edgeslim.plugin.pruning import grouping
 from edgeslim.plugin.pruning.config import LayerRule, PruneConfig
 from edgeslim.plugin.pruning.graph import PRUNABLE, classifier_head, resolve_layers, tracing_errors
 from edgeslim.plugin.pruning.importance.base import Batch, LossFn, needs_data
 from edgeslim.plugin.pruning.metrics import Inputs
-from edgeslim.plugin.pruning.transformers import TransformerPruner, transformer_spec
+from edgeslim.plugin.pruning.transformers import TransformerPruner, TransformerSpec, transformer_spec
+
+grouping.install()  # torch-pruning's groups without its exponential walk (rexnet: hours -> seconds)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,11 @@ def resolve_params(model: nn.Module, pairs: Sequence[tuple[object, int]], what: 
     return out
 
 
+def plan_ratios(modules: dict[str, nn.Module], rules: dict[str, float], plan: Plan) -> dict[nn.Module, float]:
+    """Per-layer ratios of ``plan`` on top of the layer rules' (``rule_ratios``), keyed by module."""
+    return {modules[name]: r for name, r in {**rules, **plan.group_ratios}.items() if name in modules}
+
+
 def make_pruner(
     model: nn.Module,
     example_inputs: Inputs,
@@ -79,24 +87,28 @@ def make_pruner(
     steps: int = 1,
     scheduler: Callable[[float, int], list[float]] | None = None,
     extra_ignored: Sequence[str] = (),
+    specs: dict[tuple[int, ...], TransformerSpec | None] | None = None,
 ) -> tp.pruner.BasePruner:
     """A torch-pruning pruner for ``model`` following ``plan`` (nothing is pruned yet).
 
     ``extra_ignored``: names of layers left whole on top of the config's ignored layers (groups that broke the
     forward, see :mod:`~edgeslim.plugin.pruning.degrade`). The config's torch-pruning hooks
     (``forward_fn``, ``output_transform``, ``customized_pruners``, ``unwrapped_parameters``,
-    ``ignored_params``) are passed on.
+    ``ignored_params``) are passed on. ``specs``: transformer specs already made for ``model`` (by ignored
+    layers), reused and filled (many plans on one unpruned model).
     """
-    modules = dict(model.named_modules())
-    ratio_dict: dict[nn.Module, float] = {}
-    for name, r in {**rule_ratios(model, config.layer_rules), **plan.group_ratios}.items():
-        if name in modules:
-            ratio_dict[modules[name]] = r
+    ratio_dict = plan_ratios(dict(model.named_modules()), rule_ratios(model, config.layer_rules), plan)
     kwargs: dict[str, object] = {} if scheduler is None else {"iterative_pruning_ratio_scheduler": scheduler}
     ignored: list[nn.Module] = ignored_modules(model, config)
     ignored += [m for m in map(model.get_submodule, extra_ignored) if m not in ignored]
-    spec = transformer_spec(model, config.transformer, keep=ignored, example_inputs=example_inputs,
-                            forward_fn=config.forward_fn)  # see transformers.py
+    key = tuple(id(m) for m in ignored)
+    if specs is not None and key in specs:
+        spec = specs[key]
+    else:
+        spec = transformer_spec(model, config.transformer, keep=ignored, example_inputs=example_inputs,
+                                forward_fn=config.forward_fn)  # see transformers.py
+        if specs is not None:
+            specs[key] = spec
     cls: type[tp.pruner.BasePruner] = tp.pruner.BasePruner
     unwrapped = resolve_params(model, config.unwrapped_parameters, "unwrapped_parameters")
     if spec is not None:

@@ -33,6 +33,7 @@ the unread ``num_heads`` / ``embed_dim`` of torchvision ``EncoderBlock`` / :clas
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -297,24 +298,62 @@ class TransformerPruner(tp.pruner.BasePruner):
         caller = list(kwargs.pop("ignored_layers", None) or [])
         ignored = caller + spec.keep
         given = kwargs.pop("pruning_ratio_dict", None) or {}
-        head_ratios, mlp_ratios = spec.ratios(head_ratio, given)
-        direct = {m for a in spec.attentions if a.direct for m in a.layers}
-        self.direct_ratios = {m: r for m, r in head_ratios.items() if m in direct}
-        head_ratios = {m: r for m, r in head_ratios.items() if m not in direct}
-        ratio_dict = {**{m: r for m, r in mlp_ratios.items() if m not in ignored}, **given}
+        self.spec, self._ignored = spec, ignored
+        head_ratios, ratio_dict = self._ratios(head_ratio, given)
         super().__init__(
             model, example_inputs, ignored_layers=[*ignored, *spec.tables], num_heads=dict(spec.num_heads),
             prune_num_heads=bool(spec.num_heads), prune_head_dims=False, head_pruning_ratio=head_ratio,
             unwrapped_parameters=list(spec.unwrapped) or None, in_channel_groups={}, out_channel_groups={},
             head_pruning_ratio_dict=head_ratios, pruning_ratio_dict=ratio_dict or None, **kwargs,
         )
-        self.spec = spec
         unmappable = unmappable_reasons(self)
         #: Root layers of the groups whose channel indices torch-pruning cannot map (left whole).
         self.unfollowed = list(unmappable)
         #: Layers left whole by edgeslim's own analysis (not by the caller), with why.
         self.left_whole = {**{m: r for m, r in spec.why.items() if m in spec.keep and m not in caller}, **unmappable}
         self.ignored_layers.extend(self.unfollowed + stream_producers(self, spec.entries))
+        # what a step changes (torch-pruning counts removed heads down in these): retarget starts from here
+        self._initial = (dict(self.num_heads), dict(self.out_channel_groups), dict(self.in_channel_groups))
+
+    def _ratios(self, head_ratio: float, given: dict[nn.Module, float]) -> tuple[dict[nn.Module, float],
+                                                                                 dict[nn.Module, float]]:
+        """Head ratios torch-pruning applies and the per-layer ratio dict (MLPs, then ``given``); sets
+        ``direct_ratios`` (heads edgeslim removes itself)."""
+        head_ratios, mlp_ratios = self.spec.ratios(head_ratio, given)
+        direct = {m for a in self.spec.attentions if a.direct for m in a.layers}
+        self.direct_ratios = {m: r for m, r in head_ratios.items() if m in direct}
+        head_ratios = {m: r for m, r in head_ratios.items() if m not in direct}
+        return head_ratios, {**{m: r for m, r in mlp_ratios.items() if m not in self._ignored}, **given}
+
+    def retarget(self, pruning_ratio: float, pruning_ratio_dict: dict[nn.Module, float] | None,
+                 global_pruning: bool) -> TransformerPruner:
+        """A pruner like this one (same graph, ignored layers, groups and checks; nothing pruned yet) for other
+        ratios: what torch-pruning's constructor derives from the ratios is derived again, the rest is shared.
+        Many plans of one model are evaluated this way without building a pruner per plan."""
+        new = copy.copy(self)
+        head_ratios, ratio_dict = new._ratios(pruning_ratio, dict(pruning_ratio_dict or {}))
+        sched, steps = new.iterative_pruning_ratio_scheduler, new.iterative_steps
+        new.pruning_ratio, new.head_pruning_ratio, new.global_pruning = pruning_ratio, pruning_ratio, global_pruning
+        new.per_step_pruning_ratio = sched(pruning_ratio, steps)
+        new.per_step_head_pruning_ratio = sched(pruning_ratio, steps)
+        new.current_step, new._layer_to_scope, new._scope_initial_channels = 0, {}, {}
+        new.num_heads, new.out_channel_groups, new.in_channel_groups = (dict(d) for d in self._initial)
+        prunable = tuple(tp.ops.type2class(t) for t in new.DG.REGISTERED_PRUNERS)
+        new.pruning_ratio_dict = {}
+        for i, (module, ratio) in enumerate(ratio_dict.items()):  # torch-pruning's scopes (one module per key)
+            local = 0
+            for sub in module.modules():
+                if isinstance(sub, prunable):
+                    if isinstance(sub, nn.Module):
+                        if not global_pruning:
+                            new._layer_to_scope[sub] = (f"_User_Defined_Scope_{i}_{local}", [module])
+                            local += 1
+                        else:
+                            new._layer_to_scope[sub] = (f"_User_Defined_Scope_{i}", [module])
+                    new.pruning_ratio_dict[sub] = sched(ratio, steps)
+        new.head_pruning_ratio_dict = {sub: sched(ratio, steps) for module, ratio in head_ratios.items()
+                                       for sub in module.modules() if isinstance(sub, prunable)}
+        return new
 
     def step(self, interactive: bool = False) -> Any:
         """One pruning step; then head tables lose the removed heads and every read size attribute follows.
