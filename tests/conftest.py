@@ -25,6 +25,9 @@ from edgeslim.models import load
 
 def pytest_configure(config: pytest.Config) -> None:
     """On an xdist worker: split the cores among the workers and give the worker its own ``$EDGESLIM_CACHE``."""
+    # the CLI subprocesses print at 400 columns unless a test asks for a width: a long temporary path (under
+    # pytest-xdist's popen-gwN folders) is never wrapped inside a message a test reads
+    os.environ.setdefault("COLUMNS", "400")
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker is None:
         if getattr(config.option, "dist", "no") == "loadfile":

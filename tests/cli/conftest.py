@@ -12,8 +12,9 @@ EDGESLIM = [sys.executable, "-m", "edgeslim.cli"]
 
 
 def run_cli(*args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    """Run the real ``edgeslim`` command in a subprocess."""
-    env = {**os.environ, "COLUMNS": "120"}
+    """Run the real ``edgeslim`` command in a subprocess (400 columns: a long temporary path, e.g. under
+    pytest-xdist's ``popen-gwN`` folders, is never wrapped inside the messages the tests read)."""
+    env = {**os.environ, "COLUMNS": "400"}
     proc = subprocess.run([*EDGESLIM, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"edgeslim {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

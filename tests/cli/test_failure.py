@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -300,13 +301,18 @@ def test_edgeslim_error_keeps_exit_2_and_one_line(files: tuple[Path, Path], tmp_
     assert code == EXIT_USAGE and "Traceback (most recent call last)" in output
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C handled as in a terminal (a pytest-xdist worker ignores SIGINT, and children inherit it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_exits_130_with_one_line(files: tuple[Path, Path], tmp_path: Path) -> None:
     net, data = files
     state = tmp_path / "state"
     env = {**os.environ, "XDG_STATE_HOME": str(state), "COLUMNS": "200"}
     proc = subprocess.run([*EDGESLIM, "quantize", "--model", f"{net}:ctrl_c", "--data", f"npz:{data}",
                            "--input-size", "16", "--out", str(tmp_path / "q")], capture_output=True, text=True,
-                          timeout=300, env=env, check=False)
+                          timeout=300, env=env, check=False, preexec_fn=_default_sigint)
     assert proc.returncode == EXIT_INTERRUPTED, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "interrupted: edgeslim quantize stopped; files already written are kept" in _flat(proc.stderr)

@@ -50,6 +50,8 @@ def test_export_verbose_shows_the_converters_progress(tmp_path: Path) -> None:
                    "--input-size", "16", "--format", "tflite", "--quant", "int8", "--verify-samples", "8",
                    "--eval-samples", "16", "--max-drop", "100", "--out", str(tmp_path / "v.tflite"), "--json", "--verbose")
     assert last_json(proc)["path"] == str(tmp_path / "v.tflite")  # stdout still ends with the JSON line
-    for progress in CONVERTER_PROGRESS:
+    # litert-torch's and ai-edge-quantizer's own progress lines (the converter's C++ op count goes through absl
+    # logging, whose level the environment may set: not asserted here, but absent without --verbose above)
+    for progress in ("[START] LiteRT-Torch Convert", "Quantized model size"):
         assert progress in proc.stderr, (progress, proc.stderr)
     assert "experimental_preserve_all_tensors" not in proc.stderr and "KernelPreference" not in proc.stderr
