@@ -45,10 +45,7 @@ def _walk_tp(group: Group) -> None:
         visited.add(node)
         for new_dep in node.dependencies:
             if new_dep.is_triggered_by(fn):
-                new = idxs
-                for mapping in new_dep.index_mapping:
-                    if mapping is not None:
-                        new = mapping(new)
+                new = _mapped(new_dep, idxs)
                 if len(new) == 0:
                     continue
                 if new_dep.target in visited and group.has_pruning_op(new_dep, new):
@@ -58,6 +55,14 @@ def _walk_tp(group: Group) -> None:
                 steps += 1
                 if steps > BUDGET:
                     raise _OverBudget
+
+
+def _mapped(dep: Any, idxs: Any) -> Any:
+    """``idxs`` sent through ``dep``'s index mappings (torch-pruning's channel index maps)."""
+    for mapping in dep.index_mapping:
+        if mapping is not None:
+            idxs = mapping(idxs)
+    return idxs
 
 
 def _walk_merged(group: Group) -> None:
@@ -71,10 +76,7 @@ def _walk_merged(group: Group) -> None:
         node, fn = dep.target, dep.handler
         for new_dep in node.dependencies:
             if new_dep.is_triggered_by(fn):
-                new = idxs
-                for mapping in new_dep.index_mapping:
-                    if mapping is not None:
-                        new = mapping(new)
+                new = _mapped(new_dep, idxs)
                 known = seen.setdefault((new_dep.target, new_dep.handler), set())
                 fresh = [i for i in new if (i.idx, i.root_idx) not in known]
                 if not fresh:
