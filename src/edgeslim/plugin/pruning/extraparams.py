@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
+from edgeslim.plugin.pruning.headtrace import LAYERS
 
 
 def _out_width(layer: Any) -> int:

@@ -97,7 +97,7 @@ class Attention:
         return {k: v for k, v in out.items() if k != v}
 
 
-def _slice_out(m: Any, keep: list[int]) -> None:
+def slice_out(m: Any, keep: list[int]) -> None:
     """Keep the output channels ``keep`` of a Linear/conv/norm, in place."""
     idx = torch.tensor(keep, dtype=torch.long, device=next(iter(m.parameters())).device)
     for name in ("weight", "bias"):
@@ -129,9 +129,9 @@ def remove_heads(att: Attention, owner: nn.Module, heads: list[int]) -> None:
             keep = [i for i in range(width) if i not in drop]
             for norm in att.followers:
                 if norm in names and norm not in sliced and _norm_width(norm) == width:
-                    _slice_out(owner.get_submodule(names[norm]), keep)
+                    slice_out(owner.get_submodule(names[norm]), keep)
                     sliced.add(norm)
-            _slice_out(owner.get_submodule(names[layer]), keep)
+            slice_out(owner.get_submodule(names[layer]), keep)
         if att.consumer is not None:
             c: Any = owner.get_submodule(names[att.consumer])
             d = att.head_dim
@@ -147,7 +147,7 @@ def remove_heads(att: Attention, owner: nn.Module, heads: list[int]) -> None:
             idx = torch.tensor(kept_heads, device=t.device)
             setattr(owner, name, nn.Parameter(t.index_select(dim, idx).detach(), requires_grad=t.requires_grad))
         for name in att.head_layers:
-            _slice_out(owner.get_submodule(name), kept_heads)
+            slice_out(owner.get_submodule(name), kept_heads)
     owner.train(owner.training)  # modules that cache per-head tables (LeViT) clear them here
 
 

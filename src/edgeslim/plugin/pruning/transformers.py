@@ -50,13 +50,13 @@ from edgeslim.plugin.pruning.groupcheck import stream_producers, unmappable_reas
 from edgeslim.plugin.pruning.heads import (
     Analysis,
     Attention,
-    _slice_out,
     analyse,
     follow_head_layers,
     follow_sizes,
     remove_heads,
     set_sizes,
     size_snapshot,
+    slice_out,
 )
 from edgeslim.registry import Registry
 
@@ -427,7 +427,7 @@ def _slice_tables(att: Attention, heads: list[int]) -> None:
             setattr(att.owner, name, nn.Parameter(t.index_select(dim, idx), requires_grad=t.requires_grad))
     with torch.no_grad():
         for name in att.head_layers:
-            _slice_out(att.owner.get_submodule(name), [i for i in range(att.heads) if i not in heads])
+            slice_out(att.owner.get_submodule(name), [i for i in range(att.heads) if i not in heads])
 
 
 def heads_left(ratio: float, heads: int) -> int:
