@@ -43,14 +43,26 @@ def runs_lines(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     """Markdown paragraphs (each after a blank line) naming the runs behind ``rows``, and how many rows have
     no record (to regenerate)."""
     rows = list(rows)
-    runs = sorted({(r["command"], r["commit"], r["date"]) for r in rows if r.get("commit")}, key=lambda t: t[2])
+    dates: dict[tuple[str, str], list[str]] = {}  # one entry per command and commit: its rows' dates
+    for r in rows:
+        if r.get("commit"):
+            dates.setdefault((r["command"], r["commit"]), []).append(r["date"])
+    runs = sorted(dates.items(), key=lambda kv: min(kv[1]))
     lines = []
     if runs:
-        lines.append("Rows produced by: " + "; ".join(f"`{c}` at commit `{k}` ({d})" for c, k, d in runs) + ".")
+        lines.append("Rows produced by: " + "; ".join(f"`{c}` at commit `{k}` ({_span(d)})" for (c, k), d in runs) + ".")
     stale = sum(1 for r in rows if not r.get("commit"))
     if stale:
         lines.append(f"{stale} of {len(rows)} rows predate provenance records (no command or commit): regenerate them.")
     return [line for text in lines for line in ("", text)]
+
+
+def _span(dates: list[str]) -> str:
+    """The date of a run's one row, or its row count and first (and last) date."""
+    first, last = min(dates), max(dates)
+    if len(dates) == 1:
+        return first
+    return f"{len(dates)} rows, {first}" + ("" if first == last else f" to {last}")
 
 
 __all__ = ["commit", "record", "runs_lines"]

@@ -247,14 +247,20 @@ def forward_failure(model: nn.Module, example_inputs: Inputs, expected: Sequence
     whose forward raised) or output shapes other than ``expected``; ``None`` when it runs and matches."""
     was = model.training
     model.eval()
-    with _last_module_tracker(model) as tracker, torch.no_grad():
-        try:
-            out = call(model, example_inputs, forward_fn)
-        except Exception as exc:
-            return (f"after pruning, {tracker.where()} fails with {type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0] if str(exc) else ''}")
-        finally:
-            model.train(was)
+    try:
+        with torch.no_grad():
+            try:
+                out = call(model, example_inputs, forward_fn)
+            except Exception:  # run it again with a hook on every module to name the one that fails
+                with _last_module_tracker(model) as tracker:
+                    try:
+                        call(model, example_inputs, forward_fn)
+                    except Exception as exc:
+                        return (f"after pruning, {tracker.where()} fails with {type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''}")
+                return "after pruning, the forward fails only on its first run"
+    finally:
+        model.train(was)
     got = output_shapes(out)
     if got != list(expected):
         return f"after pruning, the output shapes change from {list(expected)} to {got}"

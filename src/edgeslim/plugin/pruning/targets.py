@@ -7,6 +7,7 @@ graph per model, no pruning); :func:`trial` prunes a copy for real (used to chec
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -119,6 +120,14 @@ def target_outcome(config: PruneConfig, before: ModelStats, after: ModelStats) -
         "params": after.params, "macs": after.macs, "bytes": after.bytes}}
 
 
+class _Nearest(Exception):  # control flow inside search_plan, never raised out of it
+    """The target is unreachable and ``accept_nearest`` is set: return this plan."""
+
+    def __init__(self, plan: Plan, stats: ModelStats) -> None:
+        super().__init__()
+        self.plan, self.stats = plan, stats
+
+
 def search_plan(
     model: nn.Module,
     example_inputs: Inputs,
@@ -160,25 +169,32 @@ def search_plan(
         return Plan(ratio=x, global_ranking=global_rank)
 
     lo, hi = 0.0, (1e6 if allocator is not None else config.max_layer_ratio)
-    best_plan, best = plan_at(hi), evaluator.stats(plan_at(hi))
-    if on_trial:
-        on_trial(best_plan, best)
-    if metric(best, kind) > goal * (1 + tol) and allocator is None and config.round_to:
-        # rounded widths are not monotonic in the ratio: at the largest ratio a group whose kept width rounds
-        # down to 0 is not pruned at all, while a smaller ratio prunes it; the most aggressive plan is among these
-        for k in range(7, 0, -1):
-            x = hi * k / 8
-            p, stats = plan_at(x), evaluator.stats(plan_at(x))
-            if on_trial:
-                on_trial(p, stats)
-            if metric(stats, kind) < metric(best, kind):
-                best_plan, best, hi = p, stats, x
-    if metric(best, kind) > goal * (1 + tol):
-        if config.accept_nearest:
-            return best_plan, best
-        raise _nearest_error(model, config, best, before, goal, "",
-                             "raise max_layer_ratio, ignore fewer layers, or relax the target", extra_ignored)
-    candidates: list[tuple[float, float, Plan, ModelStats]] = [(abs(metric(best, kind) / goal - 1), hi, best_plan, best)]
+    candidates: list[tuple[float, float, Plan, ModelStats]] = []
+
+    def most_aggressive() -> None:
+        """Count the most aggressive plan (``hi``); raise when even it stays above the goal."""
+        nonlocal hi
+        best_plan, best = plan_at(hi), evaluator.stats(plan_at(hi))
+        if on_trial:
+            on_trial(best_plan, best)
+        if metric(best, kind) > goal * (1 + tol) and allocator is None and config.round_to:
+            # rounded widths are not monotonic in the ratio: at the largest ratio a group whose kept width rounds
+            # down to 0 is not pruned at all, while a smaller ratio prunes it; the most aggressive plan is among these
+            for k in range(7, 0, -1):
+                x = hi * k / 8
+                p, stats = plan_at(x), evaluator.stats(plan_at(x))
+                if on_trial:
+                    on_trial(p, stats)
+                if metric(stats, kind) < metric(best, kind):
+                    best_plan, best, hi = p, stats, x
+        if metric(best, kind) > goal * (1 + tol):
+            if config.accept_nearest:
+                raise _Nearest(best_plan, best)
+            raise _nearest_error(model, config, best, before, goal, "",
+                                 "raise max_layer_ratio, ignore fewer layers, or relax the target", extra_ignored)
+        candidates.append((abs(metric(best, kind) / goal - 1), hi, best_plan, best))
+
+    points: list[tuple[float, float]] = []  # (channel ratio, metric) of the uniform trials
 
     def run(x: float, make: Callable[[float], Plan]) -> float:
         p = make(x)
@@ -187,25 +203,49 @@ def search_plan(
             on_trial(p, stats)
         err = metric(stats, kind) / goal - 1
         candidates.append((abs(err), x, p, stats))
+        if make is plan_at:
+            points.append((x, metric(stats, kind)))
         return err
 
     guess = None if allocator is not None else 1 - (goal / metric(before, kind)) ** 0.5
+    # the most aggressive plan is counted first only when needed: a first (Newton) guess that reaches the goal
+    # already shows the goal is reachable, one trial fewer (rounded widths: counted first, see most_aggressive)
+    reachable = False
+    try:
+        if guess is None or config.round_to or not lo < guess < hi:
+            most_aggressive()
+            reachable = True
+    except _Nearest as near:
+        return near.plan, near.stats
+    same, ends = 0, dict[str, ModelStats]()  # trials in a row that gave the size of a bracket's end
     for i in range(40):
-        if guess is not None and i < 4 and lo < guess < hi:
-            # params, MACs and bytes shrink about as (1 - ratio)^2 under a channel ratio: a Newton-like step
-            # on that model lands within tolerance in 1-3 trials where bisection took ~15
+        if guess is not None and i < 8 and lo < guess < hi:
+            # params, MACs and bytes shrink about as (1 - ratio)^p under a channel ratio (p = 2 when every layer
+            # loses inputs and outputs, nearer 1 when many keep one side): a secant step on that model, p fitted
+            # to the last two trials, lands within tolerance in 1-3 trials where bisection took ~15
             mid = guess
         else:
             mid = (lo + hi) / 2 if allocator is None else (lo * hi) ** 0.5 if lo > 0 else hi / 1e3
         err = run(mid, plan_at)
         if abs(err) <= tol / 2 or (i >= 2 and abs(err) <= tol):  # rounded widths move in jumps: within tol will do
             break
+        reachable = reachable or err <= tol
+        if not reachable:  # this plan stays above the goal: can any plan reach it?
+            try:
+                most_aggressive()
+            except _Nearest as near:
+                return near.plan, near.stats
+            reachable = True
+        got = candidates[-1][3]
+        same = same + 1 if got in ends.values() else 0
         if err > 0:
-            lo = mid
+            lo, ends["lo"] = mid, got
         else:
-            hi = mid
+            hi, ends["hi"] = mid, got
+        if same >= 2 and allocator is None and not global_rank:
+            break  # twice the same size as a bracket's end: one jump of the widths is left, mixed below
         if guess is not None:
-            nxt = 1 - (1 - mid) * (1 / (1 + err)) ** 0.5
+            nxt = 1 - (1 - mid) * (1 / (1 + err)) ** (1 / _exponent(points))
             guess = nxt if abs(nxt - mid) > 1e-3 else None
         if (allocator is None and hi - lo < 1e-4) or (allocator is not None and lo > 0 and hi / lo < 1.0001):
             break
@@ -232,6 +272,17 @@ def search_plan(
         raise _nearest_error(model, config, stats, before, goal, f" within ±{tol:.0%} (channel widths move in steps)",
                              "try round_to=None or a larger tolerance", extra_ignored)
     return plan, stats
+
+
+def _exponent(points: Sequence[tuple[float, float]]) -> float:
+    """``p`` of ``metric ~ (1 - ratio)^p`` through the last two trials (2 until two distinct ones; within 0.5..4)."""
+    if len(points) < 2:
+        return 2.0
+    (xa, va), (xb, vb) = points[-2], points[-1]
+    if xa == xb or va <= 0 or vb <= 0 or va == vb or xa >= 1 or xb >= 1:
+        return 2.0
+    p = math.log(va / vb) / math.log((1 - xa) / (1 - xb))
+    return min(max(p, 0.5), 4.0) if math.isfinite(p) else 2.0
 
 
 def _mix_uniform(model: nn.Module, roots: list[str], config: PruneConfig, lo: float, hi: float, tol: float,
