@@ -182,7 +182,10 @@ def _install_shuffle_handling() -> None:
     def update_reshape(graph: tp.DependencyGraph, node: Node) -> None:
         if _is_shuffle(node):
             _SHUFFLES.setdefault(graph, set()).add(node)
-        else:
+            return
+        # a side inferred as 0 channels (fed by the model's input, e.g. SHViT's stem) divides by zero in torch-pruning:
+        # no index mapping, as torch-pruning does for a size it cannot infer
+        with contextlib.suppress(ZeroDivisionError):
             reshape(graph, node)
 
     def update_all(graph: tp.DependencyGraph) -> None:
