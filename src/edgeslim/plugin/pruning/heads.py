@@ -167,6 +167,7 @@ class Analysis:
     transformer: bool = False  # some module splits channels into heads and multiplies them (attention)
     entries: list[nn.Module] = field(default_factory=list)  # the first layer each attention runs (its input width)
     why: dict[nn.Module, str] = field(default_factory=dict)  # why each layer of ``keep`` is left whole
+    mixers: list[nn.Module] = field(default_factory=list)  # token-mixing layers (see tokenmix.py)
 
 
 def _width(layer: Any, out: bool) -> int:
@@ -319,6 +320,7 @@ def _named(found: Analysis, model: nn.Module) -> dict[str, Any]:
         "transformer": found.transformer,
         "entries": [names[m] for m in found.entries],
         "why": {names[m]: r for m, r in found.why.items() if m in names},
+        "mixers": [names[m] for m in found.mixers if m in names],
     }
 
 
@@ -334,6 +336,7 @@ def _resolve(named: Mapping[str, Any], model: nn.Module) -> Analysis:
         transformer=bool(named["transformer"]),
         entries=[mods[n] for n in named["entries"]],
         why={mods[n]: r for n, r in named["why"].items()},
+        mixers=[mods[n] for n in named["mixers"]],
     )
 
 
@@ -367,7 +370,8 @@ _WHY = {"lost": "its channels are merged into the batch dimension (fold/unfold):
 def _analyse(model: nn.Module, example_inputs: Any, forward_fn: Any = None) -> Analysis:
     tr = trace(model, example_inputs, forward_fn=forward_fn)
     found, other = _candidates(tr)
-    out = Analysis(reads=tr.reads, transformer=any(s.owner in tr.attention_owners for s in tr.splits))
+    out = Analysis(reads=tr.reads, transformer=any(s.owner in tr.attention_owners for s in tr.splits),
+                   mixers=list(tr.mixers))
     out.entries = list(dict.fromkeys(tr.calls[o][0][0] for o in tr.attention_owners if tr.calls.get(o)))
     lost = set(tr.lost)
     for m in [*tr.lost, *other]:

@@ -56,6 +56,8 @@ class Trace:
     calls: dict[nn.Module, list[tuple[nn.Module, int]]] = field(default_factory=dict)
     inputs: dict[nn.Module, tuple[tuple[Any, ...], dict[str, Any]]] = field(default_factory=dict)
     followers: dict[nn.Module, list[nn.Module]] = field(default_factory=dict)
+    #: Linear layers run along a dimension that is not their input's channels (token-mixing MLPs: MLP-Mixer, gMLP).
+    mixers: list[nn.Module] = field(default_factory=list)
 
 
 def _channels_in(layer: Any) -> int:
@@ -68,6 +70,7 @@ class _Recorder(TorchFunctionMode):
         super().__init__()
         self.trace, self.layer_of, self.stack, self.norm_of = trace, layer_of, stack, norm_of
         self.label: dict[int, tuple[tuple[nn.Module, ...], int]] = {}
+        self.chan: dict[int, int] = {}  # id(tensor) -> its channel dimension (of whatever layer made it)
         self.alive: list[torch.Tensor] = []  # keeps labelled tensors alive so their ids stay unique
 
     def _set(self, t: Any, layer: tuple[nn.Module, ...], dim: int) -> None:
@@ -82,6 +85,7 @@ class _Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
+        self._channels(name, args, kwargs, out)
         owner = self.stack[-1] if self.stack else None
         if name in _ATTENTION_OPS and owner is not None and owner not in self.trace.attention_owners:
             self.trace.attention_owners.append(owner)
@@ -114,6 +118,51 @@ class _Recorder(TorchFunctionMode):
         elif isinstance(out, torch.Tensor) and out.shape == src.shape:
             self._set(out, layer, dim)
         return out
+
+    def _chan(self, t: Any, dim: int) -> None:
+        if isinstance(t, torch.Tensor):
+            self.chan[id(t)] = dim
+            self.alive.append(t)
+
+    def _channels(self, name: str, args: Any, kwargs: Any, out: Any) -> None:
+        """Follow the channel dimension of every layer output; a Linear run along another dimension mixes tokens
+        (it carries the channels through unchanged)."""
+        if name in ("linear", "conv1d", "conv2d", "conv3d") and args and isinstance(args[0], torch.Tensor):
+            d = self.chan.get(id(args[0]))
+            if name == "linear" and d is not None and d != args[0].dim() - 1:
+                hit = self.layer_of.get(id(args[1])) if len(args) > 1 else None
+                if hit is not None and hit not in self.trace.mixers:
+                    self.trace.mixers.append(hit)
+                self._chan(out, d)
+            elif isinstance(out, torch.Tensor):
+                self._chan(out, out.dim() - 1 if name == "linear" else 1)
+            return
+        flat = [t for a in [*args, *kwargs.values()] for t in (a if isinstance(a, list | tuple) else (a,))]
+        src = next((a for a in flat if isinstance(a, torch.Tensor) and id(a) in self.chan), None)
+        if src is None:
+            return
+        d = self.chan[id(src)]
+        if name in ("permute", "transpose", "swapaxes") and isinstance(out, torch.Tensor):
+            n = src.dim()
+            if name == "permute":
+                dims = args[1:] if len(args) > 2 or isinstance(args[1], int) else args[1]
+                order = [int(x) % n for x in dims]
+            else:
+                d0, d1 = (int(x) % n for x in args[1:3])
+                order = list(range(n))
+                order[d0], order[d1] = order[d1], order[d0]
+            self._chan(out, order.index(d))
+        elif name in _RESHAPES and isinstance(out, torch.Tensor):
+            pre, c = math.prod(src.shape[:d]), src.shape[d]
+            at = [i for i in range(out.dim()) if math.prod(out.shape[:i]) == pre and out.shape[i] == c]
+            if at:
+                self._chan(out, at[0])
+        elif name in _PIECES:
+            for p in out if isinstance(out, list | tuple) else [out]:
+                if isinstance(p, torch.Tensor) and p.dim() == src.dim():
+                    self._chan(p, d)
+        elif isinstance(out, torch.Tensor) and out.dim() == src.dim():
+            self._chan(out, d)
 
     def _cat(self, args: Any, kwargs: Any, out: torch.Tensor, dim: int) -> None:
         parts = args[0] if args else kwargs.get("tensors", ())

@@ -58,6 +58,7 @@ from edgeslim.plugin.pruning.heads import (
     size_snapshot,
     slice_out,
 )
+from edgeslim.plugin.pruning.tokenmix import mixers_pass_through
 from edgeslim.registry import Registry
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -171,6 +172,7 @@ class TransformerSpec:
     reads: dict[nn.Module, dict[str, Any]] = field(default_factory=dict)
     entries: list[nn.Module] = field(default_factory=list)
     why: dict[nn.Module, str] = field(default_factory=dict)  # layers of ``keep`` the trace decided to leave whole
+    mixers: list[nn.Module] = field(default_factory=list)  # token-mixing layers: channels pass through (tokenmix.py)
 
     def ratios(
         self, ratio: float, given: Mapping[nn.Module, float] | None = None
@@ -236,7 +238,9 @@ def transformer_spec(
     convert_attention(model, keep)
     found = analyse(model, example_inputs, forward_fn) if example_inputs is not None else Analysis()
     spec = TransformerSpec(config, keep=list(found.keep), tables=list(found.tables), reads=found.reads,
-                           entries=[] if config.embed_dim else list(found.entries), why=dict(found.why))
+                           entries=[] if config.embed_dim else list(found.entries), why=dict(found.why),
+                           mixers=list(found.mixers))
+    spec.keep.extend(m for m in found.mixers if m not in spec.keep)  # token counts: never cut
     for att in found.attentions:
         if any(m in keep for m in att.layers):
             continue
@@ -300,12 +304,13 @@ class TransformerPruner(tp.pruner.BasePruner):
         given = kwargs.pop("pruning_ratio_dict", None) or {}
         self.spec, self._ignored = spec, ignored
         head_ratios, ratio_dict = self._ratios(head_ratio, given)
-        super().__init__(
-            model, example_inputs, ignored_layers=[*ignored, *spec.tables], num_heads=dict(spec.num_heads),
-            prune_num_heads=bool(spec.num_heads), prune_head_dims=False, head_pruning_ratio=head_ratio,
-            unwrapped_parameters=list(spec.unwrapped) or None, in_channel_groups={}, out_channel_groups={},
-            head_pruning_ratio_dict=head_ratios, pruning_ratio_dict=ratio_dict or None, **kwargs,
-        )
+        with mixers_pass_through(spec.mixers):
+            super().__init__(
+                model, example_inputs, ignored_layers=[*ignored, *spec.tables], num_heads=dict(spec.num_heads),
+                prune_num_heads=bool(spec.num_heads), prune_head_dims=False, head_pruning_ratio=head_ratio,
+                unwrapped_parameters=list(spec.unwrapped) or None, in_channel_groups={}, out_channel_groups={},
+                head_pruning_ratio_dict=head_ratios, pruning_ratio_dict=ratio_dict or None, **kwargs,
+            )
         unmappable = unmappable_reasons(self)
         #: Root layers of the groups whose channel indices torch-pruning cannot map (left whole).
         self.unfollowed = list(unmappable)
