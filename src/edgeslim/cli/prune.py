@@ -142,6 +142,10 @@ def prune_cmd(
         names = [d["module"] for d in summary["left_whole"]]
         console.print(f"left whole: {len(names)} layers ({', '.join(names[:6])}{' ...' if len(names) > 6 else ''}); "
                       "reasons in summary.json", highlight=False)
+    widened = summary.get("embed_dim")
+    if widened is not None:
+        console.print(f"embedding width narrowed too: {target} is out of reach with it whole (nearest "
+                      f"{widened['nearest_whole']:.3f}); transformer.embed_dim=false keeps it whole", highlight=False)
     nearest = summary.get("nearest")
     if nearest is not None:
         kept = (f"{nearest['value'] / 1e6:.2f} MB" if nearest["kind"] == "bytes"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -12,15 +12,18 @@ from edgeslim.errors import ConfigError
 from edgeslim.models import clone, copy_arch
 from edgeslim.plugin.pruning.attention import convert_attention
 from edgeslim.plugin.pruning.config import Allocation, Method, PruneConfig, TargetKind
-from edgeslim.plugin.pruning.degrade import prune_checked
+from edgeslim.plugin.pruning.degrade import Checked, prune_checked
 from edgeslim.plugin.pruning.graph import check_inputs
+from edgeslim.plugin.pruning.heads import analyse
 from edgeslim.plugin.pruning.importance import IMPORTANCE, make, needs_data
 from edgeslim.plugin.pruning.importance.base import Batch, LossFn
 from edgeslim.plugin.pruning.metrics import Inputs, ModelStats, layer_report, measure
 from edgeslim.plugin.pruning.sensitivity import SensitivityResult, sensitivity
 from edgeslim.plugin.pruning.structured import Plan, ignored_modules
-from edgeslim.plugin.pruning.targets import target_outcome
+from edgeslim.plugin.pruning.targets import NearestPlanError, reached_value, target_outcome
 from edgeslim.plugin.pruning.unstructured import WEIGHT_SCORES, Masks, compute_masks, remember_masks
+
+_SIZE_TARGETS = (TargetKind.PARAMS, TargetKind.MACS, TargetKind.BYTES)
 
 
 @dataclass
@@ -123,6 +126,54 @@ def _validate(config: PruneConfig, data: Iterable[Batch] | None) -> None:
         raise ConfigError("unstructured pruning takes sparsity=..., not a params/MACs/bytes target (zeros still count)")
 
 
+def _working_copy(model: nn.Module, config: PruneConfig) -> nn.Module:
+    work = clone(model)  # the copy rebuilds on load like the original (clone: cached graph tensors detached)
+    work.eval()
+    if config.method is not Method.UNSTRUCTURED:  # heads become prunable (same outputs); see transformers.py
+        convert_attention(work, keep=ignored_modules(work, config))
+    return work
+
+
+def _with_embed_fallback(model: nn.Module, work: nn.Module, example_inputs: Inputs, config: PruneConfig,
+                         before: ModelStats, checked_on: Callable[[nn.Module, PruneConfig], Checked]
+                         ) -> tuple[Checked, PruneConfig, dict[str, Any] | None]:
+    """Prune with the embedding width whole; when a size target is out of reach that way and
+    ``transformer.embed_dim`` is ``None`` (auto), prune again narrowing it too. Returns the outcome, the config
+    that made it, and (when narrowed automatically) why: ``{"narrowed": True, "nearest_whole": fraction}``."""
+    auto = config.transformer.embed_dim is None and config.target.kind in _SIZE_TARGETS
+    try:
+        checked = checked_on(work, config)
+    except NearestPlanError as exc:
+        if not auto:
+            raise
+        failed: NearestPlanError | None = exc
+        nearest = exc.nearest
+    else:
+        if not auto or checked.after is None or _met(config, before, checked.after):
+            return checked, config, None
+        failed, nearest = None, reached_value(config.target.kind, checked.after, before)
+    wider = config.with_(transformer=replace(config.transformer, embed_dim=True))
+    fresh = _working_copy(model, wider)
+    found = analyse(fresh, example_inputs, config.forward_fn)  # remembered from the first try (same structure)
+    if not (found.transformer or found.entries):  # no embedding width kept whole: nothing to narrow
+        if failed is not None:
+            raise failed
+        return checked, config, None
+    try:
+        again = checked_on(fresh, wider)
+    except NearestPlanError:
+        if failed is not None:
+            raise failed from None
+        return checked, config, None
+    if again.after is not None and not _met(wider, before, again.after) and failed is None:
+        return checked, config, None  # neither meets it (accept_nearest): the plan with the embedding whole
+    return again, wider, {"narrowed": True, "nearest_whole": nearest}
+
+
+def _met(config: PruneConfig, before: ModelStats, after: ModelStats) -> bool:
+    return bool(target_outcome(config, before, after).get("target_met", True))
+
+
 def prune(
     model: nn.Module,
     example_inputs: Inputs,
@@ -163,10 +214,7 @@ def prune(
     _validate(config, data)
     loss_fn = loss_fn or nn.functional.cross_entropy
     batches = [b for _, b in zip(range(config.data_batches), data, strict=False)] if data is not None else []
-    work = clone(model)  # the copy rebuilds on load like the original (clone: cached graph tensors detached)
-    work.eval()
-    if config.method is not Method.UNSTRUCTURED:  # heads become prunable (same outputs); see transformers.py
-        convert_attention(work, keep=ignored_modules(work, config))
+    work = _working_copy(model, config)
     before = measure(work, example_inputs, config.forward_fn)
     given, plan = plan, Plan(ratio=0.0)
     table = sensitivity_table
@@ -181,10 +229,17 @@ def prune(
             allocator = table.allocator()
         if needs_data(imp):
             imp.collect(work, batches, loss_fn)
-        checked = prune_checked(work, example_inputs, config, imp, before, plan=given, allocator=allocator,
-                                on_trial=on_trial, batches=batches, loss_fn=loss_fn)
+
+        def checked_on(work: nn.Module, cfg: PruneConfig) -> Checked:
+            return prune_checked(work, example_inputs, cfg, imp, before, plan=given, allocator=allocator,
+                                 on_trial=on_trial, batches=batches, loss_fn=loss_fn)
+
+        checked, config, extra["embed_dim"] = _with_embed_fallback(model, work, example_inputs, config, before,
+                                                                       checked_on)
         work, plan, measured = copy_arch(model, checked.model), checked.plan, checked.after
         extra["left_whole"] = checked.left_whole
+        if extra["embed_dim"] is None:
+            del extra["embed_dim"]
     masks = None
     if config.method is not Method.STRUCTURED:
         sparsity = config.target.value if config.target.kind is TargetKind.SPARSITY else config.sparsity

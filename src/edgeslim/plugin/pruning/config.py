@@ -132,12 +132,14 @@ class TransformerConfig:
             columns), at the plan's channel ratio; ``head_dim`` is kept, ``num_heads`` drops.
         mlp: Narrow the MLP hidden widths (first Linear's outputs, second Linear's inputs).
         embed_dim: Also narrow the embedding (hidden) width shared by all blocks (patch
-            embedding, class token, position embedding, norms, residual stream). Off by default.
+            embedding, class token, position embedding, norms, residual stream). ``None`` (the default):
+            kept whole unless a size target cannot be met without narrowing it (then it is narrowed, and
+            the summary says so under ``embed_dim``); ``False``: always whole; ``True``: always narrowed.
     """
 
     heads: bool = True
     mlp: bool = True
-    embed_dim: bool = False
+    embed_dim: bool | None = None
 
     @classmethod
     def coerce(cls, value: Any) -> TransformerConfig:
@@ -145,8 +147,11 @@ class TransformerConfig:
         if isinstance(value, cls):
             return value
         if not isinstance(value, dict) or set(value) - {f.name for f in fields(cls)}:
-            raise ConfigError(f"transformer must be a dict with keys heads, mlp, embed_dim (booleans), got {value!r}")
-        return cls(**{k: bool(v) for k, v in value.items()})
+            raise ConfigError(f"transformer must be a dict with keys heads, mlp, embed_dim (booleans; embed_dim may be null: "
+                              f"narrowed only when a target needs it), got {value!r}")
+        flags = {k: bool(v) for k, v in value.items() if k != "embed_dim"}
+        embed = value.get("embed_dim")
+        return cls(**flags, embed_dim=None if embed is None else bool(embed))
 
 
 def _path(obj: Any) -> str | None:
