@@ -24,6 +24,7 @@ agent on a board, applies it.
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import shutil
@@ -46,6 +47,7 @@ from edgeslim.exporters.base import EXPORTERS, ExportJob, Runner, is_prequantize
 from edgeslim.exporters.config import ActivationType, Layout, Precision
 from edgeslim.exporters.errors import ExportConfigError, ExportError
 from edgeslim.exporters.qdq import activations_to_uint8, weights_to_uint8
+from edgeslim.exporters.sdpa import decompose_sdpa
 from edgeslim.registry import Registry
 
 INPUT_NAME = "input"
@@ -78,11 +80,12 @@ def torch_to_onnx(model: torch.nn.Module, example: torch.Tensor, dest: Path, *, 
     # a batch-1 example lets torch.export specialize the batch to 1 (ConvNeXt's LayerNorm2d permutes:
     # "your code specialized it to be a constant (1)"); trace a batch of 2, the graph is the same
     traced = example.expand(2, *example.shape[1:]).clone() if example.dim() >= 1 and example.shape[0] == 1 else example
+    target: Any = model
     for i, (axes, dims) in enumerate(attempts):
         try:
             with quiet_stdout(), torch.inference_mode(False), torch.no_grad():
                 torch.onnx.export(
-                    model,
+                    target,
                     (traced,),
                     str(dest),
                     dynamo=True,
@@ -97,10 +100,30 @@ def torch_to_onnx(model: torch.nn.Module, example: torch.Tensor, dest: Path, *, 
         except Exception as exc:
             if i + 1 < len(attempts):
                 continue
+            if target is model and "scaled_dot_product_attention" in str(exc):  # a layout it cannot translate
+                written = _sdpa_written_out(model, traced, dims)
+                if written is not None:
+                    target = written
+                    attempts.append((axes, dims))
+                    continue
             raise_unsupported(exc, job_model=model, example=example, converter="ONNX export", alternative="--format tflite")
             first = (str(exc).strip().splitlines() or [""])[0][:400]
             raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {first}") from exc
     raise AssertionError("unreachable")
+
+
+def _sdpa_written_out(model: torch.nn.Module, traced: torch.Tensor, dims: dict[int, Any]) -> Any:
+    """``model`` with its attentions written out as matmul/softmax (:mod:`.sdpa`): a copy of a graph module,
+    or an exported program of an eager module; None when there is none or it cannot be made."""
+    try:
+        if isinstance(model, torch.fx.GraphModule):
+            gm = copy.deepcopy(model)
+            return gm if decompose_sdpa(gm) else None
+        with torch.no_grad():
+            program = torch.export.export(model, (traced,), dynamic_shapes=(dims,))
+        return program if decompose_sdpa(program.graph_module) else None
+    except Exception:
+        return None
 
 
 @ONNX_ROUTES.register("fp32")
