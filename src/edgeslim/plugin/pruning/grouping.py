@@ -64,15 +64,24 @@ class _Walk:
         self.dropped = 0
 
     def mapped(self, dep: Any, idxs: Any, *, clip: bool = False) -> list[Any]:
-        """``idxs`` sent through ``dep``'s index mappings (torch-pruning's channel index maps), a chunk at a time;
-        with ``clip``, indices at ``widest`` or past it are dropped (and the largest recorded)."""
+        """``idxs`` sent through ``dep``'s index mappings (torch-pruning's channel index maps). A flatten map
+        that would send them past :data:`ENTRY_BUDGET` entries ends the walk (:class:`_OverBudget`); with
+        ``clip`` they go a chunk at a time and indices at ``widest`` or past it are dropped (the largest kept
+        in ``dropped``)."""
+        if not clip:
+            for mapping in dep.index_mapping:
+                if mapping is not None:
+                    if not getattr(mapping, "reverse", True) and len(idxs) * getattr(mapping, "_stride", 1) > ENTRY_BUDGET:
+                        raise _OverBudget
+                    idxs = mapping(idxs)
+            return list(idxs)
         out: list[Any] = []
         for start in range(0, len(idxs), _CHUNK):
             part = idxs[start:start + _CHUNK]
             for mapping in dep.index_mapping:
                 if mapping is not None:
                     part = mapping(part)
-            top = max((i.idx for i in part), default=0) if clip else 0
+            top = max((i.idx for i in part), default=0)
             if top >= self.widest:
                 self.dropped = max(self.dropped, top)
                 part = [i for i in part if i.idx < self.widest]
