@@ -74,3 +74,35 @@ def test_target_unreachable_without_the_broken_group_offers_the_nearest(hidden: 
     s = res.summary()
     assert s["target_met"] is False and [d["module"] for d in s["left_whole"]] == ["body.0"]
     assert s["params_fraction"] == pytest.approx(info.value.nearest)
+
+
+class _TwoHidden(nn.Module):
+    """Four convs; the first and third feed a hidden channel count, the second and fourth prune fine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.g1 = nn.Conv2d(3, 16, 3, padding=1), _Gate(16)
+        self.c2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.c3, self.g3 = nn.Conv2d(32, 32, 3, padding=1), _Gate(32)
+        self.c4 = nn.Conv2d(32, 64, 3, padding=1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.g1(self.c1(x)))
+        x = torch.relu(self.g3(self.c3(torch.relu(self.c2(x)))))
+        return self.fc(torch.relu(self.c4(x)).mean((2, 3)))
+
+
+def test_bisection_keeps_the_other_half_whole_while_it_searches_one() -> None:
+    # two broken groups in different halves: searching one half with the other half pruned blamed every group
+    torch.manual_seed(0)
+    model = _TwoHidden().eval()
+    x = torch.randn(1, 3, 16, 16)
+    res = prune(model, x, PruneConfig(target=Target.parse("params=0.6")))
+    s = res.summary()
+    assert sorted(d["module"] for d in s["left_whole"]) == ["c1", "c3"]
+    assert all("(only with the other groups listed)" not in d["reason"] for d in s["left_whole"])
+    assert s["target_met"] is True and abs(s["params_fraction"] - 0.6) <= 0.02 * 0.6
+    assert res.model.c1.out_channels == 16 and res.model.c3.out_channels == 32
+    assert res.model.c2.out_channels < 32 and res.model.c4.out_channels < 64
+    assert res.model(x).shape == (1, 10)

@@ -82,7 +82,10 @@ class _Job:
         return work, forward_failure(work, self.example_inputs, self.expected, self.config.forward_fn)
 
     def culprits(self, plan: Plan, extra: list[str], groups: list[str], reason: str) -> list[dict[str, str]]:
-        """The groups (root layer names) among ``groups`` whose pruning alone breaks the model, by bisection."""
+        """The groups (root layer names) among ``groups`` whose pruning alone breaks the model, by bisection.
+
+        Each half is tried with the other half (and ``extra``) left whole, and searched further with that half
+        still whole: a broken group in one half never makes the other half's groups look broken."""
         if len(groups) == 1:
             return [{"module": groups[0], "reason": reason}]
         half = len(groups) // 2
@@ -90,7 +93,7 @@ class _Job:
         for part, rest in ((groups[:half], groups[half:]), (groups[half:], groups[:half])):
             _, why = self.attempt(plan, [*extra, *rest])
             if why is not None:
-                found += self.culprits(plan, extra, part, why)
+                found += self.culprits(plan, [*extra, *rest], part, why)
         return found or [{"module": g, "reason": f"{reason} (only with the other groups listed)"} for g in groups]
 
 

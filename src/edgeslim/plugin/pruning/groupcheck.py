@@ -50,6 +50,10 @@ def _unmappable(pruner: tp.pruner.BasePruner, dg: tp.DependencyGraph, bad: dict[
     names = {id(m): n for n, m in pruner.model.named_modules()}
     names.update({id(p): n for n, p in pruner.model.named_parameters()})
     for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types):
+        root = group[0].dep.target.module
+        if root in getattr(dg, "unwalkable", {}):
+            bad[root] = dg.unwalkable[root]
+            continue
         for dep, idxs in group:
             m = dep.target.module
             if not isinstance(m, nn.Module | torch.Tensor) or not idxs or dg.get_pruner_of_module(m) is None:

@@ -355,8 +355,13 @@ def _remove(copies: dict[int, Any], target: Any, handler: Any, idxs: list[int]) 
 
 def _shape_copy(module: nn.Module) -> nn.Module:
     """A copy of ``module`` whose parameters and buffers are on the meta device (shapes and dtypes only):
-    pruning it costs no copy of the weights."""
+    pruning it costs no copy of the weights. Its own lists, dicts and sets are copies too: torch-pruning's
+    concat and split pruners change ``concat_sizes`` / ``split_sizes`` in place, and a shared list would move
+    the graph's channel offsets for the real prune that follows."""
     new = copy.copy(module)
+    for k, v in vars(module).items():
+        if isinstance(v, list | dict | set) and not k.startswith("_"):
+            setattr(new, k, copy.copy(v))
     new._parameters = {k: None if p is None else nn.Parameter(torch.empty_like(p, device="meta"), p.requires_grad)
                        for k, p in module._parameters.items()}
     new._buffers = {k: None if b is None else torch.empty_like(b, device="meta") for k, b in module._buffers.items()}
