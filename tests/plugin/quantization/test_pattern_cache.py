@@ -74,3 +74,25 @@ def test_a_pattern_closing_over_a_tensor_is_traced_every_time() -> None:
         out = trace(WrapperModule(scaled), (torch.randn(1, 4),))
     assert len(calls) == 2
     assert torch.equal(out(torch.ones(1, 4)), torch.full((1, 4), 2.0))
+
+
+def test_fold_of_an_absent_conv_kind_leaves_the_graph_as_torchao_does() -> None:
+    import copy
+
+    from torch import nn
+    from torchao.quantization.pt2e.convert import _convert_to_reference_decomposed_fx
+
+    from edgeslim.plugin.quantization.api import prepare_qat
+
+    helper = qat_utils._fold_conv_bn_qat_helper
+    assert getattr(helper, "_edgeslim_cached", False) is True  # installed on torchao 0.18
+    net = torch.nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))
+    prepared = prepare_qat(net, (torch.randn(1, 3, 8, 8),), "int8")
+    prepared(torch.randn(2, 3, 8, 8))
+    ref = _convert_to_reference_decomposed_fx(prepared)
+    inputs = (torch.randn(1, 1, 3), torch.randn(1, 1, 1), *(torch.randn(1) for _ in range(4)))
+    want = helper.__wrapped__(copy.deepcopy(ref), F.conv1d, inputs, is_cuda=False)  # torchao's, 24 patterns traced
+    got = helper(copy.deepcopy(ref), F.conv1d, inputs, is_cuda=False)  # no conv1d in the graph: none traced
+    assert got.code == want.code and "dequantize_per_tensor" in got.code
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(got(x), want(x))
