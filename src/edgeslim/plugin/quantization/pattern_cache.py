@@ -7,8 +7,8 @@ variants, a match and a replacement each), about 0.25 s each on a 2-core x86 mac
 model; ``prepare_qat_pt2e`` and the train/eval switches trace a few more. The traced graph depends
 only on the pattern's code, the values it closes over and the shapes of its example inputs, so
 :func:`install` wraps torchao's ``_get_aten_graph_module_for_pattern`` with a cache keyed by exactly
-those (and whether grad mode is on). Every call gets its own deep copy of the cached graph, so a
-caller that edits it changes nothing for the next one. A pattern the key cannot describe (it closes
+those (and grad mode, inference mode and the default dtype). Every call gets its own deep copy of
+the cached graph, so a caller that edits it changes nothing for the next one. A pattern the key cannot describe (it closes
 over a tensor or an object of another kind) is traced as before, uncached. On torchao 0.18 the QAT
 fold also skips the patterns of a convolution kind the graph does not hold (:func:`skip_absent_convs`):
 a conv2d model's first QAT convert traces 24 patterns instead of 96.
@@ -96,7 +96,7 @@ def cached(trace: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(pattern: Any, example_inputs: tuple[Any, ...], is_cuda: bool = False, **kwargs: Any) -> Any:
         try:
             key = (_key(pattern), _key(tuple(example_inputs), inputs=True), bool(is_cuda), _key(kwargs, inputs=True),
-                   torch.is_grad_enabled())
+                   torch.is_grad_enabled(), torch.is_inference_mode_enabled(), torch.get_default_dtype())
             hash(key)
         except (_Uncacheable, TypeError):
             return trace(pattern, example_inputs, is_cuda, **kwargs)
