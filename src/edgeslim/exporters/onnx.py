@@ -43,6 +43,7 @@ from edgeslim.device_bench.runtimes.onnxruntime import (
     OnnxRuntimeRunner,
     read_onnx_metadata,
 )
+from edgeslim.exporters import torchlib_cache
 from edgeslim.exporters.base import EXPORTERS, ExportJob, Runner, is_prequantized, quiet_stdout, raise_unsupported
 from edgeslim.exporters.config import ActivationType, Layout, Precision
 from edgeslim.exporters.errors import ExportConfigError, ExportError
@@ -71,6 +72,7 @@ def torch_to_onnx(model: torch.nn.Module, example: torch.Tensor, dest: Path, *, 
         UnsupportedOpError: The exporter met an op it cannot translate (names op and module).
         ExportError: Any other export failure.
     """
+    torchlib_cache.install()  # torchlib's function list built once per process, not per export
     kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
     batch = torch.export.Dim("batch", min=1, max=4096)
     attempts: list[tuple[str, dict[int, Any]]] = [("batch", {0: batch})]

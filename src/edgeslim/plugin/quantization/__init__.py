@@ -9,6 +9,7 @@ from edgeslim.quiet import quiet_logs
 
 with quiet_logs():  # torchao's import-time log noise (edgeslim.quiet), for this import only
     from edgeslim.plugin.quantization import io as _io  # noqa: F401  (registers the "quantized" format)
+    from edgeslim.plugin.quantization import pattern_cache as _pattern_cache
     from edgeslim.plugin.quantization.api import QuantResult, calibrate, convert, prepare_qat, quantize
     from edgeslim.plugin.quantization.coded import CodedWeight
     from edgeslim.plugin.quantization.config import (
@@ -20,6 +21,8 @@ with quiet_logs():  # torchao's import-time log noise (edgeslim.quiet), for this
         WeightSpec,
     )
     from edgeslim.plugin.quantization.qat import QATSchedule
+
+_pattern_cache.install()  # torchao traces each rewrite pattern once per process (pattern_cache)
 
 __all__ = [
     "ActivationSpec",
