@@ -9,6 +9,8 @@ batch norm's eps to 1e-5.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -33,11 +35,11 @@ class _WSConv(nn.Conv2d):
 class _Net(nn.Module):
     """Two standardised convs, a batch norm after an add (not folded into a conv, eps 0.1), a linear head."""
 
-    def __init__(self) -> None:
+    def __init__(self, bn: bool) -> None:
         super().__init__()
         self.c1 = _WSConv(3, 8, 3, padding=1)
         self.c2 = _WSConv(8, 8, 3, padding=1)
-        self.bn = nn.BatchNorm2d(8, eps=0.1)
+        self.bn = nn.BatchNorm2d(8, eps=0.1) if bn else nn.Identity()
         self.fc = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,9 +48,12 @@ class _Net(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
-def _net() -> nn.Module:
+def _net(bn: bool = True) -> nn.Module:
+    """With ``bn``, a batch norm left in the graph makes torchao's convert run its conv-BN QAT folding (~50 s)."""
     torch.manual_seed(0)
-    net = _Net()
+    net = _Net(bn)
+    if not bn:
+        return net.eval()
     with torch.no_grad():
         net.bn.running_mean.uniform_(-1, 1)
         net.bn.running_var.uniform_(0.01, 0.2)  # small variances: eps 0.1 vs 1e-5 changes the output a lot
@@ -93,10 +98,16 @@ def _sqnr(ref: torch.Tensor, got: torch.Tensor) -> float:
 
 
 def test_ptq_of_weight_standardised_convs() -> None:
-    net, x = _net(), torch.randn(16, 3, 12, 12)
+    net, x = _net(bn=False), torch.randn(16, 3, 12, 12)
     r = quantize(net, x[:1], "int8", calibration=[x])
     # the standardisation only reads parameters: convert folds it into the int8 weight constants
-    assert not [n for n in r.model.graph.nodes if n.target == BN and n.args[3] is None]
+    assert not [n for n in r.model.graph.nodes if n.target == BN]
+    convs = [n for n in r.model.graph.nodes if n.target == torch.ops.aten.conv2d.default]
+    for conv in convs:  # each weight: dequantize_per_channel of an int8 constant
+        dq = conv.args[1]
+        assert "dequantize_per_channel" in str(dq.target) and dq.args[0].op == "get_attr", conv.args
+        assert getattr(r.model, dq.args[0].target).dtype == torch.int8
+    assert len(convs) == 2
     assert [layer.name for layer in r.report.layers] == ["c1", "c2", "fc"]
     assert [layer.weight_bits for layer in r.report.layers] == [8, 8, 8]
     assert min(layer.sqnr_db for layer in r.report.layers) > 30.0  # against the standardised weights
@@ -115,6 +126,7 @@ def test_timm_std_convs_quantize() -> None:
     assert _sqnr(net(x), r.model(x)) > 25.0
 
 
+@pytest.mark.slow
 def test_qat_of_weight_standardised_convs() -> None:
     net, x = _net(), torch.randn(8, 3, 12, 12)
     qm = prepare_qat(net, x[:1], "int8")
@@ -134,3 +146,22 @@ def test_qat_of_weight_standardised_convs() -> None:
     r = convert(qm)
     assert r.model(x).shape == (8, 4)
     assert [layer.weight_bits for layer in r.report.layers] == [8, 8, 8]
+
+
+@pytest.mark.slow
+def test_std_conv_artefacts_verify(tmp_path: Path) -> None:
+    """int8 of timm's ScaledStdConv2d in ONNX Runtime and the fp32 model in LiteRT, both verified on real images."""
+    from timm.layers import ScaledStdConv2d, StdConv2d
+
+    import edgeslim
+    from edgeslim.exporters.base import fashion_inputs
+
+    torch.manual_seed(0)
+    net = nn.Sequential(StdConv2d(3, 8, 3, padding=1, eps=1e-8), nn.ReLU(), ScaledStdConv2d(8, 16, 3, stride=2),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    x = torch.zeros(1, 3, 32, 32)
+    q = edgeslim.quantize(net, x, "int8", calibration=fashion_inputs(tuple(x.shape), 64, split="train"))
+    onnx = edgeslim.export(q, "onnx", tmp_path / "m.onnx", x, verify_samples=64)
+    assert onnx.verification is not None and onnx.verification.passed and onnx.verification.cosine > 0.99
+    tfl = edgeslim.export(net, "tflite", tmp_path / "m.tflite", x, quant="fp32", verify_samples=64)
+    assert tfl.verification is not None and tfl.verification.cosine > 0.99999

@@ -32,7 +32,7 @@ from edgeslim.plugin.quantization.errors import CalibrationError, ConversionErro
 from edgeslim.plugin.quantization.fake_quant import GridFakeQuantizePerChannel
 from edgeslim.plugin.quantization.info import QuantInfo, remember, require_info
 from edgeslim.plugin.quantization.log_act import insert_log2_snaps
-from edgeslim.plugin.quantization.modes import to_eval, to_train
+from edgeslim.plugin.quantization.modes import fold_stat_free_batch_norms, to_eval, to_train
 from edgeslim.plugin.quantization.quantizer import WEIGHTED, EdgeslimQuantizer, module_name
 from edgeslim.plugin.quantization.report import LayerReport, QuantReport, sqnr_db
 from edgeslim.plugin.quantization.schemes.base import nearest_level
@@ -322,6 +322,7 @@ def convert(prepared: GraphModule, *, input_means: dict[str, torch.Tensor] | Non
     if info.converted:
         raise QuantizationError("convert() got a graph that is already converted: pass the prepared graph (once)")
     to_eval(prepared)
+    fold_stat_free_batch_norms(prepared)
     obs = _weight_observers(prepared)
     inputs = _capture_inputs(prepared, obs, list(info.example_shape))
     expected: dict[str, torch.Tensor] = {}
