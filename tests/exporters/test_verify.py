@@ -83,3 +83,25 @@ def test_cosine_still_applies_to_every_sample() -> None:
     art[:50] = -ref[:50]  # half the outputs are negated
     rep = compare(art, ref, INT8)
     assert rep.cosine < 0.5 and not rep.passed
+
+
+def test_a_model_with_one_output_for_every_input_has_nothing_to_verify() -> None:
+    """A zero-initialised head prints 0 for every input: any constant artefact would "pass"; verify() refuses."""
+    import torch
+
+    from edgeslim.exporters.errors import ExportVerificationError
+    from edgeslim.exporters.verify import verify
+
+    head = torch.nn.Linear(12, 10)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    model = torch.nn.Sequential(torch.nn.Flatten(), head).eval()
+    inputs = [torch.randn(4, 3, 2, 2), torch.randn(3, 3, 2, 2)]
+    with pytest.raises(ExportVerificationError, match=r"nothing to verify model\.onnx on: the PyTorch model gives "
+                       r"the same output for all 7 verification inputs.*verify=False") as info:
+        verify(lambda x: np.zeros((len(x), 10), np.float32), model, inputs, INT8, what="model.onnx")
+    assert info.value.report.samples == 7 and info.value.report.cosine == 1.0
+    with torch.no_grad():
+        head.weight.normal_()
+    art = verify(lambda x: model(torch.from_numpy(x)).numpy(), model, inputs, INT8)  # outputs differ: verified
+    assert art.passed and art.samples == 7

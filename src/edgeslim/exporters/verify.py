@@ -161,7 +161,16 @@ def verify(
             f"no inputs to verify {what} on",
             VerificationReport(0, float("nan"), float("nan"), float("nan"), 0.0, 0.0, tolerance, False),
         )
-    report = compare(np.concatenate(got), np.concatenate(want), tolerance)
+    ref = np.concatenate(want)
+    report = compare(np.concatenate(got), ref, tolerance)
+    if len(ref) > 1 and bool(np.all(ref == ref[:1])):
+        raise ExportVerificationError(
+            f"nothing to verify {what} on: the PyTorch model gives the same output for all {len(ref)} verification "
+            "inputs, so any artefact printing that constant would pass; verify with inputs the model tells apart "
+            "(real data for a trained model; a random network may need weights at a trained scale), or export with "
+            "verify=False",
+            report,
+        )
     if raise_on_failure and not report.passed:
         raise ExportVerificationError(
             f"{what} does not reproduce the PyTorch model: {report}; required cosine >= "

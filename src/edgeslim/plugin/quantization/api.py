@@ -21,10 +21,6 @@ import torch
 from torch import nn
 from torch.export import Dim, export
 from torch.fx import GraphModule, Node
-from torchao.quantization.pt2e import (
-    move_exported_model_to_eval,
-    move_exported_model_to_train,
-)
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
 from edgeslim.models import copy_arch
@@ -36,6 +32,7 @@ from edgeslim.plugin.quantization.errors import CalibrationError, ConversionErro
 from edgeslim.plugin.quantization.fake_quant import GridFakeQuantizePerChannel
 from edgeslim.plugin.quantization.info import QuantInfo, remember, require_info
 from edgeslim.plugin.quantization.log_act import insert_log2_snaps
+from edgeslim.plugin.quantization.modes import fold_stat_free_batch_norms, to_eval, to_train
 from edgeslim.plugin.quantization.quantizer import WEIGHTED, EdgeslimQuantizer, module_name
 from edgeslim.plugin.quantization.report import LayerReport, QuantReport, sqnr_db
 from edgeslim.plugin.quantization.schemes.base import nearest_level
@@ -79,7 +76,7 @@ def enable_train_eval(gm: GraphModule) -> GraphModule:
     from edgeslim.plugin.quantization.qat import bn_frozen, freeze_bn
 
     def _train(self: GraphModule, mode: bool = True) -> GraphModule:
-        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self)
+        (to_train if mode else to_eval)(self)
         if mode and bn_frozen(self):
             freeze_bn(self)
         self.training = mode
@@ -228,7 +225,7 @@ def prepare_qat(model: nn.Module, example_inputs: Batch, config: QuantConfig | s
     """
     cfg = QuantConfig.from_spec(config) if isinstance(config, str) else config
     prepared = prepare(model, example_inputs, cfg, mode=Mode.QAT)
-    move_exported_model_to_train(prepared)
+    to_train(prepared)
     enable_train_eval(prepared)
     prepared.training = True
     return prepared
@@ -324,7 +321,8 @@ def convert(prepared: GraphModule, *, input_means: dict[str, torch.Tensor] | Non
     info = require_info(prepared, "convert()")
     if info.converted:
         raise QuantizationError("convert() got a graph that is already converted: pass the prepared graph (once)")
-    move_exported_model_to_eval(prepared)
+    to_eval(prepared)
+    fold_stat_free_batch_norms(prepared)
     obs = _weight_observers(prepared)
     inputs = _capture_inputs(prepared, obs, list(info.example_shape))
     expected: dict[str, torch.Tensor] = {}

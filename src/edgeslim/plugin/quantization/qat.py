@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchao.quantization.pt2e.export_utils import _replace_batchnorm
 from torchao.quantization.pt2e.fake_quantize import FakeQuantizeBase
 
 from edgeslim import distributed
 from edgeslim.plugin.quantization.errors import QuantConfigError
+from edgeslim.plugin.quantization.modes import set_batch_norm_training
 from edgeslim.train import (
     Callback,
     CosineLR,
@@ -64,7 +64,7 @@ _BN_FROZEN: weakref.WeakSet[torch.fx.GraphModule] = weakref.WeakSet()
 
 def freeze_bn(model: torch.fx.GraphModule) -> None:
     """Use BatchNorm running statistics (and stop updating them) in a prepared QAT graph."""
-    _replace_batchnorm(model, train_to_eval=True)
+    set_batch_norm_training(model, False)
     _BN_FROZEN.add(model)
 
 

@@ -156,6 +156,15 @@ def _identity_pool(node: Node) -> bool:
     return str(a.shape[0]) == str(b.shape[0]) and per_sample[0] == per_sample[1]
 
 
+def _infinite_pad(node: Node) -> bool:
+    """Whether ``node`` pads with ±inf or NaN (``constant_pad_nd(x, pad, value)`` / ``pad(x, pad, mode, value)``)."""
+    if node.target not in (aten.constant_pad_nd.default, aten.pad.default):
+        return False
+    at = 2 if node.target == aten.constant_pad_nd.default else 3
+    value = node.args[at] if len(node.args) > at else node.kwargs.get("value")
+    return isinstance(value, int | float) and not math.isfinite(value)
+
+
 def _annotated(node: Node) -> bool:
     ann = node.meta.get("quantization_annotation")
     return bool(ann is not None and ann._annotated)
@@ -269,7 +278,23 @@ class EdgeslimQuantizer(Quantizer):
     def _same_scale(self, node: Node) -> None:
         act = self._act(node)
         if act is not None and isinstance(node.args[0], Node) and not _from_constants(node.args[0]):
+            if _infinite_pad(node):
+                self._infinite_pad(node, act)
+                return
             _mark(node, {node.args[0]: act}, SharedQuantizationSpec((node.args[0], node)))
+
+    def _infinite_pad(self, node: Node, act: QuantizationSpec) -> None:
+        """A pad with ±inf (timm's ``MaxPool2dSame``: ``F.pad(x, ..., value=-inf)`` then a max pool).
+
+        Its output cannot be observed (the range would be infinite): the pad reads the int8 input,
+        and the max pool after it (if that is its one user) writes at the input's scale, the pair
+        running in float between them (ONNX: DequantizeLinear, Pad, MaxPool, QuantizeLinear).
+        """
+        src = node.args[0]
+        assert isinstance(src, Node)
+        _mark(node, {src: act})
+        if (pool := _only_user(node, SAME_SCALE_POOLS)) is not None:
+            _mark(pool, output=SharedQuantizationSpec((src, node)))
 
     def _move(self, node: Node) -> None:
         src = node.args[0] if node.args else None
