@@ -10,7 +10,8 @@ import torch_pruning as tp
 import torchvision
 from torch import nn
 
-from edgeslim.plugin.pruning import grouping
+import edgeslim
+from edgeslim.plugin.pruning import PruneConfig, grouping
 
 
 class PartialResidual(nn.Module):
@@ -159,3 +160,19 @@ def test_unfollowable_group_is_left_whole_by_prune(monkeypatch: pytest.MonkeyPat
     assert all(why.startswith("torch-pruning cannot follow its channels: it maps channel index ") for why in whole.values()), whole
     assert res.model.stem.out_channels == 32 and res.model.mlp[0].out_features < 64
     assert s["target_met"] is True and res.model(x).shape == (1, 10)
+
+
+def test_a_group_torch_pruning_cannot_map_through_a_split_is_left_whole_with_the_reason() -> None:
+    # timm EfficientViM: in its stem a split's index mapping has no sizes (IndexError inside torch-pruning's walk,
+    # which used to stop the prune as "cannot trace"); that group is left whole and the rest meets the target
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("efficientvim_m1", num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    res = edgeslim.prune(model, x, PruneConfig(criterion="l2", target="params=0.5"))
+    summary = res.summary()
+    assert summary["target_met"] is True
+    assert any("split or concat whose sizes it did not infer" in d["reason"] for d in summary["left_whole"])
+    with torch.no_grad():
+        assert res.model(x).shape == (1, 10)

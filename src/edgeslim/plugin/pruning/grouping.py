@@ -176,6 +176,13 @@ def get_pruning_group(self: tp.DependencyGraph, module: Any, pruning_fn: Any, id
         except _OverBudget:
             group = start()
             walk.merged(group, pairs=False)
+    except (IndexError, TypeError) as exc:  # a split/concat mapping without its sizes (timm EfficientViM's stem)
+        group = start()
+        if self.is_out_channel_pruning_fn(pruning_fn):  # groupcheck leaves this group whole
+            self.__dict__.setdefault("unwalkable", {})[module] = (
+                f"torch-pruning cannot map its channels through a split or concat whose sizes it did not infer "
+                f"({type(exc).__name__}: {exc})")
+        walk.dropped = 0
     if walk.dropped and self.is_out_channel_pruning_fn(pruning_fn):  # groupcheck leaves this group whole
         self.__dict__.setdefault("unwalkable", {})[module] = (
             f"torch-pruning cannot follow its channels: it maps channel index {walk.dropped} past the widest "
