@@ -124,3 +124,19 @@ def test_a_single_head_attention_is_not_coupled(heads: int) -> None:
     model = _Net(dim=32, heads=heads).eval()
     found = analyse(model, torch.randn(1, 3, 32, 32))
     assert all(a.owner is not model.blocks[0].attn for a in found.attentions)
+
+
+def test_timm_relpos_vit_reaches_half_the_params_with_heads_and_width_together() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model, x = timm.create_model("test_vit_relpos", num_classes=10).eval(), torch.randn(1, 3, 160, 160)
+    res = edgeslim.prune(model, x, PruneConfig(criterion="l2", target="params=0.5"))
+    summary = res.summary()
+    assert summary["target_met"] is True and abs(summary["params_fraction"] - 0.5) <= 0.01
+    assert summary["embed_dim"]["nearest_whole"] > 0.59  # out of reach with the heads whole (issue 22)
+    width = res.model.patch_embed.proj.out_channels
+    for blk in res.model.blocks:
+        att = blk.attn
+        assert att.num_heads * att.head_dim == width == att.proj.out_features == att.qkv.out_features // 3
+    with torch.no_grad():
+        assert res.model(x).shape == (1, 10)
