@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 import edgeslim
 from edgeslim.plugin.pruning.config import PruneConfig
-from edgeslim.plugin.pruning.heads import analyse
+from edgeslim.plugin.pruning.heads import STREAM_KEPT, analyse
 
 timm = pytest.importorskip("timm")
 
@@ -272,7 +272,8 @@ def test_layer_scale_parameters_and_shape_attributes_follow_their_channels(tmp_p
 
 
 class WidthFromInput(nn.Module):
-    """Derives head_dim from the input width (like torchvision's swin): its heads cannot be removed."""
+    """Derives head_dim from the input width (like torchvision's swin): its heads cannot be removed alone, only
+    together with that width (streamheads.py)."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -285,15 +286,15 @@ class WidthFromInput(nn.Module):
         return self.proj(((q @ k.transpose(-2, -1)).softmax(-1) @ v).transpose(1, 2).reshape(b, n, c))
 
 
-def test_an_attention_whose_forward_cannot_follow_keeps_its_heads() -> None:
+def test_an_attention_whose_heads_follow_only_its_input_width_keeps_them_while_that_width_is_whole() -> None:
     net, x = Net(WidthFromInput(48, 4)).eval(), torch.randn(1, 10, 8)
     found = analyse(net, x)
-    assert found.attentions == [] and net.attn.qkv in found.keep
-    res = edgeslim.prune(net, x, PruneConfig(target="ratio=0.5"))
+    assert [(a.stream, a.heads, a.head_dim) for a in found.attentions] == [(48, 4, 12)]
+    assert net.attn.qkv not in found.keep
+    res = edgeslim.prune(net, x, PruneConfig(target="ratio=0.5"))  # a ratio target: the embedding width stays
     assert res.model.attn.qkv.out_features == 144 and res.model.up.out_features < 96
     assert res.model(x).shape == (1, 5)
-    assert res.summary()["left_whole"] == [
-        {"module": "attn.qkv", "reason": "removing one head of its attention breaks that attention's forward"}]
+    assert res.summary()["left_whole"] == [{"module": "attn.qkv", "reason": STREAM_KEPT}]
 
 
 class Fold(nn.Module):

@@ -32,6 +32,7 @@ from torch import nn
 
 from edgeslim.models import clone
 from edgeslim.plugin.pruning.headtrace import LAYERS, Trace, trace
+from edgeslim.plugin.pruning.streamheads import narrow, narrow_stream, slice_out, stream_layers
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
@@ -56,6 +57,9 @@ class Attention:
         head_layers: Layers inside ``owner`` (names relative to it) with one output per head, e.g. the MLP
             that computes a per-head position bias (timm RelPosMlp, Swin v2's cpb_mlp): they lose the removed
             heads' outputs, and the size attributes of the modules between them and ``owner`` follow.
+        stream: When its heads can only go with its input (embedding) width (see :mod:`.streamheads`): that
+            width, else 0. Each head removed takes ``head_dim`` channels of that stream with it.
+        inner: With ``stream``: layers inside ``owner`` (relative names) whose output has the stream width.
     """
 
     owner: nn.Module
@@ -69,6 +73,8 @@ class Attention:
     followers: list[nn.Module] = field(default_factory=list)
     widths: list[int] = field(default_factory=list)
     head_layers: list[str] = field(default_factory=list)
+    stream: int = 0
+    inner: list[str] = field(default_factory=list)
 
     @property
     def fused(self) -> bool:
@@ -95,24 +101,6 @@ class Attention:
                 if parts * h * w not in structural:  # a per-head width is never a total
                     out.setdefault(parts * h * w, parts * heads_left * w)
         return {k: v for k, v in out.items() if k != v}
-
-
-def slice_out(m: Any, keep: list[int]) -> None:
-    """Keep the output channels ``keep`` of a Linear/conv/norm, in place."""
-    idx = torch.tensor(keep, dtype=torch.long, device=next(iter(m.parameters())).device)
-    for name in ("weight", "bias"):
-        t = getattr(m, name, None)
-        if isinstance(t, torch.Tensor):
-            setattr(m, name, nn.Parameter(t.index_select(0, idx).detach(), requires_grad=t.requires_grad))
-    for name in ("running_mean", "running_var"):
-        t = getattr(m, name, None)
-        if isinstance(t, torch.Tensor):
-            setattr(m, name, t.index_select(0, idx))
-    for attr in ("out_features", "out_channels", "num_features"):
-        if isinstance(getattr(m, attr, None), int):
-            setattr(m, attr, len(keep))
-    if isinstance(m, nn.LayerNorm):
-        m.normalized_shape = (len(keep),)
 
 
 def remove_heads(att: Attention, owner: nn.Module, heads: list[int]) -> None:
@@ -274,6 +262,31 @@ def removable(att: Attention, tr: Trace) -> bool:
     return _shapes(got) == _shapes(ref)
 
 
+def stream_removable(att: Attention, tr: Trace) -> bool:
+    """Whether removing one head together with ``head_dim`` channels of the attention's input width keeps its
+    forward running with the output narrowed the same way; if so sets ``att.stream`` and ``att.inner``."""
+    args, kwargs = tr.inputs.get(att.owner, ((), {}))
+    found = stream_layers(att) if args else None
+    if found is None:
+        return False
+    width, inner = found
+    with torch.no_grad():
+        ref = att.owner(*args, **kwargs)
+        work = clone(att.owner)
+        remove_heads(att, work, [0])
+        set_sizes(work, tr.reads.get(att.owner, {}), att.sizes(att.heads - 1))
+        follow_head_layers(att, work, tr.reads, att.heads - 1)
+        keep = narrow_stream(att, work, inner, width)
+        try:
+            got = work(*(narrow(a, width, keep) for a in args), **kwargs)
+        except (RuntimeError, ValueError, IndexError):
+            return False
+    if not isinstance(ref, torch.Tensor) or _shapes(got) != _shapes(narrow(ref, width, keep)):
+        return False
+    att.stream, att.inner, att.direct = width, inner, True
+    return True
+
+
 def _shapes(x: Any) -> Any:
     return tuple(x.shape) if isinstance(x, torch.Tensor) else [_shapes(v) for v in x] if isinstance(x, list | tuple) else None
 
@@ -313,7 +326,7 @@ def _named(found: Analysis, model: nn.Module) -> dict[str, Any]:
         "attentions": [(names[a.owner], [names[m] for m in a.layers], a.heads, a.head_dim,
                         None if a.consumer is None else names[a.consumer], list(a.tables),
                         {names[m]: v for m, v in a.layout.items()}, a.direct, [names[m] for m in a.followers],
-                        list(a.widths), list(a.head_layers)) for a in found.attentions],
+                        list(a.widths), list(a.head_layers), a.stream, list(a.inner)) for a in found.attentions],
         "keep": [names[m] for m in found.keep if m in names],
         "tables": [pnames[id(p)] for p in found.tables if id(p) in pnames],
         "reads": {names[m]: dict(r) for m, r in found.reads.items() if m in names},
@@ -328,8 +341,9 @@ def _resolve(named: Mapping[str, Any], model: nn.Module) -> Analysis:
     mods = dict(model.named_modules())
     return Analysis(
         attentions=[Attention(mods[o], [mods[n] for n in ls], h, d, None if c is None else mods[c], list(t),
-                              {mods[n]: v for n, v in lay.items()}, direct, [mods[n] for n in fol], list(w), list(hl))
-                    for o, ls, h, d, c, t, lay, direct, fol, w, hl in named["attentions"]],
+                              {mods[n]: v for n, v in lay.items()}, direct, [mods[n] for n in fol], list(w), list(hl),
+                              st, list(inner))
+                    for o, ls, h, d, c, t, lay, direct, fol, w, hl, st, inner in named["attentions"]],
         keep=[mods[n] for n in named["keep"]],
         tables=[model.get_parameter(n) for n in named["tables"]],
         reads={mods[n]: dict(r) for n, r in named["reads"].items()},
@@ -362,6 +376,9 @@ def analyse(model: nn.Module, example_inputs: Any, forward_fn: Any = None) -> An
     return _resolve(_CACHE[key], model)
 
 
+#: Why a stream-coupled attention (see :mod:`.streamheads`) keeps its heads when the embedding width stays whole.
+STREAM_KEPT = ("its attention's heads can only go with the embedding width, which is kept whole "
+               "(transformer.embed_dim false)")
 _WHY = {"lost": "its channels are merged into the batch dimension (fold/unfold): the graph cannot follow them",
         "layout": "its output is split into heads by an attention whose heads cannot be removed whole",
         "head": "removing one head of its attention breaks that attention's forward"}
@@ -382,7 +399,7 @@ def _analyse(model: nn.Module, example_inputs: Any, forward_fn: Any = None) -> A
             out.keep.append(m)
             out.why[m] = _WHY["lost" if m in lost else "layout"]
     for att in found:
-        if removable(att, tr):
+        if removable(att, tr) or stream_removable(att, tr):  # the latter only with the embedding width narrowed
             out.attentions.append(att)
             out.tables += [getattr(att.owner, n) for n, _ in att.tables]
             out.keep += [m for m in map(att.owner.get_submodule, att.head_layers) if m not in out.keep]  # cut here

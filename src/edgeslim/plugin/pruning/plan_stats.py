@@ -278,8 +278,13 @@ class PlanEvaluator:
             remove_heads(att, work, drop)
             share = len(drop) / att.heads
             layers = [*att.layers, *att.followers, *([att.consumer] if att.consumer is not None else [])]
-            self._direct[key] = (_numel(att.owner.parameters()) - _numel(work.parameters()),
-                                 _state_bytes(att.owner) - _state_bytes(work),
+            # heads that go with the stream width (streamheads.py): the stream's group already took their
+            # projections' input columns and the consumer's output rows; what both cut is counted once
+            cut = len(drop) * att.head_dim if att.stream else 0
+            both = (sum(len(att.rows(m, drop)) for m in att.layers) + cut) * cut
+            size = next(iter(att.owner.parameters())).element_size()
+            self._direct[key] = (_numel(att.owner.parameters()) - _numel(work.parameters()) - both,
+                                 _state_bytes(att.owner) - _state_bytes(work) - both * size,
                                  sum(self._flops.get(id(m), 0.0) for m in layers) * share)
         return self._direct[key]
 

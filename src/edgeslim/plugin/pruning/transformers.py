@@ -48,6 +48,7 @@ from edgeslim.plugin.pruning.attention import HeadAttention, convert_attention
 from edgeslim.plugin.pruning.config import TransformerConfig
 from edgeslim.plugin.pruning.groupcheck import stream_producers, unmappable_reasons
 from edgeslim.plugin.pruning.heads import (
+    STREAM_KEPT,
     Analysis,
     Attention,
     analyse,
@@ -58,6 +59,7 @@ from edgeslim.plugin.pruning.heads import (
     size_snapshot,
     slice_out,
 )
+from edgeslim.plugin.pruning.streamheads import Stream, stream_cut, stream_groups
 from edgeslim.plugin.pruning.tokenmix import mixers_pass_through
 from edgeslim.registry import Registry
 
@@ -175,7 +177,8 @@ class TransformerSpec:
     mixers: list[nn.Module] = field(default_factory=list)  # token-mixing layers: channels pass through (tokenmix.py)
 
     def ratios(
-        self, ratio: float, given: Mapping[nn.Module, float] | None = None
+        self, ratio: float, given: Mapping[nn.Module, float] | None = None,
+        stream_cut: Mapping[nn.Module, float] | None = None,
     ) -> tuple[dict[nn.Module, float], dict[nn.Module, float]]:
         """Head and MLP ratios for a plan ratio, so that heads + MLPs lose ``ratio`` of their parameters.
 
@@ -183,23 +186,33 @@ class TransformerSpec:
         the rest, so the parameter count falls continuously with ``ratio`` (the target search needs that).
         ``given``: per-layer ratios of the plan (sensitivity allocation, layer rules): a qkv layer's
         ratio there sets its heads' ratio, and an MLP listed there keeps its own ratio.
+        ``stream_cut``: the fraction of the embedding width that goes, by the first projection of each attention
+        whose heads go with it (its heads go by that fraction too) and by the first layer of each MLP reading
+        that width: their parameters shrink along it as well, and the MLP widths make up the difference.
         """
-        given = given or {}
+        given, stream_cut = given or {}, stream_cut or {}
         heads: dict[nn.Module, float] = {}
         attn_total = attn_removed = 0.0
         for att in self.attentions if self.config.heads else []:
             h = att.heads
             r = given.get(att.layers[0], ratio)
             k = min(math.floor(r * h + 1e-9), h - 1)
-            heads.update(dict.fromkeys(att.layers, max(k / h - 1e-6, 0.0)))
             size = float(sum(_numel(m) for m in [*att.layers, att.consumer] if m is not None))
             attn_total += size * r  # q, k, v (fused or separate) and the consumer's columns
+            if att.layers[0] in stream_cut:  # both dimensions of q, k, v and the consumer lose that fraction
+                cut = stream_cut[att.layers[0]]
+                heads.update(dict.fromkeys(att.layers, max(cut - 1e-6, 0.0)))
+                attn_removed += size * (1 - (1 - cut) ** 2)
+                continue
+            heads.update(dict.fromkeys(att.layers, max(k / h - 1e-6, 0.0)))
             attn_removed += size * k / h
-        mlp_total = sum(2.0 * m.weight.numel() for m in self.mlps if m not in given)
-        if not mlp_total:
+        mlps = {m: 2.0 * m.weight.numel() for m in self.mlps if m not in given}
+        if not mlps:
             return heads, {}
-        m_ratio = ratio + (attn_total - attn_removed) / mlp_total
-        return heads, dict.fromkeys((m for m in self.mlps if m not in given), min(max(m_ratio, 0.0), 0.95))
+        goal = attn_total + ratio * sum(mlps.values()) - attn_removed - sum(n * stream_cut.get(m, 0.0)
+                                                                             for m, n in mlps.items())
+        m_ratio = goal / sum(n * (1 - stream_cut.get(m, 0.0)) for m, n in mlps.items())
+        return heads, dict.fromkeys(mlps, min(max(m_ratio, 0.0), 0.95))
 
     def fix(self, num_heads: Mapping[nn.Module, int]) -> None:
         """Update every attention's and block's size attributes after a pruning step."""
@@ -243,6 +256,10 @@ def transformer_spec(
     spec.keep.extend(m for m in found.mixers if m not in spec.keep)  # token counts: never cut
     for att in found.attentions:
         if any(m in keep for m in att.layers):
+            continue
+        if att.stream and not config.embed_dim:  # its heads go only with the embedding width, kept whole here
+            spec.why.update({m: STREAM_KEPT for m in att.layers if m not in spec.keep})
+            spec.keep.extend(m for m in att.layers if m not in spec.keep)
             continue
         spec.attentions.append(att)
         if config.heads and not att.direct:
@@ -303,6 +320,7 @@ class TransformerPruner(tp.pruner.BasePruner):
         ignored = caller + spec.keep
         given = kwargs.pop("pruning_ratio_dict", None) or {}
         self.spec, self._ignored = spec, ignored
+        self._streams: list[Stream] = []  # set once the graph exists
         head_ratios, ratio_dict = self._ratios(head_ratio, given)
         with mixers_pass_through(spec.mixers):
             super().__init__(
@@ -319,16 +337,24 @@ class TransformerPruner(tp.pruner.BasePruner):
         self.ignored_layers.extend(self.unfollowed + stream_producers(self, spec.entries))
         # what a step changes (torch-pruning counts removed heads down in these): retarget starts from here
         self._initial = (dict(self.num_heads), dict(self.out_channel_groups), dict(self.in_channel_groups))
+        self._streams = stream_groups(self, self.spec.attentions, self.spec.mlps)
+        if self._streams:  # the stream groups' ratios follow the heads: derived again now that they are known
+            self.__dict__.update(self.retarget(head_ratio, given, self.global_pruning).__dict__)
 
     def _ratios(self, head_ratio: float, given: dict[nn.Module, float]) -> tuple[dict[nn.Module, float],
                                                                                  dict[nn.Module, float]]:
         """Head ratios torch-pruning applies and the per-layer ratio dict (MLPs, then ``given``); sets
         ``direct_ratios`` (heads edgeslim removes itself)."""
-        head_ratios, mlp_ratios = self.spec.ratios(head_ratio, given)
+        cut = stream_cut(self._streams, head_ratio, given, heads=self.spec.config.heads, kept=self._ignored)
+        head_ratios, mlp_ratios = self.spec.ratios(head_ratio, given, cut)
         direct = {m for a in self.spec.attentions if a.direct for m in a.layers}
         self.direct_ratios = {m: r for m, r in head_ratios.items() if m in direct}
         head_ratios = {m: r for m, r in head_ratios.items() if m not in direct}
-        return head_ratios, {**{m: r for m, r in mlp_ratios.items() if m not in self._ignored}, **given}
+        ratio_dict = {**{m: r for m, r in mlp_ratios.items() if m not in self._ignored}, **given}
+        for atts, outs, _ in self._streams:  # k heads of every attention on a stream go with k·head_dim channels
+            share = cut.get(atts[0].layers[0], 0.0)
+            ratio_dict.update(dict.fromkeys(outs, max(share - 0.25 / atts[0].stream, 0.0)))  # exactly k·head_dim
+        return head_ratios, ratio_dict
 
     def retarget(self, pruning_ratio: float, pruning_ratio_dict: dict[nn.Module, float] | None,
                  global_pruning: bool) -> TransformerPruner:
