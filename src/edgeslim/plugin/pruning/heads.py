@@ -273,11 +273,11 @@ def stream_removable(att: Attention, tr: Trace) -> bool:
     with torch.no_grad():
         ref = att.owner(*args, **kwargs)
         work = clone(att.owner)
-        remove_heads(att, work, [0])
-        set_sizes(work, tr.reads.get(att.owner, {}), att.sizes(att.heads - 1))
-        follow_head_layers(att, work, tr.reads, att.heads - 1)
-        keep = narrow_stream(att, work, inner, width)
-        try:
+        try:  # slicing itself can fail on a layout read wrongly (see removable)
+            remove_heads(att, work, [0])
+            set_sizes(work, tr.reads.get(att.owner, {}), att.sizes(att.heads - 1))
+            follow_head_layers(att, work, tr.reads, att.heads - 1)
+            keep = narrow_stream(att, work, inner, width)
             got = work(*(narrow(a, width, keep) for a in args), **kwargs)
         except (RuntimeError, ValueError, IndexError):
             return False
