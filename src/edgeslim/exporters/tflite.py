@@ -325,7 +325,12 @@ class TfliteExporter:
         """An ai-edge-litert interpreter over ``path``."""
         layout = job.options.layout if job is not None else None
         threads = int(os.environ.get("EDGESLIM_TFLITE_THREADS", "0")) or None
-        return LiteRTRunner(path, layout=layout, threads=threads)
+        try:
+            return LiteRTRunner(path, layout=layout, threads=threads)
+        except RuntimeError as exc:  # the interpreter has no kernel for an op the converter emitted
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ExportError(f"LiteRT cannot run {path.name}: {first}. "
+                              "export to ONNX instead, or replace that op in the model") from exc
 
 
 __all__ = ["TFLITE_RECIPES", "LiteRTRunner", "TfliteExporter", "guess_layout", "torch_to_tflite"]
