@@ -26,12 +26,11 @@ _PASS = _PassThrough()
 
 
 def pass_through(graph: tp.DependencyGraph, layers: Sequence[nn.Module]) -> None:
-    """Make each of ``layers`` carry the channels through in ``graph`` (idempotent)."""
+    """Make each of ``layers`` carry the channels through in ``graph`` (idempotent: the same functions are set again)."""
     for layer in layers:
         node = graph.module2node.get(layer)
-        if node is None or getattr(node, "edgeslim_pass_through", False):
+        if node is None:
             continue
-        node.edgeslim_pass_through = True
         for dep in node.dependencies:  # from it to its neighbours: one trigger for both sides
             dep.trigger = _PASS.prune_out_channels
         for other in {*node.inputs, *node.outputs}:
