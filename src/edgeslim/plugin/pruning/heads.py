@@ -32,7 +32,7 @@ from torch import nn
 
 from edgeslim.models import clone
 from edgeslim.plugin.pruning.headtrace import LAYERS, Trace, trace
-from edgeslim.plugin.pruning.streamheads import narrow, narrow_stream, slice_out, stream_layers
+from edgeslim.plugin.pruning.streamheads import narrow, narrow_stream, slice_in, slice_out, stream_layers
 
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
@@ -123,13 +123,7 @@ def remove_heads(att: Attention, owner: nn.Module, heads: list[int]) -> None:
         if att.consumer is not None:
             c: Any = owner.get_submodule(names[att.consumer])
             d = att.head_dim
-            cols = [h * d + j for h in kept_heads for j in range(d)]
-            idx = torch.tensor(cols, dtype=torch.long, device=c.weight.device)
-            c.weight = nn.Parameter(c.weight.index_select(1, idx).detach(), requires_grad=c.weight.requires_grad)
-            if isinstance(c, nn.Linear):
-                c.in_features = len(cols)
-            else:
-                c.in_channels = len(cols)
+            slice_in(c, [h * d + j for h in kept_heads for j in range(d)])
         for name, dim in att.tables:
             t = getattr(owner, name)
             idx = torch.tensor(kept_heads, device=t.device)

@@ -37,7 +37,8 @@ def _width(layer: Any, out: bool) -> int:
     return int(layer.out_channels if out else layer.in_channels)
 
 
-def _slice_in(layer: Any, keep: list[int]) -> None:
+def slice_in(layer: Any, keep: list[int]) -> None:
+    """Keep the input channels ``keep`` of a Linear/conv, in place."""
     idx = torch.tensor(keep, dtype=torch.long, device=layer.weight.device)
     layer.weight = nn.Parameter(layer.weight.index_select(1, idx).detach(), requires_grad=layer.weight.requires_grad)
     if isinstance(layer, nn.Linear):
@@ -101,7 +102,7 @@ def narrow_stream(att: Any, work: nn.Module, inner: list[str], width: int) -> li
     for n, m in att.owner.named_modules():
         if isinstance(m, LAYERS) and m is not att.consumer and n not in att.head_layers and \
                 _width(m, out=False) == width:
-            _slice_in(work.get_submodule(n), keep)
+            slice_in(work.get_submodule(n), keep)
         elif isinstance(m, _NORMS) and n not in followers and _norm_width(m) == width:
             slice_out(work.get_submodule(n), keep)
     for n in [names[att.consumer], *inner]:
